@@ -1,0 +1,1152 @@
+"""
+Benchmark txsmtp's SMTP server side by side with its anchors.
+
+Every server under test runs as its own process on 127.0.0.1 and discards
+what it receives; Postfix's ``smtp-source`` supplies the load.  The
+throughput scenarios are interleaved (for each repetition, for each
+scenario, for each server) so that any drift of the machine hits every
+server alike, and the median of the repetitions is reported together with
+txsmtp's ratio to twisted.mail.smtp and to aiosmtpd.
+
+Two memory measurements follow, on fresh server processes:
+
+- one 100 MiB message, delivered by txsmtp into a Maildir (the anchors
+  discard it): growth of the server's resident set while it arrives;
+- 5,000 idle connections that have read their greeting: growth of the
+  server's resident set per connection.
+
+This is not part of the test suite.  Run ``python3 benchmarks/server.py
+--help`` for the options; see benchmarks/README.md.
+"""
+
+import argparse
+import errno
+import importlib.util
+import json
+import os
+import platform
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_REPO = os.path.dirname(HERE)
+
+HOST = "127.0.0.1"
+#: listen(2) backlog given to every server that lets us choose one.
+LISTEN_BACKLOG = 1024
+#: File descriptor limit for the driver and for every server it starts.
+NOFILE_LIMIT = 20000
+#: Largest message any server must accept (txsmtp --max-size).
+MAX_MESSAGE_SIZE = 2_000_000_000
+
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+#: Identity smtp-source uses in HELO, MAIL FROM and RCPT TO.
+CLIENT_NAME = "client.bench.invalid"
+SENDER = "sender@bench.invalid"
+RECIPIENT = "recipient@bench.invalid"
+
+KIB = 1024
+MIB = 1024 * 1024
+#: MB/s uses decimal megabytes.
+MB = 1_000_000
+
+SERVER_ORDER = ("txsmtp", "twisted.mail", "aiosmtpd", "smtp-sink")
+#: Servers for which the memory measurements are made.
+MEMORY_SERVERS = ("txsmtp", "twisted.mail", "aiosmtpd")
+
+
+class BenchError(Exception):
+    """A measurement could not be made; the message says why."""
+
+
+# ---------------------------------------------------------------------------
+# Small helpers: ports, limits, /proc
+# ---------------------------------------------------------------------------
+
+
+def raiseFileLimit(wanted=NOFILE_LIMIT):
+    """
+    Raise this process's RLIMIT_NOFILE towards C{wanted}.
+
+    Used in the driver and, through C{preexec_fn}, in every server it
+    starts, so that thousands of idle connections fit on both sides.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        return
+    try:
+        # Raising the hard limit needs privilege (CAP_SYS_RESOURCE).
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def freePort():
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def readStatusKiB(pid, name):
+    """Read one ``Vm*`` line (in KiB) from /proc/PID/status."""
+    prefix = name + ":"
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(prefix):
+                return int(line.split()[1])
+    raise BenchError(f"/proc/{pid}/status has no {name}")
+
+
+def readCpuSeconds(pid):
+    """User plus system CPU time consumed so far by process C{pid}."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    # Fields after the command name start at field 3 (state); utime and
+    # stime are fields 14 and 15.
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def resetPeakRss(pid):
+    """
+    Reset the kernel's peak-RSS counter (VmHWM) of process C{pid}.
+
+    Writing 5 to /proc/PID/clear_refs does this (Linux >= 4.0).
+
+    @return: whether the reset worked.
+    """
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def waitRssSettled(pid, timeout=3.0, interval=0.1, toleranceKiB=64):
+    """
+    Poll VmRSS until two readings in a row agree (bounded by C{timeout}).
+
+    @return: the last reading, in KiB.
+    """
+    deadline = time.monotonic() + timeout
+    last = readStatusKiB(pid, "VmRSS")
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        current = readStatusKiB(pid, "VmRSS")
+        if abs(current - last) <= toleranceKiB:
+            return current
+        last = current
+    return last
+
+
+class RssSampler(threading.Thread):
+    """Sample a process's VmRSS every C{interval} seconds; keep the peak."""
+
+    def __init__(self, pid, interval=0.02):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peakKiB = 0
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.is_set():
+            try:
+                self.peakKiB = max(self.peakKiB, readStatusKiB(self.pid, "VmRSS"))
+            except (OSError, BenchError):
+                return
+            self._halt.wait(self.interval)
+
+    def stop(self):
+        """Stop sampling and wait for the thread (bounded)."""
+        self._halt.set()
+        self.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------
+# Servers
+# ---------------------------------------------------------------------------
+
+
+class ServerKind:
+    """
+    One kind of server under test: how to tell whether it can run here and
+    how to start it on a given port.
+    """
+
+    name = ""
+    description = ""
+
+    def unavailable(self):
+        """Return C{None} when the server can run, else the reason it cannot."""
+        return None
+
+    def command(self, port, workdir, deliver):
+        """
+        The argv that starts the server listening on C{HOST}:C{port}.
+
+        @param workdir: a private temporary directory (cwd, logs).
+        @param deliver: C{None} to discard messages, or a Maildir path.
+        """
+        raise NotImplementedError
+
+    def environment(self):
+        """The environment for the server process."""
+        return dict(os.environ)
+
+
+class TxsmtpKind(ServerKind):
+    """txsmtp's ``twistd smtp`` plugin, run from the checkout."""
+
+    name = "txsmtp"
+    description = "twistd smtp (this checkout)"
+
+    def __init__(self, repo):
+        self.repo = repo
+
+    def environment(self):
+        env = dict(os.environ)
+        paths = [self.repo] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        return env
+
+    def _twistd(self):
+        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+    def unavailable(self):
+        plugin = os.path.join(self.repo, "twisted", "plugins", "txsmtp_plugin.py")
+        if not os.path.exists(plugin):
+            return f"{plugin} does not exist"
+        with tempfile.TemporaryDirectory(prefix="txsmtp-bench-probe-") as cwd:
+            try:
+                probe = subprocess.run(
+                    self._twistd() + ["smtp", "--help"],
+                    cwd=cwd,
+                    env=self.environment(),
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+            except subprocess.TimeoutExpired:
+                return "`twistd smtp --help` did not finish within 60 s"
+        if probe.returncode != 0:
+            lines = (probe.stderr or probe.stdout).strip().splitlines()
+            return "`twistd smtp --help` failed: " + (
+                lines[-1] if lines else f"exit {probe.returncode}"
+            )
+        return None
+
+    def command(self, port, workdir, deliver):
+        target = "discard" if deliver is None else f"maildir:{deliver}"
+        return self._twistd() + [
+            "-n",
+            "--pidfile=",
+            "--logfile=" + os.path.join(workdir, "twistd.log"),
+            "smtp",
+            "--listen",
+            f"tcp:{port}:interface={HOST}:backlog={LISTEN_BACKLOG}",
+            "--deliver",
+            target,
+            "--max-size",
+            str(MAX_MESSAGE_SIZE),
+        ]
+
+
+class TwistedMailKind(ServerKind):
+    """The twisted.mail.smtp ESMTP anchor (anchors/twisted_mail_server.py)."""
+
+    name = "twisted.mail"
+    description = "twisted.mail.smtp ESMTP, discarding"
+
+    def unavailable(self):
+        if importlib.util.find_spec("twisted.mail") is None:
+            return "twisted.mail is not importable"
+        return None
+
+    def command(self, port, workdir, deliver):
+        return [
+            sys.executable,
+            os.path.join(HERE, "anchors", "twisted_mail_server.py"),
+            "--port",
+            str(port),
+            "--backlog",
+            str(LISTEN_BACKLOG),
+            # Log to a file, as twistd would (and as txsmtp does).
+            "--logfile",
+            os.path.join(workdir, "twisted-mail.log"),
+        ]
+
+
+class AiosmtpdKind(ServerKind):
+    """The aiosmtpd Sink anchor (anchors/aiosmtpd_server.py)."""
+
+    name = "aiosmtpd"
+    description = "aiosmtpd SMTP + Sink handler"
+
+    def unavailable(self):
+        if importlib.util.find_spec("aiosmtpd") is None:
+            return "aiosmtpd is not installed (pip install aiosmtpd)"
+        return None
+
+    def command(self, port, workdir, deliver):
+        return [
+            sys.executable,
+            os.path.join(HERE, "anchors", "aiosmtpd_server.py"),
+            "--port",
+            str(port),
+            "--backlog",
+            str(LISTEN_BACKLOG),
+        ]
+
+
+class SmtpSinkKind(ServerKind):
+    """Postfix's smtp-sink, a C server that does nothing: the ceiling."""
+
+    name = "smtp-sink"
+    description = "Postfix smtp-sink (C, reference)"
+
+    def unavailable(self):
+        if not os.access(SMTP_SINK, os.X_OK):
+            return f"{SMTP_SINK} not found (apt-get install postfix)"
+        return None
+
+    def command(self, port, workdir, deliver):
+        argv = [SMTP_SINK]
+        if os.geteuid() == 0:
+            # smtp-sink refuses to keep running as root.
+            argv += ["-u", "nobody"]
+        return argv + [f"{HOST}:{port}", str(LISTEN_BACKLOG)]
+
+
+class ServerProcess:
+    """A running server under test, started on a free port of 127.0.0.1."""
+
+    def __init__(self, kind, workdir, deliver=None):
+        self.kind = kind
+        self.workdir = workdir
+        self.deliver = deliver
+        self.port = None
+        self.process = None
+        self._output = None
+
+    @property
+    def pid(self):
+        """The server's process id (the launcher is the server itself)."""
+        return self.process.pid
+
+    def alive(self):
+        """Whether the server process is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, readyTimeout=15.0):
+        """Start the server and wait until it answers with a 220 greeting."""
+        os.makedirs(self.workdir, exist_ok=True)
+        self.port = freePort()
+        self._output = open(os.path.join(self.workdir, "output.txt"), "ab")
+        self.process = subprocess.Popen(
+            self.kind.command(self.port, self.workdir, self.deliver),
+            cwd=self.workdir,
+            env=self.kind.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+            preexec_fn=raiseFileLimit,
+            start_new_session=True,
+        )
+        try:
+            self._waitReady(readyTimeout)
+        except BenchError:
+            self.stop()
+            raise
+
+    def _waitReady(self, timeout):
+        """Poll-connect until the server greets us (bounded by C{timeout})."""
+        deadline = time.monotonic() + timeout
+        lastError = "no attempt"
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise BenchError(
+                    f"{self.kind.name} exited with status {self.process.returncode}: "
+                    + self.outputTail()
+                )
+            try:
+                with socket.create_connection((HOST, self.port), timeout=2) as sock:
+                    greeting = sock.recv(512)
+                    if greeting.startswith(b"220"):
+                        sock.sendall(b"QUIT\r\n")
+                        return
+                    lastError = f"unexpected greeting {greeting[:60]!r}"
+            except OSError as e:
+                lastError = str(e)
+            time.sleep(0.05)
+        raise BenchError(
+            f"{self.kind.name} not ready on port {self.port} after {timeout:.0f} s "
+            f"({lastError}): {self.outputTail()}"
+        )
+
+    def outputTail(self, lines=3):
+        """The last few lines the server printed, for error messages."""
+        try:
+            with open(os.path.join(self.workdir, "output.txt"), "rb") as f:
+                text = f.read()[-4000:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return " | ".join(text.strip().splitlines()[-lines:])
+
+    def stop(self, timeout=10.0):
+        """Terminate the server (SIGTERM, then SIGKILL), bounded."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=timeout)
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+
+    def rssKiB(self):
+        """The server's current resident set size, in KiB."""
+        return readStatusKiB(self.pid, "VmRSS")
+
+    def cpuSeconds(self):
+        """The server's CPU time so far, in seconds."""
+        return readCpuSeconds(self.pid)
+
+
+# ---------------------------------------------------------------------------
+# Throughput scenarios
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    """One smtp-source load pattern."""
+
+    key: str
+    title: str
+    size: int
+    messages: int
+    sessions: int
+    reuse: bool
+
+    def smtpSourceArgs(self, port, messages=None):
+        """The smtp-source command line for this scenario against C{port}."""
+        argv = [
+            SMTP_SOURCE,
+            "-s",
+            str(self.sessions),
+            "-m",
+            str(self.messages if messages is None else messages),
+            "-l",
+            str(self.size),
+            "-M",
+            CLIENT_NAME,
+            "-f",
+            SENDER,
+            "-t",
+            RECIPIENT,
+        ]
+        if self.reuse:
+            argv.append("-d")
+        return argv + [f"{HOST}:{port}"]
+
+
+def makeScenarios(args):
+    """The three throughput scenarios, sized from the command line."""
+    return [
+        Scenario("1k-new", "1 KiB, new connection per message", 1024, args.n_new, 20, False),
+        Scenario("1k-reuse", "1 KiB, reused connection", 1024, args.n_reuse, 20, True),
+        Scenario("1m", "1 MiB messages", MIB, args.n_large, 4, True),
+    ]
+
+
+@dataclass
+class RunResult:
+    """The outcome of one smtp-source run against one server."""
+
+    rep: int
+    scenario: str
+    server: str
+    ok: bool
+    messages: int = 0
+    size: int = 0
+    seconds: float = 0.0
+    msgPerSec: float = 0.0
+    mbPerSec: float = 0.0
+    serverCpuSeconds: float = 0.0
+    error: str = ""
+
+
+def runSmtpSource(argv, timeout):
+    """
+    Run smtp-source once and time the whole subprocess.
+
+    @return: the elapsed seconds.
+    @raise BenchError: on a non-zero exit, any output, or a timeout.
+    """
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"smtp-source did not finish within {timeout:.0f} s") from None
+    elapsed = time.perf_counter() - started
+    output = (done.stdout + done.stderr).decode("utf-8", "replace").strip()
+    if done.returncode != 0 or output:
+        first = output.splitlines()[0] if output else ""
+        raise BenchError(f"smtp-source exit {done.returncode}: {first}".strip())
+    return elapsed
+
+
+def measureThroughput(server, scenario, rep, timeout):
+    """Run one scenario against one running server and return the result."""
+    result = RunResult(rep, scenario.key, server.kind.name, False, scenario.messages, scenario.size)
+    if not server.alive():
+        result.error = "server not running"
+        return result
+    try:
+        cpuBefore = server.cpuSeconds()
+        elapsed = runSmtpSource(scenario.smtpSourceArgs(server.port), timeout)
+        result.serverCpuSeconds = server.cpuSeconds() - cpuBefore
+    except (BenchError, OSError) as e:
+        result.error = str(e)
+        if not server.alive():
+            result.error += f"; server died: {server.outputTail()}"
+        return result
+    result.ok = True
+    result.seconds = elapsed
+    result.msgPerSec = scenario.messages / elapsed
+    result.mbPerSec = scenario.messages * scenario.size / elapsed / MB
+    return result
+
+
+def warmUp(server, scenarios, timeout):
+    """A short unrecorded run of each scenario, so start-up costs don't count."""
+    for scenario in scenarios:
+        count = max(scenario.sessions, min(200, scenario.messages // 10))
+        try:
+            runSmtpSource(scenario.smtpSourceArgs(server.port, messages=count), timeout)
+        except BenchError as e:
+            return f"warm-up {scenario.key}: {e}"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Memory measurements
+# ---------------------------------------------------------------------------
+
+
+def findDeliveredFile(maildir, minimum, timeout=10.0):
+    """Wait (bounded) for a file of at least C{minimum} bytes in Maildir/new."""
+    newDir = os.path.join(maildir, "new")
+    deadline = time.monotonic() + timeout
+    largest = 0
+    while True:
+        try:
+            names = os.listdir(newDir)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            try:
+                largest = max(largest, os.path.getsize(os.path.join(newDir, name)))
+            except OSError:
+                pass
+        if largest >= minimum or time.monotonic() >= deadline:
+            return largest
+        time.sleep(0.1)
+
+
+def measureLargeMessage(kind, workdir, sizeBytes, timeout):
+    """
+    RSS growth of a fresh server while one message of C{sizeBytes} arrives.
+
+    txsmtp delivers it into a Maildir (whose file is then checked); the
+    anchors discard it.  The peak is the larger of a 20 ms VmRSS sampler
+    and VmHWM (reset just before the send); growth is peak minus the RSS
+    read just before the send.
+    """
+    maildir = os.path.join(workdir, "Maildir") if kind.name == "txsmtp" else None
+    record = {
+        "server": kind.name,
+        "ok": False,
+        "bytes": sizeBytes,
+        "delivery": "maildir" if maildir else "discard",
+    }
+    server = ServerProcess(kind, workdir, deliver=maildir)
+    try:
+        server.start()
+        # One small message first, so that first-use costs are not counted.
+        small = Scenario("warm", "", 1024, 1, 1, False)
+        runSmtpSource(small.smtpSourceArgs(server.port), timeout)
+        before = waitRssSettled(server.pid)
+        hwmReset = resetPeakRss(server.pid)
+        sampler = RssSampler(server.pid)
+        sampler.start()
+        try:
+            big = Scenario("big", "", sizeBytes, 1, 1, False)
+            elapsed = runSmtpSource(big.smtpSourceArgs(server.port), timeout)
+        finally:
+            sampler.stop()
+        peak = sampler.peakKiB
+        if hwmReset:
+            peak = max(peak, readStatusKiB(server.pid, "VmHWM"))
+        after = waitRssSettled(server.pid)
+        record.update(
+            ok=True,
+            seconds=elapsed,
+            rssBeforeMiB=before / KIB,
+            rssPeakMiB=peak / KIB,
+            growthMiB=(peak - before) / KIB,
+            retainedMiB=(after - before) / KIB,
+            peakMethod="VmHWM+sampler" if hwmReset else "sampler",
+        )
+        if maildir is not None:
+            delivered = findDeliveredFile(maildir, sizeBytes)
+            record["deliveredBytes"] = delivered
+            if delivered < sizeBytes:
+                record["ok"] = False
+                record["error"] = (
+                    f"largest file in Maildir/new is {delivered} bytes, expected >= {sizeBytes}"
+                )
+    except (BenchError, OSError) as e:
+        record["error"] = str(e)
+    finally:
+        server.stop()
+        if maildir is not None:
+            shutil.rmtree(maildir, ignore_errors=True)
+    return record
+
+
+def openIdleConnections(port, count, timeout, inFlight=200):
+    """
+    Open C{count} connections to C{port} and read each one's 220 greeting.
+
+    At most C{inFlight} connections wait for their greeting at a time, so the
+    listen queue never overflows.  Everything is non-blocking and bounded by
+    C{timeout} seconds.
+
+    @return: the list of connected sockets (the caller closes them).
+    """
+    selector = selectors.DefaultSelector()
+    greeted = []
+    pending = {}
+    started = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while len(greeted) < count:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"only {len(greeted)} of {count} connections greeted within {timeout:.0f} s"
+                )
+            while started < count and len(pending) < inFlight:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                code = sock.connect_ex((HOST, port))
+                if code not in (0, errno.EINPROGRESS):
+                    sock.close()
+                    raise BenchError(f"connect #{started + 1}: {os.strerror(code)}")
+                selector.register(sock, selectors.EVENT_READ)
+                pending[sock] = bytearray()
+                started += 1
+            for key, _ in selector.select(timeout=0.5):
+                sock = key.fileobj
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    raise BenchError(f"after {len(greeted)} greeted connections: {e}") from e
+                if not data:
+                    raise BenchError(
+                        f"server closed a connection after {len(greeted)} were greeted"
+                    )
+                buffer = pending[sock]
+                buffer += data
+                if b"\n" in buffer:
+                    if not buffer.startswith(b"220"):
+                        raise BenchError(f"unexpected greeting {bytes(buffer[:60])!r}")
+                    selector.unregister(sock)
+                    del pending[sock]
+                    greeted.append(sock)
+    except BaseException:
+        for sock in greeted + list(pending):
+            sock.close()
+        raise
+    finally:
+        selector.close()
+    return greeted
+
+
+def measureIdleConnections(kind, workdir, count, timeout):
+    """RSS growth per idle (greeted) connection, on a fresh server."""
+    record = {"server": kind.name, "ok": False, "connections": count}
+    server = ServerProcess(kind, workdir)
+    sockets = []
+    try:
+        server.start()
+        # Pay first-connection costs before the baseline.
+        for sock in openIdleConnections(server.port, min(50, count), timeout):
+            sock.close()
+        before = waitRssSettled(server.pid)
+        started = time.perf_counter()
+        sockets = openIdleConnections(server.port, count, timeout)
+        elapsed = time.perf_counter() - started
+        after = waitRssSettled(server.pid)
+        if not server.alive():
+            raise BenchError("server died while holding the connections")
+        record.update(
+            ok=True,
+            seconds=elapsed,
+            rssBeforeMiB=before / KIB,
+            rssAfterMiB=after / KIB,
+            kibPerConnection=(after - before) / count,
+        )
+    except (BenchError, OSError) as e:
+        record["error"] = str(e)
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
+    return record
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------
+
+
+def summarise(results, scenarios, serverNames):
+    """Median msg/s and MB/s per (scenario, server) over successful runs."""
+    summary = {}
+    for scenario in scenarios:
+        for name in serverNames:
+            runs = [r for r in results if r.scenario == scenario.key and r.server == name]
+            good = [r for r in runs if r.ok]
+            entry = {
+                "runs": len(runs),
+                "ok": len(good),
+                "errors": sorted({r.error for r in runs if not r.ok}),
+            }
+            if good:
+                entry["msgPerSec"] = statistics.median(r.msgPerSec for r in good)
+                entry["mbPerSec"] = statistics.median(r.mbPerSec for r in good)
+                entry["cpuUsPerMsg"] = statistics.median(
+                    r.serverCpuSeconds / r.messages * 1e6 for r in good
+                )
+                entry["spread"] = (
+                    max(r.msgPerSec for r in good) - min(r.msgPerSec for r in good)
+                ) / entry["msgPerSec"]
+            summary[(scenario.key, name)] = entry
+    return summary
+
+
+def ratio(summary, scenarioKey, name, anchor):
+    """C{name}'s median msg/s over C{anchor}'s, or C{None}."""
+    mine = summary.get((scenarioKey, name), {}).get("msgPerSec")
+    theirs = summary.get((scenarioKey, anchor), {}).get("msgPerSec")
+    if mine is None or theirs is None:
+        return None
+    return mine / theirs
+
+
+def formatRatio(value):
+    """A ratio as ``1.23x`` or ``-``."""
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def throughputTable(summary, scenarios, serverNames, unavailable):
+    """The main results table, as text."""
+    header = (
+        f"{'scenario':<36} {'server':<13} {'msg/s':>9} {'MB/s':>8} {'CPU us/msg':>10} "
+        f"{'spread':>6} {'/twisted.mail':>13} {'/aiosmtpd':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    for scenario in scenarios:
+        for name in serverNames:
+            if name in unavailable:
+                lines.append(f"{scenario.title:<36} {name:<13} unavailable")
+                continue
+            entry = summary[(scenario.key, name)]
+            if "msgPerSec" not in entry:
+                lines.append(
+                    f"{scenario.title:<36} {name:<13} FAILED ({'; '.join(entry['errors'])[:80]})"
+                )
+                continue
+            failed = (
+                "" if entry["ok"] == entry["runs"] else f"  ({entry['runs'] - entry['ok']} failed)"
+            )
+            lines.append(
+                f"{scenario.title:<36} {name:<13} {entry['msgPerSec']:>9.0f} "
+                f"{entry['mbPerSec']:>8.1f} {entry['cpuUsPerMsg']:>10.0f} "
+                f"{entry['spread']:>6.0%} "
+                f"{formatRatio(ratio(summary, scenario.key, name, 'twisted.mail')):>13} "
+                f"{formatRatio(ratio(summary, scenario.key, name, 'aiosmtpd')):>9}{failed}"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def memoryTable(largeRecords, idleRecords, bigSize, idleCount):
+    """The memory measurements, as text."""
+    lines = []
+    if largeRecords:
+        lines.append(
+            f"One {bigSize / MIB:.0f} MiB message (txsmtp into a Maildir, anchors discard it):"
+        )
+        for rec in largeRecords:
+            if rec.get("ok"):
+                extra = ""
+                if "deliveredBytes" in rec:
+                    extra = f", Maildir file {rec['deliveredBytes'] / MIB:.1f} MiB"
+                lines.append(
+                    f"  {rec['server']:<13} RSS growth {rec['growthMiB']:8.1f} MiB "
+                    f"(before {rec['rssBeforeMiB']:.1f}, peak {rec['rssPeakMiB']:.1f}, "
+                    f"retained {rec['retainedMiB']:+.1f}; {rec['seconds']:.1f} s{extra})"
+                )
+            else:
+                lines.append(f"  {rec['server']:<13} FAILED: {rec.get('error', '?')}")
+    if idleRecords:
+        lines.append(f"{idleCount} idle connections (greeted, then left open):")
+        for rec in idleRecords:
+            if rec.get("ok"):
+                lines.append(
+                    f"  {rec['server']:<13} {rec['kibPerConnection']:6.2f} KiB per connection "
+                    f"(RSS {rec['rssBeforeMiB']:.1f} -> {rec['rssAfterMiB']:.1f} MiB; "
+                    f"opened in {rec['seconds']:.1f} s)"
+                )
+            else:
+                lines.append(f"  {rec['server']:<13} FAILED: {rec.get('error', '?')}")
+    return "\n".join(lines)
+
+
+def evaluateTargets(summary, largeRecords, idleRecords, bigSize, idleCount):
+    """Compare txsmtp's figures with the project's targets."""
+    targets = []
+
+    def add(what, value, shown, passed, note=""):
+        verdict = "n/a" if value is None else ("PASS" if passed else "FAIL")
+        targets.append(
+            {"target": what, "value": value, "shown": shown, "verdict": verdict, "note": note}
+        )
+
+    for key, title in (("1k-new", "1 KiB new conn"), ("1k-reuse", "1 KiB reused conn")):
+        r = ratio(summary, key, "txsmtp", "twisted.mail")
+        add(f"{title}: >= 1.5x twisted.mail", r, formatRatio(r), r is not None and r >= 1.5)
+        r = ratio(summary, key, "txsmtp", "aiosmtpd")
+        add(f"{title}: >= 3x aiosmtpd", r, formatRatio(r), r is not None and r >= 3.0)
+    r = ratio(summary, "1m", "txsmtp", "twisted.mail")
+    add("1 MiB messages: >= 4x twisted.mail", r, formatRatio(r), r is not None and r >= 4.0)
+
+    large = next((rec for rec in largeRecords if rec["server"] == "txsmtp" and rec.get("ok")), None)
+    growth = large["growthMiB"] if large else None
+    note = "" if bigSize == 100 * MIB else f"measured with {bigSize / MIB:.0f} MiB, not 100 MiB"
+    add(
+        "100 MiB into Maildir: < 5 MiB RSS growth",
+        growth,
+        "-" if growth is None else f"{growth:.1f} MiB",
+        growth is not None and growth < 5,
+        note,
+    )
+
+    idle = next((rec for rec in idleRecords if rec["server"] == "txsmtp" and rec.get("ok")), None)
+    perConn = idle["kibPerConnection"] if idle else None
+    note = "" if idleCount == 5000 else f"measured with {idleCount} connections, not 5000"
+    add(
+        "idle connections: <= 2 KiB each",
+        perConn,
+        "-" if perConn is None else f"{perConn:.2f} KiB",
+        perConn is not None and perConn <= 2,
+        note,
+    )
+    return targets
+
+
+def targetsTable(targets):
+    """The targets, as text."""
+    lines = ["txsmtp against its targets:"]
+    for t in targets:
+        note = f"  ({t['note']})" if t["note"] else ""
+        lines.append(f"  {t['verdict']:<5} {t['target']:<44} {t['shown']:>10}{note}")
+    return "\n".join(lines)
+
+
+def machineInfo(repo):
+    """Versions and machine facts recorded alongside the results."""
+    info = {
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg(),
+    }
+    for module in ("twisted", "aiosmtpd"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:
+            info[module] = None
+    try:
+        rev = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        info["repoRevision"] = rev.stdout.strip() if rev.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        info["repoRevision"] = None
+    return info
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+
+def progress(message):
+    """Progress goes to stderr; the report goes to stdout."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def parseArgs(argv):
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        description="Benchmark txsmtp's server against twisted.mail.smtp and aiosmtpd."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: small message counts, 1 repetition, small memory tests",
+    )
+    parser.add_argument(
+        "--reps", type=int, help="repetitions of every scenario (default 3; 1 with --quick)"
+    )
+    parser.add_argument("--only", help="comma-separated servers: " + ",".join(SERVER_ORDER))
+    parser.add_argument("--json", metavar="FILE", help="also write all results to FILE as JSON")
+    parser.add_argument(
+        "--repo", default=DEFAULT_REPO, help="txsmtp checkout (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--n-new", type=int, help="messages, 1 KiB new-connection scenario (default 5000)"
+    )
+    parser.add_argument(
+        "--n-reuse", type=int, help="messages, 1 KiB reused-connection scenario (default 20000)"
+    )
+    parser.add_argument("--n-large", type=int, help="messages, 1 MiB scenario (default 400)")
+    parser.add_argument(
+        "--big-mib", type=int, help="size of the single large message in MiB (default 100)"
+    )
+    parser.add_argument("--idle", type=int, help="idle connections to hold (default 5000)")
+    parser.add_argument(
+        "--no-throughput", action="store_true", help="skip the throughput scenarios"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=300,
+        help="limit for one smtp-source run, seconds (default %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-tmp", action="store_true", help="keep the temporary directory (logs)"
+    )
+    args = parser.parse_args(argv)
+
+    quick = {"reps": 1, "n_new": 500, "n_reuse": 2000, "n_large": 20, "big_mib": 10, "idle": 500}
+    full = {
+        "reps": 3,
+        "n_new": 5000,
+        "n_reuse": 20000,
+        "n_large": 400,
+        "big_mib": 100,
+        "idle": 5000,
+    }
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in SERVER_ORDER]
+        if unknown:
+            parser.error(
+                f"unknown server(s): {', '.join(unknown)}; choose from {', '.join(SERVER_ORDER)}"
+            )
+        args.servers = [n for n in SERVER_ORDER if n in names]
+    else:
+        args.servers = list(SERVER_ORDER)
+    return args
+
+
+def runThroughput(args, kinds, available, tmp):
+    """Start every available server once, then run the interleaved scenarios."""
+    scenarios = makeScenarios(args)
+    results = []
+    servers = {}
+    try:
+        for name in available:
+            server = ServerProcess(kinds[name], os.path.join(tmp, "throughput", name))
+            try:
+                server.start()
+                progress(f"started {name} (pid {server.pid}, port {server.port})")
+            except BenchError as e:
+                progress(f"could not start {name}: {e}")
+            servers[name] = server
+        for name, server in servers.items():
+            if server.alive():
+                problem = warmUp(server, scenarios, args.run_timeout)
+                if problem:
+                    progress(f"{name}: {problem}")
+
+        order = list(available)
+        for rep in range(1, args.reps + 1):
+            for scenario in scenarios:
+                for name in order:
+                    result = measureThroughput(servers[name], scenario, rep, args.run_timeout)
+                    results.append(result)
+                    if result.ok:
+                        progress(
+                            f"[rep {rep}/{args.reps}] {scenario.title:<34} {name:<13} "
+                            f"{result.messages} msgs in {result.seconds:6.2f} s = "
+                            f"{result.msgPerSec:8.0f} msg/s {result.mbPerSec:7.1f} MB/s"
+                        )
+                    else:
+                        progress(
+                            f"[rep {rep}/{args.reps}] {scenario.title:<34} {name:<13} FAILED: {result.error}"
+                        )
+            # Rotate who goes first, so position in the sequence favours no one.
+            order = order[1:] + order[:1]
+    finally:
+        for server in servers.values():
+            server.stop()
+    return scenarios, results
+
+
+def runMemory(args, kinds, available, tmp):
+    """The large-message and idle-connection measurements, fresh servers each."""
+    largeRecords, idleRecords = [], []
+    names = [n for n in available if n in MEMORY_SERVERS]
+    bigSize = args.big_mib * MIB
+    for name in names:
+        progress(f"{name}: one {args.big_mib} MiB message ...")
+        rec = measureLargeMessage(
+            kinds[name], os.path.join(tmp, "large", name), bigSize, args.run_timeout
+        )
+        progress(f"  {rec}")
+        largeRecords.append(rec)
+    for name in names:
+        progress(f"{name}: {args.idle} idle connections ...")
+        rec = measureIdleConnections(
+            kinds[name], os.path.join(tmp, "idle", name), args.idle, timeout=120
+        )
+        progress(f"  {rec}")
+        idleRecords.append(rec)
+    return largeRecords, idleRecords
+
+
+def main(argv=None):
+    """Run the benchmarks and print the report."""
+    args = parseArgs(argv)
+    if not os.access(SMTP_SOURCE, os.X_OK):
+        sys.exit(f"{SMTP_SOURCE} not found: apt-get install postfix (see benchmarks/README.md)")
+    raiseFileLimit()
+
+    kinds = {
+        "txsmtp": TxsmtpKind(os.path.abspath(args.repo)),
+        "twisted.mail": TwistedMailKind(),
+        "aiosmtpd": AiosmtpdKind(),
+        "smtp-sink": SmtpSinkKind(),
+    }
+    unavailable = {}
+    for name in args.servers:
+        reason = kinds[name].unavailable()
+        if reason:
+            unavailable[name] = reason
+            progress(f"{name}: unavailable: {reason}")
+    available = [n for n in args.servers if n not in unavailable]
+
+    tmp = tempfile.mkdtemp(prefix="txsmtp-bench-")
+    report = {
+        "machine": machineInfo(args.repo),
+        "config": {k: v for k, v in vars(args).items() if k not in ("json",)},
+        "unavailable": unavailable,
+    }
+    scenarios, results, summary = makeScenarios(args), [], {}
+    largeRecords, idleRecords = [], []
+    try:
+        if not args.no_throughput and available:
+            scenarios, results = runThroughput(args, kinds, available, tmp)
+            summary = summarise(results, scenarios, available)
+        if not args.no_memory and available:
+            largeRecords, idleRecords = runMemory(args, kinds, available, tmp)
+    finally:
+        if args.keep_tmp:
+            progress(f"temporary files kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    bigSize = args.big_mib * MIB
+    out = []
+    out.append(
+        f"txsmtp server benchmark: {args.reps} repetition(s), median shown; "
+        f"{report['machine']['cpus']} CPUs, Python {report['machine']['python']}, "
+        f"Twisted {report['machine']['twisted']}, aiosmtpd {report['machine']['aiosmtpd']}"
+    )
+    for name, reason in unavailable.items():
+        out.append(f"{name}: unavailable ({reason})")
+    out.append("")
+    if summary:
+        out.append(throughputTable(summary, scenarios, args.servers, unavailable))
+        out.append(
+            "msg/s and MB/s (10^6 bytes of message payload) are medians; 'spread' is "
+            "(max-min)/median over the repetitions; ratios are this row's msg/s over the anchor's."
+        )
+        out.append("")
+    if largeRecords or idleRecords:
+        out.append(memoryTable(largeRecords, idleRecords, bigSize, args.idle))
+        out.append("")
+    targets = evaluateTargets(summary, largeRecords, idleRecords, bigSize, args.idle)
+    if "txsmtp" in args.servers:
+        out.append(targetsTable(targets))
+    print("\n".join(out))
+
+    if args.json:
+        report.update(
+            runs=[asdict(r) for r in results],
+            summary=[
+                {"scenario": key, "server": name, **entry} for (key, name), entry in summary.items()
+            ],
+            ratios={
+                s.key: {
+                    anchor: ratio(summary, s.key, "txsmtp", anchor)
+                    for anchor in ("twisted.mail", "aiosmtpd", "smtp-sink")
+                }
+                for s in scenarios
+            },
+            largeMessage=largeRecords,
+            idleConnections=idleRecords,
+            targets=targets,
+        )
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, default=str)
+        progress(f"results written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""
+Deliveries: where accepted mail goes.
+
+- :class:`BaseDelivery` / :class:`BaseDeliverySession`: convenient bases
+  for your own delivery (override what you need).
+- :class:`MaildirDelivery`: every message into one Maildir (``maildir:DIR``).
+- :class:`VirtualMaildirDelivery`: ``DIR/<domain>/<local part>/`` Maildirs
+  (``virtual:DIR``); an unknown recipient is refused at RCPT.
+- :class:`DiscardDelivery`: accept and drop (``discard``).
+
+Maildir writes follow the Maildir convention: a file is written in
+``tmp/``, flushed and ``fsync``\\ ed, renamed into ``new/``, and the
+directory is ``fsync``\\ ed; only then does the server answer 250.  A disk
+error answers ``451 4.3.0`` and leaves nothing behind in ``tmp/`` or
+``new/``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txsmtp.envelope import ConnectionInfo, Envelope, Recipient
+from txsmtp.errors import SMTPError
+from txsmtp.interfaces import IDelivery, IDeliverySession, IMessageReceiver
+from txsmtp.wire.address import Address
+from txsmtp.wire.params import MailParameters
+
+__all__ = [
+    "BaseDelivery",
+    "BaseDeliverySession",
+    "DiscardDelivery",
+    "DiscardReceiver",
+    "Maildir",
+    "MaildirDelivery",
+    "MaildirReceiver",
+    "VirtualMaildirDelivery",
+]
+
+_log = Logger(namespace="txsmtp.delivery")
+
+
+@implementer(IDeliverySession)
+class BaseDeliverySession:
+    """
+    A session that accepts every sender and recipient; subclasses override
+    the hooks they care about and must implement :meth:`openMessage`.
+
+    :ivar connection: the :class:`~txsmtp.envelope.ConnectionInfo`.
+    :ivar delivery: the delivery that opened this session.
+    """
+
+    def __init__(self, delivery: Any, connection: ConnectionInfo) -> None:
+        self.delivery = delivery
+        self.connection = connection
+
+    def checkSender(self, sender: Address | None, parameters: MailParameters) -> Any:
+        return None
+
+    def checkRecipient(self, recipient: Recipient, envelope: Envelope) -> Any:
+        return None
+
+    def openMessage(self, envelope: Envelope) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement openMessage")
+
+    def verify(self, address: str) -> Any:
+        return None
+
+    def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@implementer(IDelivery)
+class BaseDelivery:
+    """
+    A delivery whose sessions are instances of :attr:`sessionFactory`,
+    called with ``(delivery, connection)``.
+    """
+
+    sessionFactory: Any = BaseDeliverySession
+
+    def openSession(self, connection: ConnectionInfo) -> Any:
+        return self.sessionFactory(self, connection)
+
+
+# -- discard --------------------------------------------------------------------
+
+
+@implementer(IMessageReceiver)
+class DiscardReceiver:
+    """Takes a message and forgets it."""
+
+    __slots__ = ()
+
+    def write(self, chunk: bytes) -> None:
+        return None
+
+    def finish(self) -> None:
+        return None
+
+    def abort(self, reason: str) -> None:
+        return None
+
+
+_DISCARD = DiscardReceiver()
+
+
+class _DiscardSession(BaseDeliverySession):
+    def openMessage(self, envelope: Envelope) -> DiscardReceiver:
+        return _DISCARD
+
+
+class DiscardDelivery(BaseDelivery):
+    """Accepts every message and drops it: a sink for tests and benchmarks."""
+
+    sessionFactory = _DiscardSession
+
+
+# -- Maildir --------------------------------------------------------------------
+
+_counter = itertools.count(1)
+
+
+def _hostnameForMaildir() -> str:
+    # The Maildir convention replaces "/" and ":" in the host name.
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+
+
+_HOST = _hostnameForMaildir()
+
+
+class Maildir:
+    """
+    One Maildir directory (with ``tmp``, ``new`` and ``cur``).
+
+    :param path: the directory.
+    :param create: create the directory and its three subdirectories when
+        missing (mode 0700).
+    """
+
+    def __init__(self, path: str, create: bool = True) -> None:
+        self.path = os.path.abspath(path)
+        if create:
+            for sub in ("tmp", "new", "cur"):
+                os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+
+    def uniqueName(self) -> str:
+        """A file name no other delivery on this host will choose."""
+        now = time.time()
+        sec = int(now)
+        usec = int((now - sec) * 1_000_000)
+        return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{os.urandom(4).hex()}.{_HOST}"
+
+    def __repr__(self) -> str:
+        return f"Maildir({self.path!r})"
+
+
+class _MaildirFile:
+    """One file being written in a Maildir's tmp/."""
+
+    __slots__ = ("maildir", "name", "tmpPath", "file")
+
+    def __init__(self, maildir: Maildir, header: bytes) -> None:
+        self.maildir = maildir
+        self.name = maildir.uniqueName()
+        self.tmpPath = os.path.join(maildir.path, "tmp", self.name)
+        fd = os.open(self.tmpPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.file = os.fdopen(fd, "wb", buffering=256 * 1024)
+        try:
+            self.file.write(header)
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self, sync: bool) -> str:
+        f = self.file
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+        f.close()
+        newPath = os.path.join(self.maildir.path, "new", self.name)
+        os.rename(self.tmpPath, newPath)
+        if sync:
+            dirfd = os.open(os.path.join(self.maildir.path, "new"), os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+        return newPath
+
+    def discard(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.tmpPath)
+        except OSError:
+            pass
+
+
+def _traceHeaders(envelope: Envelope, recipients: Iterable[Recipient]) -> bytes:
+    """``Return-Path:`` and ``Delivered-To:`` (RFC 5321 §4.4, final delivery)."""
+    lines = [f"Return-Path: {envelope.returnPath}\r\n"]
+    lines.extend(f"Delivered-To: {r.address}\r\n" for r in recipients)
+    return "".join(lines).encode("utf-8")
+
+
+@implementer(IMessageReceiver)
+class MaildirReceiver:
+    """
+    Streams one message into one or more Maildirs.
+
+    :param targets: ``(maildir, recipients)`` pairs: each Maildir gets one
+        copy whose ``Delivered-To:`` headers name those recipients.
+    :param envelope: the message's envelope.
+    :param sync: ``fsync`` file and directory before answering (keep it on
+        unless losing mail on a power cut is acceptable).
+    """
+
+    def __init__(self, targets: list[tuple[Maildir, list[Recipient]]], envelope: Envelope, sync: bool = True) -> None:
+        self.envelope = envelope
+        self.sync = sync
+        self._files: list[_MaildirFile] = []
+        self._error: OSError | None = None
+        try:
+            for maildir, recipients in targets:
+                self._files.append(_MaildirFile(maildir, _traceHeaders(envelope, recipients)))
+        except OSError as e:
+            self._fail(e, "create")
+            raise self._smtpError() from e
+
+    def _fail(self, error: OSError, what: str) -> None:
+        self._error = error
+        _log.error(
+            "Maildir {what} failed for message {queueId}: {error}; answering 451",
+            what=what,
+            queueId=self.envelope.queueId,
+            error=f"{error.strerror or error} ({getattr(error, 'filename', '') or ''})",
+        )
+        for f in self._files:
+            f.discard()
+        self._files = []
+
+    @staticmethod
+    def _smtpError() -> SMTPError:
+        return SMTPError(451, "4.3.0", "Mailbox temporarily unavailable (local storage error); try again later")
+
+    def write(self, chunk: bytes) -> None:
+        if self._error is not None:
+            return
+        try:
+            for f in self._files:
+                f.file.write(chunk)
+        except OSError as e:
+            self._fail(e, "write")
+
+    def finish(self) -> None:
+        if self._error is not None:
+            raise self._smtpError()
+        done: list[str] = []
+        try:
+            for f in self._files:
+                done.append(f.commit(self.sync))
+        except OSError as e:
+            # Nothing may stay behind: undo the copies already moved to new/.
+            for path in done:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            self._fail(e, "commit")
+            raise self._smtpError() from e
+        self._files = []
+        return None
+
+    def abort(self, reason: str) -> None:
+        for f in self._files:
+            f.discard()
+        self._files = []
+
+
+class _MaildirSession(BaseDeliverySession):
+    delivery: MaildirDelivery
+
+    def openMessage(self, envelope: Envelope) -> MaildirReceiver:
+        d = self.delivery
+        return MaildirReceiver([(d.maildir, envelope.recipients)], envelope, d.sync)
+
+
+class MaildirDelivery(BaseDelivery):
+    """
+    Every accepted message, whatever its recipients, into one Maildir (a
+    catch-all), with ``Return-Path:`` and one ``Delivered-To:`` per
+    recipient.
+
+    :param path: the Maildir; created when missing.
+    :param sync: ``fsync`` before answering 250 (default).
+    """
+
+    sessionFactory = _MaildirSession
+
+    def __init__(self, path: str, sync: bool = True) -> None:
+        self.maildir = Maildir(path)
+        self.sync = sync
+
+
+class _VirtualSession(BaseDeliverySession):
+    delivery: VirtualMaildirDelivery
+
+    def checkRecipient(self, recipient: Recipient, envelope: Envelope) -> None:
+        maildir = self.delivery.mailboxFor(recipient.address)
+        if maildir is None:
+            raise SMTPError(550, "5.1.1", f"<{recipient.address}>: no such mailbox here")
+        recipient.data = maildir
+
+    def openMessage(self, envelope: Envelope) -> MaildirReceiver:
+        byMaildir: dict[str, tuple[Maildir, list[Recipient]]] = {}
+        for r in envelope.recipients:
+            maildir = r.data
+            byMaildir.setdefault(maildir.path, (maildir, []))[1].append(r)
+        return MaildirReceiver(list(byMaildir.values()), envelope, self.delivery.sync)
+
+
+class VirtualMaildirDelivery(BaseDelivery):
+    """
+    One Maildir per address: ``DIR/<domain>/<local part>/``.
+
+    A mailbox exists when its directory exists (its ``tmp``, ``new`` and
+    ``cur`` are created on first delivery).  The domain is matched in lower
+    case, the local part as given and then in lower case.  The bare
+    ``<Postmaster>`` recipient (RFC 5321 §4.5.1) goes to ``DIR/postmaster/``.
+    Recipients with no mailbox are refused at RCPT with ``550 5.1.1``.
+    """
+
+    sessionFactory = _VirtualSession
+
+    def __init__(self, path: str, sync: bool = True) -> None:
+        self.path = os.path.abspath(path)
+        if not os.path.isdir(self.path):
+            raise ValueError(f"virtual mailbox directory does not exist: {self.path}")
+        self.sync = sync
+
+    def mailboxFor(self, address: Address) -> Maildir | None:
+        """The :class:`Maildir` for ``address``, or ``None`` when there is none."""
+        if not address.domain:
+            candidates = [os.path.join(self.path, "postmaster")]
+        else:
+            domain = address.domain.lower()
+            local = address.unquotedLocalPart
+            if not _safeName(domain) or not _safeName(local):
+                return None
+            candidates = [os.path.join(self.path, domain, local)]
+            if local.lower() != local:
+                candidates.append(os.path.join(self.path, domain, local.lower()))
+        for path in candidates:
+            if os.path.isdir(path):
+                try:
+                    return Maildir(path)
+                except OSError as e:
+                    _log.error("cannot prepare mailbox {path}: {error}", path=path, error=e)
+                    raise SMTPError(451, "4.3.0", "Mailbox temporarily unavailable; try again later") from e
+        return None
+
+
+def _safeName(name: str) -> bool:
+    """A path component that cannot escape its directory."""
+    return bool(name) and "/" not in name and "\0" not in name and not name.startswith(".")

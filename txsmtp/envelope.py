@@ -1,0 +1,161 @@
+"""
+The facts a delivery sees: the connection, the envelope, each recipient.
+
+These are plain objects with slots.  The server fills them in; deliveries
+read them (and may hang their own data on :attr:`Recipient.data` and
+:attr:`Envelope.data`).  The envelope keeps every parameter of MAIL and RCPT
+(DSN's RET, ENVID, NOTIFY and ORCPT included) so that a store or a relay
+queue can keep it with the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IAddress
+
+from txsmtp.wire.address import Address
+from txsmtp.wire.params import MailParameters, RecipientParameters
+
+__all__ = ["ConnectionInfo", "Envelope", "Recipient", "TLSInfo"]
+
+
+class TLSInfo:
+    """
+    What is known about a TLS session.
+
+    :ivar version: the protocol version, e.g. ``"TLSv1.3"``.
+    :ivar cipher: the cipher suite name.
+    :ivar peerCertificate: the client's certificate
+        (:class:`OpenSSL.crypto.X509`), or ``None``.
+    """
+
+    __slots__ = ("version", "cipher", "peerCertificate")
+
+    def __init__(self, version: str | None = None, cipher: str | None = None, peerCertificate: Any = None) -> None:
+        self.version = version
+        self.cipher = cipher
+        self.peerCertificate = peerCertificate
+
+    def __repr__(self) -> str:
+        return f"TLSInfo(version={self.version!r}, cipher={self.cipher!r})"
+
+
+class ConnectionInfo:
+    """
+    The facts about one SMTP connection, kept up to date by the protocol.
+
+    A delivery session receives this object when it is opened and may read
+    it at any time: :attr:`heloName`, :attr:`tls` and :attr:`authenticated`
+    change during the session (EHLO, STARTTLS, AUTH).
+
+    :ivar peer: the client's address (:class:`twisted.internet.interfaces.IAddress`);
+        behind a PROXY-protocol front end, the address the proxy reported.
+    :ivar host: the local address the client connected to.
+    :ivar heloName: the name from HELO/EHLO/LHLO, or ``None`` before it.
+    :ivar esmtp: ``True`` after EHLO (or LHLO), ``False`` after HELO.
+    :ivar tls: a :class:`TLSInfo` while TLS is in use, else ``None``.
+    :ivar authenticated: the authenticated identity (the avatar ID), or ``None``.
+    :ivar protocol: ``"SMTP"`` or ``"LMTP"``.
+    :ivar sessionId: a short identifier for this connection, used in logs.
+    """
+
+    __slots__ = ("peer", "host", "heloName", "esmtp", "tls", "authenticated", "protocol", "sessionId")
+
+    def __init__(
+        self,
+        peer: IAddress | None = None,
+        host: IAddress | None = None,
+        protocol: str = "SMTP",
+        sessionId: str = "",
+    ) -> None:
+        self.peer = peer
+        self.host = host
+        self.heloName: str | None = None
+        self.esmtp = False
+        self.tls: TLSInfo | None = None
+        self.authenticated: str | None = None
+        self.protocol = protocol
+        self.sessionId = sessionId
+
+    @property
+    def peerHost(self) -> str:
+        """The client's IP address as text, or a description of the transport."""
+        peer = self.peer
+        host = getattr(peer, "host", None)
+        if host is not None:
+            return str(host)
+        name = getattr(peer, "name", None)
+        if name:
+            return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+        return "local"
+
+    def __repr__(self) -> str:
+        return (
+            f"ConnectionInfo(peer={self.peerHost!r}, helo={self.heloName!r}, "
+            f"tls={self.tls!r}, authenticated={self.authenticated!r})"
+        )
+
+
+class Recipient:
+    """
+    One accepted recipient of a transaction.
+
+    :ivar address: the :class:`~txsmtp.wire.address.Address` from RCPT.
+    :ivar parameters: the parsed :class:`~txsmtp.wire.params.RecipientParameters`
+        (DSN's NOTIFY and ORCPT among them).
+    :ivar data: free for the delivery to use (for example the mailbox path
+        it resolved while checking the recipient).
+    """
+
+    __slots__ = ("address", "parameters", "data")
+
+    def __init__(self, address: Address, parameters: RecipientParameters | None = None, data: Any = None) -> None:
+        self.address = address
+        self.parameters = parameters if parameters is not None else RecipientParameters()
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Recipient(<{self.address}>)"
+
+
+class Envelope:
+    """
+    The envelope of one transaction: sender, parameters and recipients.
+
+    :ivar sender: the reverse-path :class:`~txsmtp.wire.address.Address`, or
+        ``None`` for the null sender ``<>`` (bounces).
+    :ivar parameters: the parsed :class:`~txsmtp.wire.params.MailParameters`.
+    :ivar recipients: the accepted :class:`Recipient` objects, in RCPT order.
+    :ivar connection: the :class:`ConnectionInfo` of the session.
+    :ivar queueId: the identifier given to this message (in the 250 reply,
+        the ``Received:`` header and the logs).
+    :ivar receivedHeader: the ``Received:`` header line the server prepends,
+        as bytes ending in CRLF (set when DATA starts).
+    :ivar data: free for the delivery to use.
+    """
+
+    __slots__ = ("sender", "parameters", "recipients", "connection", "queueId", "receivedHeader", "data")
+
+    def __init__(
+        self,
+        sender: Address | None,
+        parameters: MailParameters | None = None,
+        connection: ConnectionInfo | None = None,
+        queueId: str = "",
+    ) -> None:
+        self.sender = sender
+        self.parameters = parameters if parameters is not None else MailParameters()
+        self.recipients: list[Recipient] = []
+        self.connection = connection if connection is not None else ConnectionInfo()
+        self.queueId = queueId
+        self.receivedHeader = b""
+        self.data: Any = None
+
+    @property
+    def returnPath(self) -> str:
+        """The sender as it goes in a ``Return-Path:`` header: ``<a@b>`` or ``<>``."""
+        return f"<{self.sender}>" if self.sender is not None else "<>"
+
+    def __repr__(self) -> str:
+        return f"Envelope(sender={self.returnPath}, recipients={self.recipients!r}, queueId={self.queueId!r})"

@@ -1,0 +1,1036 @@
+"""
+The ESMTP server protocol and its factory.
+
+Theory of operation
+===================
+
+:class:`ESMTPServer` is an explicit state machine over :class:`State`::
+
+    INITIAL --EHLO/HELO--> READY --MAIL--> MAIL --RCPT--> RCPT --DATA--> DATA
+       ^                     ^                                             |
+       |                     +-------- final dot answered, RSET -----------+
+    (STARTTLS resets here)
+
+``DATA`` is the only state in which input is not split into lines: bytes go
+to a :class:`~txsmtp.wire.data.DataDecoder` and straight on to the
+delivery's receiver, so a message is never held whole.
+
+Input is processed strictly in order.  A delivery hook may answer later (a
+Deferred or a coroutine): the protocol is then *blocked*; later input waits
+in the line reader (bounded: the transport is paused when too much
+accumulates) and processing resumes when the hook answers.
+
+Replies are collected in a list and written in one ``write`` when the input
+is drained, that is when every complete command received so far has been
+answered.  This is what RFC 2920 (PIPELINING) asks of a server, and it is
+also what makes the common non-pipelined case cost one write per command.
+
+Adding a command takes a method ``do_VERB(self, argument: bytes)``; adding
+an extension keyword takes an override of :meth:`ESMTPServer.extensions`.
+:class:`State` and :attr:`ESMTPServer.allowedStates` make the sequencing
+rules for new commands one line each.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import secrets
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any, ClassVar
+
+from twisted.internet import defer, interfaces
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txsmtp.envelope import ConnectionInfo, Envelope, Recipient
+from txsmtp.errors import SMTPError
+from txsmtp.interfaces import IDelivery
+from txsmtp.wire.address import parsePath, splitPathAndParameters
+from txsmtp.wire.data import REJECT, DataDecoder
+from txsmtp.wire.lines import TOO_LONG, LineReader
+from txsmtp.wire.params import (
+    MAIL_KEYWORDS,
+    RCPT_KEYWORDS,
+    MailParameters,
+    parseMailParameters,
+    parseRecipientParameters,
+)
+from txsmtp.wire.reply import formatReply
+
+__all__ = ["ESMTPServer", "SMTPFactory", "State"]
+
+_log = Logger(namespace="txsmtp.server")
+
+
+class State(enum.Enum):
+    """The states of an SMTP server session."""
+
+    #: Connected; no EHLO/HELO yet.
+    INITIAL = "initial"
+    #: Greeted; no transaction.
+    READY = "ready"
+    #: MAIL accepted; no recipient yet.
+    MAIL = "mail"
+    #: At least one recipient accepted.
+    RCPT = "rcpt"
+    #: Reading the message after ``354``.
+    DATA = "data"
+    #: The delivery refused the connection; only QUIT is useful.
+    REFUSED = "refused"
+    #: QUIT answered, or closing for another reason.
+    CLOSED = "closed"
+
+
+_ANY = frozenset({State.INITIAL, State.READY, State.MAIL, State.RCPT, State.REFUSED})
+_GREETED = frozenset({State.READY, State.MAIL, State.RCPT})
+
+
+def _isAwaitable(result: object) -> bool:
+    return isinstance(result, Deferred) or inspect.iscoroutine(result)
+
+
+class _QueueIds:
+    """Short unique message identifiers: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = f"{int(time.time()) & 0xFFFFFF:06X}{secrets.token_hex(3).upper()}"
+        self._n = 0
+
+    def next(self) -> str:
+        self._n += 1
+        return f"{self._prefix}{self._n:06X}"
+
+
+class ESMTPServer(Protocol):
+    """
+    One ESMTP server session.
+
+    Configuration comes from the :class:`SMTPFactory` (``self.factory``).
+    Subclasses add commands with ``do_VERB`` methods and extensions by
+    overriding :meth:`extensions`; the rest of the public surface is
+    :meth:`reply`, :meth:`resetTransaction`, :attr:`state`,
+    :attr:`connection` and :attr:`session`.
+    """
+
+    #: The states in which a command may be used.  A command missing from
+    #: this mapping is allowed in every state but DATA.  A command used in
+    #: another state is answered ``503 5.5.1``.
+    allowedStates: ClassVar[dict[str, frozenset[State]]] = {
+        "MAIL": frozenset({State.READY}),
+        "RCPT": frozenset({State.MAIL, State.RCPT}),
+        "DATA": frozenset({State.MAIL, State.RCPT}),
+    }
+
+    #: MAIL and RCPT parameter keywords this protocol understands.
+    mailKeywords: ClassVar[frozenset[str]] = MAIL_KEYWORDS - {"AUTH", "RET", "ENVID"}
+    rcptKeywords: ClassVar[frozenset[str]] = RCPT_KEYWORDS - {"NOTIFY", "ORCPT"}
+
+    #: The word in ``Received: ... with`` (RFC 3848), before S/A suffixes.
+    receivedProtocol = "ESMTP"
+
+    #: Pause reading when this many octets of pipelined input wait unprocessed.
+    maxPendingInput = 256 * 1024
+
+    factory: SMTPFactory
+    state: State
+    session: Any
+    connection: ConnectionInfo
+    envelope: Envelope | None
+
+    def __init__(self) -> None:
+        self.state = State.INITIAL
+        self.session = None
+        self.envelope = None
+        self._out: list[bytes] = []
+        self._blocked = 0
+        self._paused: set[str] = set()
+        self._errors = 0
+        self._receiver: Any = None
+        self._decoder: DataDecoder | None = None
+        self._dataError: SMTPError | None = None
+        self._writesPending = 0
+        self._blockedOnWrites = False
+        self._messageSize = 0
+        self._timeoutCall: Any = None
+        self._rateCall: Any = None
+        self._rateBytes = 0
+        self._shuttingDown = False
+        self._disconnected = False
+        self._closeDeferreds: list[Deferred[None]] = []
+
+    # -- connection life -----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        self._lines = LineReader(f.maxLineLength)
+        self._clock = f.clock
+        self.connection = ConnectionInfo(
+            self.transport.getPeer(), self.transport.getHost(), self.receivedProtocol[-4:], f.queueIds.next()
+        )
+        f.protocols.add(self)
+        self._setTimeout(f.commandTimeout)
+        self._block()
+        try:
+            result = f.delivery.openSession(self.connection)
+        except Exception:
+            result = defer.fail()
+        self._await(result, self._sessionOpened)
+        if not self._blocked:
+            self._flush()
+
+    def _sessionOpened(self, session: Any, failure: Failure | None) -> None:
+        if failure is not None:
+            err = self._errorFromFailure(failure, "opening a session")
+            self.state = State.REFUSED
+            self._send(formatReply(err.code, f"{self.factory.hostname} {err.text}"))
+            self._logRefusal("connect", err)
+            return
+        self.session = session
+        self._send(formatReply(220, self.greeting()))
+
+    def greeting(self) -> str:
+        """The text of the ``220`` greeting."""
+        return f"{self.factory.hostname} ESMTP txsmtp ready"
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        timeoutCall = self._timeoutCall
+        if timeoutCall is not None:
+            timeoutCall.reset(self._timeoutValue)
+        if self._decoder is not None and not self._blocked:
+            self._dataChunk(data)
+        else:
+            self._lines.feed(data)
+        self._process()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._disconnected = True
+        self._cancelTimeouts()
+        if self._receiver is not None:
+            self._abortReceiver("client disconnected")
+            if self.envelope is not None:
+                self._logTransaction("disconnected", None)
+        self.state = State.CLOSED
+        self.factory.protocols.discard(self)
+        session, self.session = self.session, None
+        if session is not None:
+            try:
+                session.close()
+            except Exception:
+                _log.failure("delivery session close() failed")
+        for d in self._closeDeferreds:
+            d.callback(None)
+        self._closeDeferreds = []
+
+    # -- processing ------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Handle buffered input until it runs out or a hook makes us wait."""
+        lines = self._lines
+        while not self._blocked and self.state is not State.CLOSED:
+            if self._decoder is not None:
+                rest = lines.takeRest()
+                if not rest:
+                    break
+                self._dataChunk(rest)
+                continue
+            line = lines.readLine()
+            if line is None:
+                break
+            if line is TOO_LONG:
+                self._commandError(500, "5.5.2", f"Line too long (at most {lines.maxLength} octets including CRLF)")
+                continue
+            self.lineReceived(line)  # type: ignore[arg-type]
+        if not self._blocked:
+            self._flush()
+            if "input" in self._paused:
+                self._resume("input")
+        elif lines.pending() > self.maxPendingInput:
+            self._pause("input")
+
+    def lineReceived(self, line: bytes) -> None:
+        """Dispatch one command line."""
+        verb, _, argument = line.partition(b" ")
+        try:
+            name = verb.decode("ascii").upper()
+        except UnicodeDecodeError:
+            name = ""
+        if not name.isalpha() or b"\r" in line or b"\n" in line or b"\0" in line:
+            if b"\r" in line or b"\n" in line:
+                self._commandError(500, "5.5.2", "Syntax error: bare CR or LF in a command (lines end with CRLF)")
+            else:
+                self._commandError(500, "5.5.2", "Syntax error: command not recognized")
+            return
+        handler = self._handlers.get(name)
+        if handler is None:
+            self._commandError(500, "5.5.1", f"Command not recognized: {name[:20]}")
+            return
+        if self.state is State.REFUSED and name != "QUIT":
+            self._commandError(503, "5.5.1", "Service refused; only QUIT is accepted")
+            return
+        states = self.allowedStates.get(name)
+        if states is not None and self.state not in states:
+            self._sequenceError(name)
+            return
+        handler(self, argument)
+
+    def _sequenceError(self, name: str) -> None:
+        state = self.state
+        if state is State.INITIAL:
+            text = f"Send EHLO or HELO first (before {name})"
+        elif name == "MAIL":
+            text = "Sender already given; send RSET to start over"
+        else:
+            text = f"Bad sequence of commands: {name} needs MAIL first"
+        self._commandError(503, "5.5.1", text)
+
+    def _commandError(self, code: int, enhanced: str, text: str) -> None:
+        self.reply(code, enhanced, text)
+        self._errors += 1
+        self._logRefusal("command", SMTPError(code, enhanced, text))
+        if self._errors >= self.factory.maxErrors:
+            self.reply(421, "4.7.0", f"{self.factory.hostname} Too many errors, closing connection")
+            self._close()
+
+    # -- replies ---------------------------------------------------------------
+
+    def reply(self, code: int, enhanced: str | None, text: str | list[str]) -> None:
+        """
+        Queue a reply; it is written when the input is drained.
+
+        :param enhanced: the enhanced status code, or ``None`` for none.
+        :param text: a line, or a list of lines for a multi-line reply.
+        """
+        self._out.append(formatReply(code, text, enhanced))
+
+    def replyError(self, error: SMTPError) -> None:
+        """Queue the reply an :class:`~txsmtp.errors.SMTPError` describes."""
+        enhanced = error.enhanced or f"{error.code // 100}.0.0"
+        self._out.append(formatReply(error.code, error.text, enhanced))
+
+    def _send(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._out = []
+
+    def _close(self) -> None:
+        """Write what is queued and close once it is sent."""
+        self._flush()
+        self.state = State.CLOSED
+        self._cancelTimeouts()
+        self.transport.loseConnection()
+
+    # -- waiting for hooks -----------------------------------------------------
+
+    def _block(self) -> None:
+        self._blocked += 1
+        call = self._timeoutCall
+        if call is not None and call.active():
+            call.cancel()
+        self._timeoutCall = None
+
+    def _unblock(self) -> None:
+        self._blocked -= 1
+        if not self._blocked and self.state is not State.CLOSED and not self._disconnected:
+            self._setTimeout(self._timeoutValue)
+
+    def _await(self, result: Any, then: Callable[[Any, Failure | None], None]) -> None:
+        """
+        Call ``then(value, None)`` or ``then(None, failure)`` once ``result``
+        is known.  The caller has already called :meth:`_block`; this unblocks
+        and resumes processing.
+        """
+        if not _isAwaitable(result):
+            self._unblock()
+            then(result, None)
+            return
+        d = defer.ensureDeferred(result) if inspect.iscoroutine(result) else result
+        sync = []
+
+        def done(value: Any) -> None:
+            self._unblock()
+            if self._disconnected:
+                if isinstance(value, Failure):
+                    _log.failure("delivery hook failed after the client left", value)
+                return
+            if isinstance(value, Failure):
+                then(None, value)
+            else:
+                then(value, None)
+            if not sync:
+                self._process()
+
+        d.addBoth(done)
+        sync.append(True)
+
+    def _hook(self, what: str, hook: Callable[..., Any], args: tuple[Any, ...], then: Callable[[Any, Failure | None], None]) -> None:
+        """Run a delivery hook (plain, Deferred or coroutine) and continue with ``then``."""
+        self._block()
+        try:
+            result = hook(*args)
+        except Exception:
+            self._unblock()
+            then(None, Failure())
+            return
+        self._await(result, then)
+
+    def _errorFromFailure(self, failure: Failure, what: str) -> SMTPError:
+        if failure.check(SMTPError):
+            return failure.value  # type: ignore[return-value]
+        _log.failure(
+            "{what} failed in the delivery for {peer}; answering 451", failure, what=what, peer=self.connection.peerHost
+        )
+        return SMTPError(451, "4.3.0", "Local error in processing; try again later")
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused:
+            self.transport.pauseProducing()
+        self._paused.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        self._paused.discard(reason)
+        if not self._paused and not self._disconnected:
+            self.transport.resumeProducing()
+
+    # -- timeouts --------------------------------------------------------------
+
+    def _setTimeout(self, seconds: float) -> None:
+        self._timeoutValue = seconds
+        call = self._timeoutCall
+        if call is not None and call.active():
+            call.reset(seconds)
+        elif seconds:
+            self._timeoutCall = self._clock.callLater(seconds, self.timeoutConnection)
+
+    def _cancelTimeouts(self) -> None:
+        for call in (self._timeoutCall, self._rateCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._timeoutCall = self._rateCall = None
+
+    def timeoutConnection(self) -> None:
+        """The client said nothing for too long: ``421 4.4.2`` and close."""
+        self._timeoutCall = None
+        self._giveUp(f"{self.factory.hostname} Timeout waiting for the client, closing connection", "timeout")
+
+    def _giveUp(self, text: str, why: str) -> None:
+        _log.info("closing connection from {peer}: {why}", peer=self.connection.peerHost, why=why)
+        if self._receiver is not None:
+            self._abortReceiver(why)
+            if self.envelope is not None:
+                self._logTransaction(why, None)
+        self._out = []
+        self.reply(421, "4.4.2", text)
+        self._close()
+
+    def _checkRate(self) -> None:
+        f = self.factory
+        window = f.dataRateWindow
+        if self._rateBytes < f.minDataRate * window:
+            self._rateCall = None
+            self._giveUp(f"{f.hostname} Data arriving too slowly, closing connection", "data too slow")
+            return
+        self._rateBytes = 0
+        self._rateCall = self._clock.callLater(window, self._checkRate)
+
+    # -- commands --------------------------------------------------------------
+
+    def extensions(self) -> list[str]:
+        """
+        The EHLO keywords to advertise, one string each.  Override and extend
+        in a subclass to add an extension.
+        """
+        f = self.factory
+        return ["PIPELINING", f"SIZE {f.maxMessageSize}", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "HELP"]
+
+    def _heloName(self, argument: bytes, verb: str) -> str | None:
+        name = argument.strip()
+        if not name or b" " in name:
+            self._commandError(501, "5.5.4", f"Syntax: {verb} your.host.name")
+            return None
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            self._commandError(501, "5.5.4", f"Syntax: {verb} your.host.name (not valid UTF-8)")
+            return None
+
+    def do_EHLO(self, argument: bytes) -> None:
+        name = self._heloName(argument, "EHLO")
+        if name is None:
+            return
+        self.resetTransaction()
+        self.connection.heloName = name
+        self.connection.esmtp = True
+        self.state = State.READY
+        self.reply(250, None, [f"{self.factory.hostname} Hello {name} [{self.connection.peerHost}]", *self.extensions()])
+
+    def do_HELO(self, argument: bytes) -> None:
+        name = self._heloName(argument, "HELO")
+        if name is None:
+            return
+        self.resetTransaction()
+        self.connection.heloName = name
+        self.connection.esmtp = False
+        self.state = State.READY
+        self.reply(250, None, f"{self.factory.hostname} Hello {name} [{self.connection.peerHost}]")
+
+    def do_MAIL(self, argument: bytes) -> None:
+        if argument[:5].upper() != b"FROM:":
+            self._commandError(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
+            return
+        f = self.factory
+        try:
+            path, rawParams = splitPathAndParameters(argument[5:])
+            smtputf8 = any(p.upper() == b"SMTPUTF8" for p in rawParams)
+            params = parseMailParameters(rawParams, self.mailKeywords, smtputf8)
+            sender = parsePath(path, utf8=params.smtputf8, nullOK=True)
+            self.checkMailParameters(params)
+        except SMTPError as e:
+            self.replyError(e)
+            self._logRefusal("MAIL", e)
+            return
+        if params.size is not None and params.size > f.maxMessageSize:
+            e = SMTPError(552, "5.3.4", f"Message too big: this server accepts at most {f.maxMessageSize} octets")
+            self.replyError(e)
+            self._logRefusal("MAIL", e)
+            return
+
+        def then(value: Any, failure: Failure | None) -> None:
+            if failure is not None:
+                err = self._errorFromFailure(failure, "checkSender")
+                self.replyError(err)
+                self._logRefusal("MAIL", err, sender=sender)
+                return
+            self.envelope = Envelope(sender, params, self.connection)
+            self.state = State.MAIL
+            self.reply(250, "2.1.0", f"Sender <{sender if sender is not None else ''}> OK")
+
+        self._hook("checkSender", self.session.checkSender, (sender, params), then)
+
+    def checkMailParameters(self, params: MailParameters) -> None:
+        """
+        Validate MAIL parameters beyond their syntax; raise
+        :class:`~txsmtp.errors.SMTPError` to refuse.  Subclasses that add
+        parameters extend this.
+        """
+        if params.body == "BINARYMIME" and "CHUNKING" not in self.extensions():
+            raise SMTPError(555, "5.5.4", "BODY=BINARYMIME needs CHUNKING, which this server does not offer")
+
+    def do_RCPT(self, argument: bytes) -> None:
+        if argument[:3].upper() != b"TO:":
+            self._commandError(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]")
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        f = self.factory
+        try:
+            path, rawParams = splitPathAndParameters(argument[3:])
+            params = parseRecipientParameters(rawParams, self.rcptKeywords, envelope.parameters.smtputf8)
+            address = parsePath(path, utf8=envelope.parameters.smtputf8, postmasterOK=True)
+        except SMTPError as e:
+            self.replyError(e)
+            self._logRefusal("RCPT", e)
+            return
+        assert address is not None
+        if len(envelope.recipients) >= f.maxRecipients:
+            # RFC 5321 §4.5.3.1.10: too many recipients is 452, so the client
+            # sends the rest in another transaction.
+            e = SMTPError(452, "4.5.3", f"Too many recipients (at most {f.maxRecipients} per message)")
+            self.replyError(e)
+            self._logRefusal("RCPT", e, recipient=address)
+            return
+        recipient = Recipient(address, params)
+
+        def then(value: Any, failure: Failure | None) -> None:
+            if failure is not None:
+                err = self._errorFromFailure(failure, "checkRecipient")
+                self.replyError(err)
+                self._logRefusal("RCPT", err, recipient=address)
+                return
+            if self.envelope is not envelope:
+                return
+            envelope.recipients.append(recipient)
+            self.state = State.RCPT
+            self.reply(250, "2.1.5", f"Recipient <{address}> OK")
+
+        self._hook("checkRecipient", self.session.checkRecipient, (recipient, envelope), then)
+
+    def do_DATA(self, argument: bytes) -> None:
+        if argument.strip():
+            self._commandError(501, "5.5.4", "Syntax: DATA takes no argument")
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        if not envelope.recipients:
+            # RFC 5321 §3.3: 503 or 554 when no recipient was accepted; 554
+            # tells a pipelining client exactly what happened.
+            self._commandError(554, "5.5.1", "No valid recipients")
+            return
+        envelope.queueId = self.factory.queueIds.next()
+        envelope.receivedHeader = self.receivedHeader(envelope)
+
+        def then(receiver: Any, failure: Failure | None) -> None:
+            if failure is not None:
+                err = self._errorFromFailure(failure, "openMessage")
+                self.replyError(err)
+                self._logTransaction("refused", err)
+                self.resetTransaction()
+                return
+            self.startMessage(receiver)
+
+        self._hook("openMessage", self.session.openMessage, (envelope,), then)
+
+    def startMessage(self, receiver: Any) -> None:
+        """
+        Switch to reading a message body into ``receiver`` and answer ``354``.
+        """
+        f = self.factory
+        assert self.envelope is not None
+        self._receiver = receiver
+        self._decoder = DataDecoder(f.bareLineEnds)
+        self._dataError = None
+        self.state = State.DATA
+        self._setTimeout(f.dataTimeout)
+        if f.minDataRate:
+            self._rateBytes = 0
+            self._rateCall = self._clock.callLater(f.dataRateWindow, self._checkRate)
+        self._write(self.envelope.receivedHeader)
+        self.reply(354, None, "End data with <CR><LF>.<CR><LF>")
+
+    def _write(self, chunk: bytes) -> None:
+        receiver = self._receiver
+        if receiver is None:
+            return
+        try:
+            result = receiver.write(chunk)
+        except Exception:
+            self._receiverFailed(Failure())
+            return
+        if result is not None and _isAwaitable(result):
+            d = defer.ensureDeferred(result) if inspect.iscoroutine(result) else result
+            if d.called and not isinstance(d.result, Failure):  # type: ignore[attr-defined]
+                return
+            self._writesPending += 1
+            self._pause("receiver")
+
+            def written(value: Any) -> None:
+                self._writesPending -= 1
+                if isinstance(value, Failure):
+                    self._receiverFailed(value)
+                if not self._writesPending:
+                    self._resume("receiver")
+                    if self._blockedOnWrites and not self._disconnected:
+                        # The end of data was seen while writes were pending.
+                        self._finishMessage()
+                        self._process()
+
+            d.addBoth(written)
+
+    def _receiverFailed(self, failure: Failure) -> None:
+        if self._dataError is None:
+            self._dataError = self._errorFromFailure(failure, "write")
+            self._abortReceiver("write failed")
+
+    def _abortReceiver(self, why: str) -> None:
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            try:
+                receiver.abort(why)
+            except Exception:
+                _log.failure("receiver abort() failed")
+
+    def _dataChunk(self, data: bytes) -> None:
+        decoder = self._decoder
+        assert decoder is not None
+        before = decoder.size
+        body = decoder.feed(data)
+        self._rateBytes += len(data)
+        if body and self._dataError is None:
+            f = self.factory
+            if decoder.bareLineEnd:
+                self._dataError = SMTPError(
+                    550, "5.6.0", "Message refused: bare CR or LF in the body (lines must end with CRLF)"
+                )
+                self._abortReceiver("bare line end")
+            elif decoder.size > f.maxMessageSize:
+                self._dataError = SMTPError(
+                    552, "5.3.4", f"Message too big: this server accepts at most {f.maxMessageSize} octets"
+                )
+                self._abortReceiver("too big")
+            elif before < decoder.size:
+                self._write(body)
+        if decoder.done:
+            self._decoder = None
+            self._messageSize = decoder.size
+            call = self._rateCall
+            if call is not None and call.active():
+                call.cancel()
+            self._rateCall = None
+            self._setTimeout(self.factory.commandTimeout)
+            rest = decoder.rest
+            if rest:
+                self._lines.feed(rest)
+            if self._writesPending:
+                # finish() only after the receiver has taken every chunk.
+                self._block()
+                self._blockedOnWrites = True
+            else:
+                self._finishMessage()
+
+    def _finishMessage(self) -> None:
+        if self._blockedOnWrites:
+            self._blockedOnWrites = False
+            self._unblock()
+        envelope = self.envelope
+        assert envelope is not None
+        size = self._messageSize
+        if self._dataError is not None:
+            err = self._dataError
+            self.replyError(err)
+            self._logTransaction("refused", err, size)
+            self.resetTransaction()
+            self._afterTransaction()
+            return
+        receiver, self._receiver = self._receiver, None
+
+        def then(result: Any, failure: Failure | None) -> None:
+            if failure is not None:
+                err = self._errorFromFailure(failure, "finish")
+                self.replyError(err)
+                self._logTransaction("refused", err, size)
+            else:
+                self.messageStored(envelope, result, size)
+            self.resetTransaction()
+            self._afterTransaction()
+
+        self._hook("finish", receiver.finish, (), then)
+
+    def messageStored(self, envelope: Envelope, results: list[SMTPError | None] | None, size: int) -> None:
+        """
+        Answer the final dot.  ``results`` is what the receiver's ``finish``
+        gave: ``None`` or one entry per recipient.  SMTP gives one reply:
+        250 if any recipient got the message, else the first refusal.
+        """
+        if results:
+            failures = [r for r in results if isinstance(r, SMTPError)]
+            if len(failures) == len(envelope.recipients):
+                self.replyError(failures[0])
+                self._logTransaction("refused", failures[0], size)
+                return
+        self.reply(250, "2.0.0", f"OK: queued as {envelope.queueId}")
+        self._logTransaction("accepted", None, size)
+
+    def _afterTransaction(self) -> None:
+        if self._shuttingDown:
+            self.reply(421, "4.3.2", f"{self.factory.hostname} Service shutting down, closing connection")
+            self._close()
+
+    def resetTransaction(self) -> None:
+        """Forget the current transaction (and tell the session)."""
+        if self._receiver is not None:
+            self._abortReceiver("transaction reset")
+        self._decoder = None
+        self._dataError = None
+        if self.envelope is not None or self.state in (State.MAIL, State.RCPT, State.DATA):
+            self.envelope = None
+            if self.session is not None:
+                try:
+                    self.session.reset()
+                except Exception:
+                    _log.failure("delivery session reset() failed")
+        if self.state in (State.MAIL, State.RCPT, State.DATA):
+            self.state = State.READY
+
+    def do_RSET(self, argument: bytes) -> None:
+        if argument.strip():
+            self._commandError(501, "5.5.4", "Syntax: RSET takes no argument")
+            return
+        self.resetTransaction()
+        self.reply(250, "2.0.0", "OK")
+
+    def do_NOOP(self, argument: bytes) -> None:
+        self.reply(250, "2.0.0", "OK")
+
+    def do_QUIT(self, argument: bytes) -> None:
+        self.reply(221, "2.0.0", f"{self.factory.hostname} Bye")
+        self.resetTransaction()
+        self._close()
+
+    def do_VRFY(self, argument: bytes) -> None:
+        text = argument.strip().decode("utf-8", "replace")
+        if not text:
+            self._commandError(501, "5.5.4", "Syntax: VRFY <address>")
+            return
+        session = self.session
+        verify = getattr(session, "verify", None)
+        if verify is None:
+            self.reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+            return
+
+        def then(value: Any, failure: Failure | None) -> None:
+            if failure is not None:
+                self.replyError(self._errorFromFailure(failure, "verify"))
+            elif value is None:
+                self.reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+            else:
+                self.reply(250, "2.1.5", str(value))
+
+        self._hook("verify", verify, (text,), then)
+
+    def do_EXPN(self, argument: bytes) -> None:
+        # RFC 5321 §7.3: disabling EXPN is allowed; say so clearly.
+        self.reply(502, "5.5.1", "EXPN is not available on this server")
+
+    _HELP: ClassVar[dict[str, str]] = {
+        "EHLO": "EHLO <hostname> -- introduce yourself and list extensions",
+        "HELO": "HELO <hostname> -- introduce yourself (no extensions)",
+        "MAIL": "MAIL FROM:<sender> [SIZE=n] [BODY=8BITMIME] [SMTPUTF8] -- start a message",
+        "RCPT": "RCPT TO:<recipient> -- add a recipient",
+        "DATA": "DATA -- send the message, end it with a line holding a single dot",
+        "RSET": "RSET -- abandon the current message",
+        "NOOP": "NOOP -- do nothing",
+        "QUIT": "QUIT -- close the session",
+        "VRFY": "VRFY <address> -- verify an address (answered 252 here)",
+        "HELP": "HELP [command] -- this text",
+    }
+
+    def do_HELP(self, argument: bytes) -> None:
+        topic = argument.strip().decode("ascii", "replace").upper()
+        if topic:
+            text = self._HELP.get(topic)
+            if text is None:
+                if topic in self._handlers:
+                    text = f"{topic} -- see the RFC that defines it"
+                else:
+                    self.reply(504, "5.5.1", f"No help for {topic[:20]}: not a command here")
+                    return
+            self.reply(214, "2.0.0", text)
+            return
+        commands = " ".join(sorted(self._handlers))
+        self.reply(214, "2.0.0", [f"Commands: {commands}", "HELP <command> for details; see RFC 5321"])
+
+    # -- Received: and logging -------------------------------------------------
+
+    def withKeyword(self, envelope: Envelope) -> str:
+        """The ``with`` protocol of RFC 3848 (and RFC 6531 §4.3) for this message."""
+        conn = self.connection
+        base = self.receivedProtocol if conn.esmtp else "SMTP"
+        if envelope.parameters.smtputf8:
+            base = "UTF8" + base
+        suffix = ("S" if conn.tls is not None else "") + ("A" if conn.authenticated else "")
+        if suffix and base == "SMTP":
+            base = "ESMTP"
+        return base + suffix
+
+    def receivedHeader(self, envelope: Envelope) -> bytes:
+        """Build the ``Received:`` header (RFC 5321 §4.4) for ``envelope``."""
+        conn = self.connection
+        peer = conn.peerHost
+        if ":" in peer:
+            literal = f"[IPv6:{peer}]"
+        elif peer[:1].isdigit():
+            literal = f"[{peer}]"
+        else:
+            literal = peer
+        forPart = ""
+        if len(envelope.recipients) == 1:
+            forPart = f"\r\n\tfor <{envelope.recipients[0].address}>"
+        header = (
+            f"Received: from {conn.heloName} ({literal})\r\n"
+            f"\tby {self.factory.hostname} (txsmtp) with {self.withKeyword(envelope)} id {envelope.queueId}"
+            f"{forPart}; {self.factory.dateHeader()}\r\n"
+        )
+        return header.encode("utf-8")
+
+    def _logRefusal(self, command: str, error: SMTPError, **extra: Any) -> None:
+        _log.info(
+            "refused {command} from {peer}: {code} {enhanced} {text}",
+            command=command,
+            peer=self.connection.peerHost,
+            code=error.code,
+            enhanced=error.enhanced,
+            text=error.text,
+            session=self.connection.sessionId,
+            **{k: str(v) for k, v in extra.items()},
+        )
+
+    def _logTransaction(self, result: str, error: SMTPError | None, size: int | None = None) -> None:
+        envelope = self.envelope
+        if envelope is None:
+            return
+        conn = self.connection
+        _log.info(
+            "{result} id={queueId} from={sender} rcpts={recipients} size={size} peer={peer} helo={helo}"
+            "{reason}",
+            result=result,
+            queueId=envelope.queueId,
+            sender=envelope.returnPath,
+            recipients=len(envelope.recipients),
+            size=size,
+            peer=conn.peerHost,
+            helo=conn.heloName,
+            tls=conn.tls is not None,
+            authenticated=conn.authenticated,
+            reason=f" reason={error}" if error is not None else "",
+            session=conn.sessionId,
+        )
+
+    # -- shutdown --------------------------------------------------------------
+
+    def shutdown(self) -> Deferred[None]:
+        """
+        Close gracefully: at once when no transaction is under way, else
+        after the current transaction is answered.  Fires when the
+        connection is closed.
+        """
+        d: Deferred[None] = Deferred()
+        if self._disconnected:
+            d.callback(None)
+            return d
+        self._closeDeferreds.append(d)
+        self._shuttingDown = True
+        if self.state in (State.INITIAL, State.READY, State.REFUSED) and not self._blocked:
+            self.reply(421, "4.3.2", f"{self.factory.hostname} Service shutting down, closing connection")
+            self._close()
+        return d
+
+    def forceClose(self) -> None:
+        """Close now, abandoning any transaction (``421``)."""
+        if not self._disconnected and self.state is not State.CLOSED:
+            self._giveUp(f"{self.factory.hostname} Service shutting down, closing connection", "shutdown")
+        elif not self._disconnected:
+            self.transport.abortConnection()
+
+
+def _collectHandlers(cls: type) -> dict[str, Callable[..., None]]:
+    return {name[3:]: getattr(cls, name) for name in dir(cls) if name.startswith("do_") and name[3:].isalpha()}
+
+
+class _HandlersDescriptor:
+    """``self._handlers``: the ``do_VERB`` table of the instance's class, built once per class."""
+
+    def __get__(self, instance: Any, owner: type) -> dict[str, Callable[..., None]]:
+        table = owner.__dict__.get("_handlerTable")
+        if table is None:
+            table = _collectHandlers(owner)
+            owner._handlerTable = table  # type: ignore[attr-defined]
+        return table
+
+
+ESMTPServer._handlers = _HandlersDescriptor()  # type: ignore[attr-defined]
+
+
+@implementer(interfaces.IProtocolFactory)
+class SMTPFactory(Factory):
+    """
+    Makes :class:`ESMTPServer` sessions that hand mail to ``delivery``.
+
+    :param delivery: an :class:`~txsmtp.interfaces.IDelivery` provider.
+    :param hostname: the name the server gives itself (greeting, EHLO,
+        ``Received:``); default: this machine's fully qualified name.
+    :param maxMessageSize: the largest message accepted, in octets
+        (advertised with SIZE, RFC 1870).
+    :param maxRecipients: recipients per transaction (RFC 5321 asks for at
+        least 100).
+    :param commandTimeout: seconds to wait for a command (RFC 5321
+        §4.5.3.2.7: at least 5 minutes).
+    :param dataTimeout: seconds to wait for the next block of a message
+        (RFC 5321 §4.5.3.2.5 gives the client 3 minutes).
+    :param minDataRate: during DATA, octets per second the client must
+        average over each ``dataRateWindow`` seconds; ``0`` disables.
+    :param bareLineEnds: ``"reject"`` (550 after the final dot) or
+        ``"normalize"`` (turn bare CR and LF into CRLF).
+    :param maxLineLength: the longest command line, CRLF included.
+    :param maxErrors: errors in one session before ``421`` and close.
+    :param clock: an :class:`~twisted.internet.interfaces.IReactorTime`
+        (a :class:`~twisted.internet.task.Clock` in tests).
+    """
+
+    protocol: type[ESMTPServer] = ESMTPServer
+
+    def __init__(
+        self,
+        delivery: IDelivery,
+        hostname: str | None = None,
+        *,
+        maxMessageSize: int = 32 * 1024 * 1024,
+        maxRecipients: int = 100,
+        commandTimeout: float = 300.0,
+        dataTimeout: float = 180.0,
+        minDataRate: int = 256,
+        dataRateWindow: float = 60.0,
+        bareLineEnds: str = REJECT,
+        maxLineLength: int = 512,
+        maxErrors: int = 20,
+        clock: interfaces.IReactorTime | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        if hostname is None:
+            import socket
+
+            hostname = socket.getfqdn()
+        if maxMessageSize < 1 or maxRecipients < 1 or maxLineLength < 512:
+            raise ValueError("maxMessageSize and maxRecipients must be positive; maxLineLength at least 512")
+        if bareLineEnds not in ("reject", "normalize"):
+            raise ValueError("bareLineEnds must be 'reject' or 'normalize'")
+        self.delivery = delivery
+        self.hostname = hostname
+        self.maxMessageSize = maxMessageSize
+        self.maxRecipients = maxRecipients
+        self.commandTimeout = commandTimeout
+        self.dataTimeout = dataTimeout
+        self.minDataRate = minDataRate
+        self.dataRateWindow = dataRateWindow
+        self.bareLineEnds = bareLineEnds
+        self.maxLineLength = maxLineLength
+        self.maxErrors = maxErrors
+        self.clock = clock
+        self.queueIds = _QueueIds()
+        self.protocols: set[ESMTPServer] = set()
+        self._dateCache = (-1, "")
+
+    def dateHeader(self) -> str:
+        """The current date in RFC 5322 form, computed at most once a second."""
+        now = int(self.clock.seconds())
+        if self._dateCache[0] != now:
+            self._dateCache = (now, formatdate(now, localtime=False, usegmt=False))
+        return self._dateCache[1]
+
+    def shutdown(self, grace: float = 30.0) -> Deferred[None]:
+        """
+        Close every connection gracefully: idle sessions at once with
+        ``421 4.3.2``, sessions in a transaction once it is answered, and
+        whatever is left after ``grace`` seconds by force.  Stop listening
+        first (stop the listening port or service); this only handles the
+        established connections.
+        """
+        protocols = list(self.protocols)
+        if not protocols:
+            return defer.succeed(None)
+        waits = [p.shutdown() for p in protocols]
+
+        def force() -> None:
+            for p in list(self.protocols):
+                p.forceClose()
+
+        call = self.clock.callLater(grace, force)
+        d = defer.DeferredList(waits, consumeErrors=True)
+
+        def done(_: Any) -> None:
+            if call.active():
+                call.cancel()
+
+        d.addCallback(done)
+        return d  # type: ignore[return-value]

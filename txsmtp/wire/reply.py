@@ -1,0 +1,149 @@
+"""
+SMTP replies: formatting (server side) and incremental parsing (client side).
+
+RFC 5321 §4.2: a reply is one or more lines ``CODE-text`` ending with a
+line ``CODE text``; §4.5.3.1.5 bounds a reply line at 512 octets.  RFC 2034
+puts an enhanced status code (RFC 3463, ``class.subject.detail``) at the
+start of the text of every line once ENHANCEDSTATUSCODES is advertised.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from txsmtp.errors import SMTPProtocolError
+
+__all__ = ["Reply", "ReplyParser", "formatReply", "ENHANCED_RE"]
+
+#: Matches an RFC 3463 enhanced status code.
+ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
+_ENHANCED_PREFIX = re.compile(rb"^([245]\.\d{1,3}\.\d{1,3})(?: |$)")
+
+
+def formatReply(code: int, text: str | list[str] = "", enhanced: str | None = None) -> bytes:
+    """
+    Return the wire form of a reply.
+
+    :param code: the reply code.
+    :param text: one line of text, a string containing newlines, or a list
+        of lines; each becomes one reply line.
+    :param enhanced: an enhanced status code to put in front of every line,
+        or ``None``.
+
+    >>> formatReply(250, ["mx.example.com", "PIPELINING"])
+    b'250-mx.example.com\\r\\n250 PIPELINING\\r\\n'
+    """
+    lines = text.split("\n") if isinstance(text, str) else list(text) or [""]
+    prefix = f"{code:03d}"
+    parts = []
+    last = len(lines) - 1
+    for n, line in enumerate(lines):
+        sep = " " if n == last else "-"
+        if enhanced:
+            parts.append(f"{prefix}{sep}{enhanced} {line}\r\n" if line else f"{prefix}{sep}{enhanced}\r\n")
+        else:
+            parts.append(f"{prefix}{sep}{line}\r\n" if line else f"{prefix}{sep}\r\n")
+    return "".join(parts).encode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """
+    A parsed reply.
+
+    :ivar code: the reply code as an integer.
+    :ivar lines: the text of each line, with the enhanced code removed.
+    :ivar enhanced: the first enhanced status code in the reply, or ``None``.
+    """
+
+    code: int
+    lines: tuple[str, ...] = field(default=())
+    enhanced: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The text lines joined with newlines."""
+        return "\n".join(self.lines)
+
+    @property
+    def positive(self) -> bool:
+        """``True`` for 2xx and 3xx replies."""
+        return self.code < 400
+
+    def __str__(self) -> str:
+        head = f"{self.code} {self.enhanced} " if self.enhanced else f"{self.code} "
+        return head + " / ".join(self.lines)
+
+
+class ReplyParser:
+    """
+    Incremental parser for the replies a server sends.
+
+    :param maxLineLength: the longest reply line accepted, CRLF included.
+        RFC 5321 allows 512; real servers exceed it a little, so the default
+        is 2048.
+    :param maxReplyLength: the most octets one (multi-line) reply may take.
+
+    :meth:`feed` returns the complete replies it could parse.  Anything
+    malformed or over a bound raises :class:`~txsmtp.errors.SMTPProtocolError`
+    and leaves the parser unusable: the connection should be dropped.
+    """
+
+    def __init__(self, maxLineLength: int = 2048, maxReplyLength: int = 65536) -> None:
+        self.maxLineLength = maxLineLength
+        self.maxReplyLength = maxReplyLength
+        self._buf = b""
+        self._lines: list[bytes] = []
+        self._replySize = 0
+
+    def feed(self, data: bytes) -> list[Reply]:
+        """Parse ``data`` and return the replies it completes."""
+        buf = self._buf + data if self._buf else data
+        replies = []
+        pos = 0
+        while True:
+            i = buf.find(b"\r\n", pos)
+            if i < 0:
+                break
+            line = buf[pos:i]
+            pos = i + 2
+            reply = self._line(line)
+            if reply is not None:
+                replies.append(reply)
+        self._buf = buf[pos:]
+        if len(self._buf) > self.maxLineLength:
+            raise SMTPProtocolError("reply line too long")
+        if self._replySize + len(self._buf) > self.maxReplyLength:
+            raise SMTPProtocolError("reply too long")
+        return replies
+
+    def _line(self, line: bytes) -> Reply | None:
+        if len(line) + 2 > self.maxLineLength:
+            raise SMTPProtocolError("reply line too long")
+        self._replySize += len(line) + 2
+        if self._replySize > self.maxReplyLength:
+            raise SMTPProtocolError("reply too long")
+        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
+            raise SMTPProtocolError(f"malformed reply line: {line[:80]!r}")
+        if self._lines and line[:3] != self._lines[0][:3]:
+            raise SMTPProtocolError("reply code changed inside a multi-line reply")
+        self._lines.append(line)
+        if line[3:4] == b"-":
+            return None
+        lines, self._lines = self._lines, []
+        self._replySize = 0
+        code = int(lines[0][:3])
+        if not 200 <= code <= 599:
+            raise SMTPProtocolError(f"reply code out of range: {code}")
+        enhanced = None
+        texts = []
+        for raw in lines:
+            body = raw[4:]
+            m = _ENHANCED_PREFIX.match(body)
+            if m and int(m.group(1)[:1]) == code // 100:
+                if enhanced is None:
+                    enhanced = m.group(1).decode("ascii")
+                body = body[m.end() :]
+            texts.append(body.decode("utf-8", "replace"))
+        return Reply(code, tuple(texts), enhanced)
