@@ -205,7 +205,9 @@ class ServerHarness:
     A server protocol on an in-memory transport, driven by hand.
 
     :param delivery: the delivery (default: a new :class:`MemoryDelivery`).
-    :param factory: a ready factory to use instead.
+    :param factory: a ready factory to use instead (its clock is replaced by
+        :attr:`clock` unless it already is a
+        :class:`~twisted.internet.task.Clock`).
     :param factoryArgs: keyword arguments for
         :class:`~txsmtp.server.SMTPFactory`; ``clock`` defaults to
         :attr:`clock`, ``hostname`` to ``"test.invalid"``.
@@ -228,6 +230,11 @@ class ServerHarness:
             factoryArgs.setdefault("clock", self.clock)
             factoryArgs.setdefault("hostname", "test.invalid")
             factory = SMTPFactory(delivery if delivery is not None else MemoryDelivery(), **factoryArgs)
+        elif isinstance(factory.clock, Clock):
+            self.clock = factory.clock
+        else:
+            # The harness owns time: no timer may reach the real reactor.
+            factory.clock = self.clock
         self.factory = factory
         self.delivery = factory.delivery
         self._parser = ReplyParser(maxReplyLength=1 << 20)
