@@ -860,15 +860,23 @@ class ESMTPServer(Protocol):
     # -- Received: and logging -------------------------------------------------
 
     def withKeyword(self, envelope: Envelope) -> str:
-        """The ``with`` protocol of RFC 3848 (and RFC 6531 §4.3) for this message."""
+        """
+        The ``with`` protocol name for ``Received:``: RFC 3848 (SMTP, ESMTP,
+        ESMTPS, ESMTPA, ESMTPSA, LMTP...) and RFC 6531 §4.3 (UTF8SMTP,
+        UTF8SMTPS, UTF8SMTPA, UTF8SMTPSA, and the LMTP forms).
+        """
         conn = self.connection
-        base = self.receivedProtocol if conn.esmtp else "SMTP"
+        tls = conn.tls is not None
+        auth = bool(conn.authenticated)
         if envelope.parameters.smtputf8:
-            base = "UTF8" + base
-        suffix = ("S" if conn.tls is not None else "") + ("A" if conn.authenticated else "")
-        if suffix and base == "SMTP":
+            base = "UTF8LMTP" if self.receivedProtocol == "LMTP" else "UTF8SMTP"
+        elif self.receivedProtocol == "LMTP":
+            base = "LMTP"
+        elif conn.esmtp or tls or auth:
             base = "ESMTP"
-        return base + suffix
+        else:
+            return "SMTP"
+        return base + ("S" if tls else "") + ("A" if auth else "")
 
     def receivedHeader(self, envelope: Envelope) -> bytes:
         """Build the ``Received:`` header (RFC 5321 §4.4) for ``envelope``."""
