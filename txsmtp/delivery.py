@@ -191,11 +191,20 @@ class _MaildirFile:
         newPath = os.path.join(self.maildir.path, "new", self.name)
         os.rename(self.tmpPath, newPath)
         if sync:
-            dirfd = os.open(os.path.join(self.maildir.path, "new"), os.O_RDONLY)
             try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
+                dirfd = os.open(os.path.join(self.maildir.path, "new"), os.O_RDONLY)
+                try:
+                    os.fsync(dirfd)
+                finally:
+                    os.close(dirfd)
+            except OSError:
+                # Not durable, so not delivered: the client will retry, and a
+                # copy left in new/ would then be a duplicate.
+                try:
+                    os.unlink(newPath)
+                except OSError:
+                    pass
+                raise
         return newPath
 
     def discard(self) -> None:
@@ -358,7 +367,8 @@ class VirtualMaildirDelivery(BaseDelivery):
         else:
             domain = address.domain.lower()
             local = address.unquotedLocalPart
-            if not _safeName(domain) or not _safeName(local):
+            if not _safeName(domain) or not _safeName(local) or domain == "postmaster":
+                # DIR/postmaster is the Maildir of the bare <Postmaster>, not a domain.
                 return None
             candidates = [os.path.join(self.path, domain, local)]
             if local.lower() != local:

@@ -38,7 +38,8 @@ import inspect
 import secrets
 import time
 from collections.abc import Callable
-from email.utils import formatdate
+from datetime import datetime, timezone
+from email.utils import format_datetime
 from typing import Any, ClassVar
 
 from twisted.internet import defer, interfaces
@@ -397,7 +398,8 @@ class ESMTPServer(Protocol):
                 then(None, value)
             else:
                 then(value, None)
-            if not sync:
+            if sync:
+                # Fired later, from the reactor: resume where input stopped.
                 self._process()
 
         d.addBoth(done)
@@ -447,7 +449,9 @@ class ESMTPServer(Protocol):
             return
         f = self.factory
         now = self._clock.seconds()
-        if self._blocked:
+        if self._blocked or self._writesPending:
+            # Waiting for the delivery (a hook, or back-pressure from the
+            # receiver): the client is not idle by its own choice.
             self._armTimer(now, now + self._timeoutValue)
             return
         deadline = self._lastActivity + self._timeoutValue
@@ -474,14 +478,14 @@ class ESMTPServer(Protocol):
         """The client said nothing for too long: ``421 4.4.2`` and close."""
         self._giveUp(f"{self.factory.hostname} Timeout waiting for the client, closing connection", "timeout")
 
-    def _giveUp(self, text: str, why: str) -> None:
+    def _giveUp(self, text: str, why: str, enhanced: str = "4.4.2") -> None:
         _log.info("closing connection from {peer}: {why}", peer=self.connection.peerHost, why=why, session=self.connection.sessionId)
         if self._receiver is not None:
             self._abortReceiver(why)
             if self.envelope is not None:
                 self._logTransaction(why, None)
         self._out = []
-        self.reply(421, "4.4.2", text)
+        self.reply(421, enhanced, text)
         self._close()
 
     # -- commands --------------------------------------------------------------
@@ -670,6 +674,9 @@ class ESMTPServer(Protocol):
                 if isinstance(value, Failure):
                     self._receiverFailed(value)
                 if not self._writesPending:
+                    # Time spent paused is ours: restart the idle and rate clocks.
+                    self._lastActivity = self._dataStarted = self._clock.seconds()
+                    self._rateBytes = 0
                     self._resume("receiver")
                     if self._blockedOnWrites and not self._disconnected:
                         # The end of data was seen while writes were pending.
@@ -795,6 +802,7 @@ class ESMTPServer(Protocol):
             return
         self.resetTransaction()
         self.reply(250, "2.0.0", "OK")
+        self._afterTransaction()
 
     def do_NOOP(self, argument: bytes) -> None:
         self.reply(250, "2.0.0", "OK")
@@ -960,9 +968,9 @@ class ESMTPServer(Protocol):
         return d
 
     def forceClose(self) -> None:
-        """Close now, abandoning any transaction (``421``)."""
+        """Close now, abandoning any transaction (``421 4.3.2``)."""
         if not self._disconnected and self.state is not State.CLOSED:
-            self._giveUp(f"{self.factory.hostname} Service shutting down, closing connection", "shutdown")
+            self._giveUp(f"{self.factory.hostname} Service shutting down, closing connection", "shutdown", "4.3.2")
         elif not self._disconnected:
             self.transport.abortConnection()
 
@@ -1059,7 +1067,8 @@ class SMTPFactory(Factory):
         """The current date in RFC 5322 form, computed at most once a second."""
         now = int(self.clock.seconds())
         if self._dateCache[0] != now:
-            self._dateCache = (now, formatdate(now, localtime=False, usegmt=False))
+            # RFC 5322 §3.3: "+0000" for a time known to be UTC.
+            self._dateCache = (now, format_datetime(datetime.fromtimestamp(now, timezone.utc)))
         return self._dateCache[1]
 
     def shutdown(self, grace: float = 30.0) -> Deferred[None]:

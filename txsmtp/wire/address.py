@@ -91,6 +91,9 @@ def _checkLiteral(literal: str) -> None:
     if ":" in inner:
         tag, _, rest = inner.partition(":")
         if tag.lower() == "ipv6":
+            if "%" in rest:
+                # RFC 5321 §4.1.3 IPv6-addr has no zone identifier.
+                raise SMTPSyntaxError(501, "5.1.3", f"Bad IPv6 address literal: {literal}")
             try:
                 ipaddress.IPv6Address(rest)
             except ValueError:
@@ -113,8 +116,8 @@ def splitPathAndParameters(arg: bytes) -> tuple[bytes, list[bytes]]:
     included) and the list of ``keyword[=value]`` parameters.
 
     A quoted local part may contain spaces and ``>``; the scan honours the
-    quoting.  One space between the colon and the path is tolerated, as
-    widespread clients send it.
+    quoting.  Spaces between the colon and the path are tolerated, as
+    widespread clients send them.
     """
     arg = arg.lstrip(b" ")
     if not arg.startswith(b"<"):

@@ -67,7 +67,7 @@ class DataDecoder:
     commands).  :attr:`size` counts the decoded octets.
     """
 
-    __slots__ = ("bareLineEnds", "done", "rest", "size", "bareLineEnd", "_tail", "_skip")
+    __slots__ = ("bareLineEnds", "done", "rest", "size", "bareLineEnd", "_tail", "_skip", "_afterBareLF")
 
     def __init__(self, bareLineEnds: str = REJECT) -> None:
         if bareLineEnds not in (REJECT, NORMALIZE):
@@ -81,6 +81,7 @@ class DataDecoder:
         # ".CRLF" behave like any other line start.  It is not output.
         self._tail = b"\r\n"
         self._skip = 2
+        self._afterBareLF = False
 
     def feed(self, data: bytes) -> bytes:
         """
@@ -108,9 +109,17 @@ class DataDecoder:
                 segment = buf
         if not segment:
             return b""
+        if self._afterBareLF and segment[:1] == b".":
+            # Normalising: the previous segment ended with a bare LF, now a
+            # line end, so this dot starts a line and is a stuffed one.
+            segment = segment[1:]
+        self._afterBareLF = False
         crlf = segment.count(b"\r\n")
         if crlf != segment.count(b"\r") or crlf != segment.count(b"\n"):
             if self.bareLineEnds == NORMALIZE:
+                # A CRLF is never at the end of a segment (it stays in the
+                # tail), so a final LF here is a bare one.
+                self._afterBareLF = segment.endswith(b"\n")
                 segment = _normalize(segment)
             else:
                 self.bareLineEnd = True

@@ -18,6 +18,7 @@ __all__ = ["Reply", "ReplyParser", "formatReply", "ENHANCED_RE"]
 
 #: Matches an RFC 3463 enhanced status code.
 ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
+_LINEBREAK = re.compile(r"\r\n|\r|\n")
 _ENHANCED_PREFIX = re.compile(rb"^([245]\.\d{1,3}\.\d{1,3})(?: |$)")
 
 
@@ -34,7 +35,12 @@ def formatReply(code: int, text: str | list[str] = "", enhanced: str | None = No
     >>> formatReply(250, ["mx.example.com", "PIPELINING"])
     b'250-mx.example.com\\r\\n250 PIPELINING\\r\\n'
     """
-    lines = text.split("\n") if isinstance(text, str) else list(text) or [""]
+    # RFC 5321 §4.2.1: no CR or LF inside a reply line; each line break in
+    # the text starts a new reply line.
+    if isinstance(text, str):
+        lines = _LINEBREAK.split(text) if ("\n" in text or "\r" in text) else [text]
+    else:
+        lines = [part for item in text for part in _LINEBREAK.split(item)] or [""]
     prefix = f"{code:03d}"
     parts = []
     last = len(lines) - 1

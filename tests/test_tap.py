@@ -1,0 +1,502 @@
+"""
+``twistd smtp``: option parsing, the service it builds, its plugin, graceful
+stop, and the real ``twistd -n smtp`` end to end.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IServiceMaker
+from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
+from twisted.plugin import CachedDropin, getPlugins
+from twisted.python import usage
+from twisted.trial import unittest
+
+import twisted.plugins
+import txsmtp.tap
+from tests.twistd_helpers import (
+    REPO_ROOT,
+    TWISTD,
+    LogEvents,
+    childEnv,
+    connectClient,
+    maildirFiles,
+    parseStored,
+    readAll,
+    runProcess,
+    startTwistd,
+)
+from txsmtp.delivery import DiscardDelivery, MaildirDelivery
+from txsmtp.server import SMTPFactory
+from txsmtp.tap import DEFAULT_LISTEN, Options, SMTPService, makeService
+from txsmtp.testing import MemoryDelivery
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
+class _InScratchDirectory:
+    """Run each test in its own empty working directory (``maildir:Maildir`` is relative)."""
+
+    def setUp(self) -> None:
+        self.cwd = os.path.abspath(self.mktemp())  # type: ignore[attr-defined]
+        os.makedirs(self.cwd)
+        self.addCleanup(os.chdir, os.getcwd())  # type: ignore[attr-defined]
+        os.chdir(self.cwd)
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+# -- options --------------------------------------------------------------------------------
+
+
+class OptionsTests(_InScratchDirectory, unittest.TestCase):
+    """txsmtp.tap.Options."""
+
+    def test_defaults(self) -> None:
+        """No options: 127.0.0.1:8025, ./Maildir, 32 MiB, 100 recipients, 300 s, reject bare LF."""
+        options = parse()
+        self.assertEqual(DEFAULT_LISTEN, "tcp:8025:interface=127.0.0.1")
+        self.assertEqual(options["listen"], ["tcp:8025:interface=127.0.0.1"])
+        self.assertEqual(options["deliver"], "maildir:Maildir")
+        self.assertEqual(options["max-size"], 33554432)
+        self.assertEqual(options["max-recipients"], 100)
+        self.assertEqual(options["timeout"], 300)
+        self.assertEqual(options["bare-lf"], "reject")
+        self.assertEqual(options["shutdown-grace"], 30)
+        self.assertEqual(options["hostname"], socket.getfqdn())
+        delivery = options["delivery"]
+        self.assertIsInstance(delivery, MaildirDelivery)
+        self.assertEqual(delivery.maildir.path, os.path.join(self.cwd, "Maildir"))
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(self.cwd, "Maildir"))), ["cur", "new", "tmp"]
+        )
+
+    def test_values(self) -> None:
+        """Every option, with --listen repeated (in order)."""
+        options = parse(
+            "--listen", LOOPBACK, "--listen=tcp6:0:interface=\\:\\:1", "--deliver", "discard", "--max-size", "1000",
+            "--max-recipients=5", "--timeout", "12.5", "--bare-lf", "normalize", "--hostname", "mx.example",
+            "--shutdown-grace", "2",
+        )  # fmt: skip
+        self.assertEqual(options["listen"], [LOOPBACK, "tcp6:0:interface=\\:\\:1"])
+        self.assertIsInstance(options["delivery"], DiscardDelivery)
+        self.assertEqual(
+            (
+                options["max-size"],
+                options["max-recipients"],
+                options["timeout"],
+                options["bare-lf"],
+                options["hostname"],
+                options["shutdown-grace"],
+            ),
+            (1000, 5, 12.5, "normalize", "mx.example", 2.0),
+        )
+        self.assertIsInstance(options["max-size"], int)
+        self.assertEqual(os.listdir(self.cwd), [], "--deliver discard must not create ./Maildir")
+
+    def test_bad_values(self) -> None:
+        """Bad values are UsageErrors that say what is wrong."""
+        cases = [
+            (["--max-size=abc"], ["--max-size", "whole number", "'abc'"]),
+            (["--max-size=0"], ["--max-size", "at least 1"]),
+            (["--max-size=-5"], ["--max-size", "at least 1"]),
+            (["--max-recipients=0"], ["--max-recipients", "at least 1"]),
+            (["--max-recipients=1.5"], ["--max-recipients", "whole number"]),
+            (["--timeout=-1"], ["--timeout", "more than 0"]),
+            (["--timeout=0"], ["--timeout", "more than 0"]),
+            (["--timeout=nan"], ["--timeout", "more than 0"]),
+            (["--timeout=soon"], ["--timeout", "seconds", "'soon'"]),
+            (["--shutdown-grace=0"], ["--shutdown-grace", "more than 0"]),
+            (["--bare-lf=maybe"], ["--bare-lf", "reject", "normalize", "'maybe'"]),
+            (["--deliver=nope:x"], ["--deliver", "'nope'", "discard", "maildir", "virtual"]),
+            (["--deliver=virtual:/nonexistent"], ["--deliver", "does not exist"]),
+            (["--deliver=maildir:"], ["--deliver", "needs a directory"]),
+            (["--listen=bogus:1"], ["--listen", "bogus:1"]),
+            (["--listen=tcp:notaport"], ["--listen", "tcp:notaport"]),
+            (["--no-such-option"], ["no-such-option"]),
+        ]
+        for args, words in cases:
+            with self.assertRaises(usage.UsageError, msg=args) as cm:
+                parse(*args)
+            message = str(cm.exception)
+            for word in words:
+                self.assertIn(word, message, f"{args}: {message!r}")
+        self.assertEqual(os.listdir(self.cwd), [])
+
+    def test_help_deliver(self) -> None:
+        """--help-deliver lists the delivery types and exits 0."""
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit) as cm:
+            parse("--help-deliver")
+        self.assertIn(cm.exception.code, (0, None))
+        for name in ("maildir:", "virtual:", "discard:"):
+            self.assertIn(name, out.getvalue())
+
+
+# -- makeService and SMTPService ---------------------------------------------------------------------
+
+
+def _isListening(event: dict[str, Any]) -> bool:
+    return event.get("log_namespace") == "txsmtp.tap" and "address" in event
+
+
+class ServiceTests(_InScratchDirectory, unittest.TestCase):
+    """makeService() and the graceful stop of SMTPService, on real loopback sockets."""
+
+    timeout = 30
+
+    def test_makeService(self) -> None:
+        """One child per --listen, all sharing one factory configured from the options."""
+        options = parse(
+            "--listen", LOOPBACK, "--listen", LOOPBACK, "--deliver", "discard", "--max-size", "1000",
+            "--max-recipients", "7", "--timeout", "42", "--bare-lf", "normalize", "--hostname", "mx.test.invalid",
+            "--shutdown-grace", "3",
+        )  # fmt: skip
+        service = makeService(options)
+        self.assertIsInstance(service, SMTPService)
+        children = list(service)
+        self.assertEqual(len(children), 2)
+        factory = service.factory
+        self.assertIsInstance(factory, SMTPFactory)
+        for child in children:
+            self.assertIsInstance(child, StreamServerEndpointService)
+            self.assertIs(child.factory, factory)
+        self.assertIs(factory.delivery, options["delivery"])
+        self.assertEqual(factory.hostname, "mx.test.invalid")
+        self.assertEqual(factory.maxMessageSize, 1000)
+        self.assertEqual(factory.maxRecipients, 7)
+        self.assertEqual(factory.commandTimeout, 42)
+        self.assertEqual(factory.bareLineEnds, "normalize")
+        self.assertEqual(service.grace, 3)
+
+    async def _start(
+        self, delivery: Any, listeners: int = 1, grace: float = 10.0
+    ) -> tuple[SMTPService, list[int]]:
+        events = LogEvents(self)
+        factory = SMTPFactory(delivery, "test.invalid")
+        service = SMTPService(factory, [LOOPBACK] * listeners, grace)
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        ports = []
+        for n in range(1, listeners + 1):
+            event = await events.waitForCount(_isListening, n)
+            ports.append(event["address"].port)
+        return service, ports
+
+    async def test_listens_on_each(self) -> None:
+        """Every listener answers, and logs its address."""
+        service, ports = await self._start(DiscardDelivery(), listeners=2)
+        self.assertEqual(len(set(ports)), 2)
+        for port in ports:
+            client = await connectClient(self, port)
+            self.assertEqual(client.replies[0].code, 220)
+            self.assertIn("test.invalid", client.replies[0].text)
+            await client.command(b"QUIT")
+            await client.whenLost()
+
+    async def test_stop_idle_client_gets_421(self) -> None:
+        """stopService(): an idle client gets 421 4.3.2 and is closed; no new connection is accepted."""
+        service, [port] = await self._start(DiscardDelivery())
+        client = await connectClient(self, port)
+        [ehlo] = await client.command(b"EHLO client.test.invalid")
+        self.assertEqual(ehlo.code, 250)
+        stopped = service.stopService()
+        [bye] = (await client.waitReplies(3))[2:]
+        self.assertEqual((bye.code, bye.enhanced), (421, "4.3.2"))
+        await client.whenLost()
+        await stopped
+        with self.assertRaises(ConnectionRefusedError):
+            await connectClient(self, port, greeting=False)
+
+    async def test_stop_lets_transaction_finish(self) -> None:
+        """
+        stopService() during a message: the listener closes at once, idle
+        clients get 421, and the message in progress is finished (250)
+        before its client gets 421 too.
+        """
+        delivery = MemoryDelivery()
+        service, [port] = await self._start(delivery)
+        idle = await connectClient(self, port)
+        busy = await connectClient(self, port)
+        await busy.command(b"EHLO client.test.invalid")
+        await busy.command(b"MAIL FROM:<a@example.com>")
+        await busy.command(b"RCPT TO:<b@example.com>")
+        [go] = await busy.command(b"DATA")
+        self.assertEqual(go.code, 354)
+        busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        stopped = service.stopService()
+        finished: list[Any] = []
+        stopped.addBoth(lambda result: finished.append(result) or result)
+        [bye] = (await idle.waitReplies(2))[1:]
+        self.assertEqual((bye.code, bye.enhanced), (421, "4.3.2"))
+        await idle.whenLost()
+        with self.assertRaises(ConnectionRefusedError):
+            await connectClient(self, port, greeting=False)
+        self.assertTrue(busy.connected)
+        self.assertEqual(finished, [], "stopService() finished with a transaction in progress")
+        start = len(busy.replies)
+        busy.send(b"second half\r\n.\r\n")
+        done, closing = (await busy.waitReplies(start + 2))[start:]
+        self.assertEqual(done.code, 250)
+        self.assertEqual((closing.code, closing.enhanced), (421, "4.3.2"))
+        await busy.whenLost()
+        await stopped
+        [message] = delivery.messages
+        self.assertEqual(message.body, b"Subject: in flight\r\n\r\nfirst half\r\nsecond half\r\n")
+
+    async def test_stop_grace_expires(self) -> None:
+        """A message still unfinished when the grace period ends is abandoned: 421, nothing stored."""
+        maildir = os.path.join(self.cwd, "Maildir")
+        service, [port] = await self._start(MaildirDelivery(maildir), grace=0.2)
+        client = await connectClient(self, port)
+        await client.command(b"EHLO client.test.invalid")
+        await client.command(b"MAIL FROM:<a@example.com>")
+        await client.command(b"RCPT TO:<b@example.com>")
+        [go] = await client.command(b"DATA")
+        self.assertEqual(go.code, 354)
+        client.send(b"Subject: never finished\r\n\r\n")
+        self.assertEqual(len(maildirFiles(maildir, "tmp")), 1)
+        await service.stopService()
+        await client.whenLost()
+        self.assertEqual(client.replies[-1].code, 421)
+        self.assertEqual(maildirFiles(maildir, "tmp") + maildirFiles(maildir), [])
+
+
+# -- the plugin ------------------------------------------------------------------------------------
+
+
+class PluginTests(unittest.TestCase):
+    """The ``smtp`` IServiceMaker plugin in twisted/plugins/txsmtp_plugin.py."""
+
+    def assertIsTxsmtpMaker(self, maker: Any) -> None:
+        self.assertEqual(maker.tapname, "smtp")
+        self.assertEqual(maker.module, "txsmtp.tap")
+        self.assertIs(maker.options, txsmtp.tap.Options)
+        self.assertIs(maker.makeService, txsmtp.tap.makeService)
+        self.assertTrue(maker.description)
+
+    def test_discoverable(self) -> None:
+        """getPlugins(IServiceMaker) finds tapname "smtp" (as twistd does)."""
+        makers = [m for m in getPlugins(IServiceMaker) if m.tapname == "smtp"]
+        self.assertTrue(makers, "no 'smtp' IServiceMaker plugin found")
+        for maker in makers:
+            self.assertIsTxsmtpMaker(maker)
+
+    def _pluginDirWithCache(self, cache: bytes, cacheIsOlder: bool) -> tuple[str, str]:
+        """
+        A second plugin directory holding a copy of txsmtp_plugin.py (under
+        a name of its own) and the given dropin.cache, on twisted.plugins'
+        path for this test.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        name = "txsmtp_plugin_cachetest"
+        source = os.path.join(REPO_ROOT, "twisted", "plugins", "txsmtp_plugin.py")
+        shutil.copy(source, os.path.join(directory, name + ".py"))
+        cachePath = os.path.join(directory, "dropin.cache")
+        with open(cachePath, "wb") as f:
+            f.write(cache)
+        now = time.time()
+        os.utime(cachePath, (now - 3600, now - 3600) if cacheIsOlder else (now, now))
+        self.patch(twisted.plugins, "__path__", [*twisted.plugins.__path__, directory])
+        moduleName = "twisted.plugins." + name
+        self.addCleanup(sys.modules.pop, moduleName, None)
+        self.addCleanup(lambda: twisted.plugins.__dict__.pop(name, None))
+        return moduleName, cachePath
+
+    def _assertFoundThroughCache(self, moduleName: str, cachePath: str) -> None:
+        makers = [m for m in getPlugins(IServiceMaker) if m.tapname == "smtp"]
+        copy = sys.modules.get(moduleName)
+        self.assertIsNotNone(copy, "the plugin copy was never loaded")
+        self.assertTrue(any(m is copy.txsmtpServiceMaker for m in makers), makers)  # type: ignore[union-attr]
+        for maker in makers:
+            self.assertIsTxsmtpMaker(maker)
+        # The cache was rewritten and now describes the plugin.
+        with open(cachePath, "rb") as f:
+            fresh = pickle.load(f)
+        names = {p.name for p in fresh[moduleName.rsplit(".", 1)[1]].plugins}
+        self.assertIn("txsmtpServiceMaker", names)
+
+    def test_garbage_cache(self) -> None:
+        """A dropin.cache that is not a pickle at all does not hide the plugin."""
+        self._assertFoundThroughCache(
+            *self._pluginDirWithCache(b"\x00\xffthis is not a pickle", cacheIsOlder=False)
+        )
+
+    def test_stale_cache(self) -> None:
+        """An old dropin.cache that lists no plugin for the module does not hide it."""
+        stale = pickle.dumps(
+            {
+                "txsmtp_plugin_cachetest": CachedDropin(
+                    "twisted.plugins.txsmtp_plugin_cachetest", "stale"
+                )
+            }
+        )
+        self._assertFoundThroughCache(*self._pluginDirWithCache(stale, cacheIsOlder=True))
+
+
+# -- twistd -n smtp, end to end ---------------------------------------------------------------------
+
+
+class TwistdTests(unittest.TestCase):
+    """The real ``twistd -n smtp`` from this checkout, in a subprocess."""
+
+    timeout = 60
+
+    def assertStoppedCleanly(self, ended: Any, log: str) -> None:
+        """
+        Stopped by our SIGTERM after a clean shutdown: twistd exits 0, or (as
+        Twisted does since 22.x) re-raises SIGTERM once its reactor stopped.
+        """
+        if not isinstance(ended, ProcessDone):
+            self.assertIsInstance(ended, ProcessTerminated, log)
+            self.assertEqual((ended.exitCode, ended.signal), (None, signal.SIGTERM), log)
+        self.assertIn("Server Shut Down", log)
+
+    async def test_starts_with_defaults(self) -> None:
+        """
+        Only --listen given: ./Maildir (tmp, new, cur) appears in the working
+        directory, the greeting names this host, SIZE is 32 MiB, and a
+        message lands in ./Maildir/new.
+        """
+        running = await startTwistd(self)
+        maildir = running.path("Maildir")
+        self.assertEqual(sorted(os.listdir(maildir)), ["cur", "new", "tmp"])
+        client = await connectClient(self, running.port)
+        greeting = client.replies[0]
+        self.assertEqual(greeting.code, 220)
+        self.assertTrue(greeting.text.startswith(socket.getfqdn() + " "), greeting.text)
+        [ehlo] = await client.command(b"EHLO client.test.invalid")
+        self.assertIn("SIZE 33554432", ehlo.lines)
+        for line in (b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.com>"):
+            [reply] = await client.command(line)
+            self.assertEqual(reply.code, 250)
+        [go] = await client.command(b"DATA")
+        self.assertEqual(go.code, 354)
+        [done] = await client.command(b"Subject: defaults\r\n\r\nhello\r\n.")
+        self.assertEqual(done.code, 250)
+        [data] = readAll(maildirFiles(maildir))
+        self.assertEqual(parseStored(data).body, b"Subject: defaults\r\n\r\nhello\r\n")
+        await client.command(b"QUIT")
+        await client.whenLost()
+        self.assertStoppedCleanly(await running.stop(), running.log)
+
+    async def test_sigterm_is_graceful(self) -> None:
+        """SIGTERM: an idle client gets 421 4.3.2, and twistd shuts down cleanly."""
+        running = await startTwistd(self, "--deliver", "discard")
+        client = await connectClient(self, running.port)
+        await client.command(b"EHLO client.test.invalid")
+        stopping = running.stop()
+        [bye] = (await client.waitReplies(3))[2:]
+        self.assertEqual((bye.code, bye.enhanced), (421, "4.3.2"))
+        await client.whenLost()
+        self.assertStoppedCleanly(await stopping, running.log)
+
+    async def test_options_reach_the_server(self) -> None:
+        """--max-size, --max-recipients, --timeout and --hostname change what the server does."""
+        running = await startTwistd(
+            self,
+            "--deliver",
+            "discard",
+            "--max-size",
+            "100",
+            "--max-recipients",
+            "2",
+            "--timeout",
+            "1",
+            "--hostname",
+            "mx.test.invalid",
+        )
+        client = await connectClient(self, running.port)
+        self.assertTrue(client.replies[0].text.startswith("mx.test.invalid "))
+        [ehlo] = await client.command(b"EHLO client.test.invalid")
+        self.assertIn("SIZE 100", ehlo.lines)
+        await client.command(b"MAIL FROM:<a@example.com>")
+        codes = [(await client.command(b"RCPT TO:<r%d@example.com>" % i))[0] for i in range(3)]
+        self.assertEqual(
+            [(r.code, r.enhanced) for r in codes], [(250, "2.1.5"), (250, "2.1.5"), (452, "4.5.3")]
+        )
+        await client.command(b"DATA")
+        [big] = await client.command(b"Subject: big\r\n\r\n" + b"x" * 200 + b"\r\n.")
+        self.assertEqual((big.code, big.enhanced), (552, "5.3.4"))
+        # Then silence: --timeout 1 closes the connection with 421 4.4.2.
+        await client.whenLost()
+        self.assertEqual((client.replies[-1].code, client.replies[-1].enhanced), (421, "4.4.2"))
+
+    async def test_two_listeners(self) -> None:
+        """--listen twice: two ports, both serving."""
+        running = await startTwistd(self, "--listen", LOOPBACK, "--deliver", "discard")
+        m = await running.waitForLog(
+            r"(?s)txsmtp listening on .*?port=(\d+).*?txsmtp listening on .*?port=(\d+)"
+        )
+        ports = {int(m.group(1)), int(m.group(2))}
+        self.assertEqual(len(ports), 2)
+        self.assertIn(running.port, ports)
+        for port in ports:
+            client = await connectClient(self, port)
+            self.assertEqual(client.replies[0].code, 220)
+
+    async def test_usage_errors(self) -> None:
+        """A bad option: twistd exits non-zero, says why, and starts nothing."""
+        for args, words in (
+            (["--max-size=abc"], "--max-size takes a whole number"),
+            (["--deliver=nope:x"], "unknown delivery type 'nope'"),
+            (["--listen=bogus:1"], "bad --listen 'bogus:1'"),
+        ):
+            cwd = os.path.abspath(self.mktemp())
+            os.makedirs(cwd)
+            result = await runProcess(
+                sys.executable,
+                [*TWISTD[1:], "-n", "--pidfile=", "--logfile=-", "smtp", *args],
+                cwd=cwd,
+                env=childEnv(),
+                timeout=30,
+            )
+            self.assertNotEqual(result.code, 0, result.describe())
+            self.assertIn(
+                words, (result.out + result.err).decode("utf-8", "replace"), result.describe()
+            )
+            self.assertEqual(os.listdir(cwd), [], result.describe())
+
+    async def test_helper_reports_failed_start(self) -> None:
+        """startTwistd() fails with twistd's output when it exits instead of listening."""
+        with self.assertRaises(AssertionError) as cm:
+            await startTwistd(self, "--max-size=abc")
+        self.assertIn("exited", str(cm.exception))
+        self.assertIn("--max-size takes a whole number", str(cm.exception))
+
+    async def test_helper_startup_timeout(self) -> None:
+        """startTwistd() kills a twistd that does not listen in time and says so."""
+        with self.assertRaises(AssertionError) as cm:
+            await startTwistd(self, "--deliver", "discard", timeout=0.01)
+        self.assertIn("did not log 'txsmtp listening on'", str(cm.exception))
+
+    async def test_help_deliver(self) -> None:
+        """``twistd smtp --help-deliver`` lists the delivery types and exits 0."""
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        result = await runProcess(
+            sys.executable,
+            [*TWISTD[1:], "smtp", "--help-deliver"],
+            cwd=cwd,
+            env=childEnv(),
+            timeout=30,
+        )
+        self.assertEqual(result.code, 0, result.describe())
+        for name in (b"maildir:", b"virtual:", b"discard:"):
+            self.assertIn(name, result.out)
