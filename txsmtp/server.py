@@ -89,6 +89,9 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+_PAUSE_INPUT = 1
+_PAUSE_RECEIVER = 2
+
 _ANY = frozenset({State.INITIAL, State.READY, State.MAIL, State.RCPT, State.REFUSED})
 _GREETED = frozenset({State.READY, State.MAIL, State.RCPT})
 
@@ -162,7 +165,7 @@ class ESMTPServer(Protocol):
         self.envelope = None
         self._out: list[bytes] = []
         self._blocked = 0
-        self._paused: set[str] = set()
+        self._paused = 0
         self._errors = 0
         self._receiver: Any = None
         self._decoder: DataDecoder | None = None
@@ -170,14 +173,13 @@ class ESMTPServer(Protocol):
         self._writesPending = 0
         self._blockedOnWrites = False
         self._messageSize = 0
-        self._timer: Any = None
         self._timeoutValue = 0.0
         self._lastActivity = 0.0
         self._dataStarted = 0.0
         self._rateBytes = 0
         self._shuttingDown = False
         self._disconnected = False
-        self._closeDeferreds: list[Deferred[None]] = []
+        self._closeDeferreds: list[Deferred[None]] | None = None
         self._directWrites = False
 
     # -- connection life -----------------------------------------------------
@@ -190,7 +192,7 @@ class ESMTPServer(Protocol):
         self.connection = ConnectionInfo(
             self.transport.getPeer(), self.transport.getHost(), self.receivedProtocol[-4:], f.queueIds.next()
         )
-        f.protocols.add(self)
+        f._register(self)
         self._setTimeout(f.commandTimeout)
         self._hook("openSession", f.delivery.openSession, (self.connection,), self._sessionOpened)
         if not self._blocked:
@@ -228,16 +230,16 @@ class ESMTPServer(Protocol):
             if self.envelope is not None:
                 self._logTransaction("disconnected", None)
         self.state = State.CLOSED
-        self.factory.protocols.discard(self)
+        self.factory._unregister(self)
         session, self.session = self.session, None
         if session is not None:
             try:
                 session.close()
             except Exception:
                 _log.failure("delivery session close() failed")
-        for d in self._closeDeferreds:
+        waiting, self._closeDeferreds = self._closeDeferreds, None
+        for d in waiting or ():
             d.callback(None)
-        self._closeDeferreds = []
 
     # -- processing ------------------------------------------------------------
 
@@ -260,33 +262,39 @@ class ESMTPServer(Protocol):
             self.lineReceived(line)  # type: ignore[arg-type]
         if not self._blocked:
             self._flush()
-            if "input" in self._paused:
-                self._resume("input")
+            if self._paused & _PAUSE_INPUT:
+                self._resume(_PAUSE_INPUT)
         elif lines.pending() > self.maxPendingInput:
-            self._pause("input")
+            self._pause(_PAUSE_INPUT)
 
     def lineReceived(self, line: bytes) -> None:
         """Dispatch one command line."""
         verb, _, argument = line.partition(b" ")
-        try:
-            name = verb.decode("ascii").upper()
-        except UnicodeDecodeError:
-            name = ""
-        if not name.isalpha() or b"\r" in line or b"\n" in line or b"\0" in line:
-            if b"\r" in line or b"\n" in line:
-                self._commandError(500, "5.5.2", "Syntax error: bare CR or LF in a command (lines end with CRLF)")
-            else:
-                self._commandError(500, "5.5.2", "Syntax error: command not recognized")
+        entry = self._dispatch.get(verb)
+        if entry is None:
+            # Not spelled as the table has it: mixed case, or not a command.
+            try:
+                name = verb.decode("ascii").upper()
+            except UnicodeDecodeError:
+                name = ""
+            entry = self._dispatch.get(name.encode("ascii"))
+            if entry is None:
+                if b"\r" in line or b"\n" in line:
+                    self._commandError(500, "5.5.2", "Syntax error: bare CR or LF in a command (lines end with CRLF)")
+                elif name.isalpha():
+                    self._commandError(500, "5.5.1", f"Command not recognized: {name[:20]}")
+                else:
+                    self._commandError(500, "5.5.2", "Syntax error: command not recognized")
+                return
+        name, handler, states = entry
+        if b"\r" in argument or b"\n" in argument or b"\0" in argument:
+            self._commandError(500, "5.5.2", "Syntax error: bare CR or LF in a command (lines end with CRLF)")
             return
-        handler = self._handlers.get(name)
-        if handler is None:
-            self._commandError(500, "5.5.1", f"Command not recognized: {name[:20]}")
-            return
-        if self.state is State.REFUSED and name != "QUIT":
+        state = self.state
+        if state is State.REFUSED and name != "QUIT":
             self._commandError(503, "5.5.1", "Service refused; only QUIT is accepted")
             return
-        states = self.allowedStates.get(name)
-        if states is not None and self.state not in states:
+        if states is not None and state not in states:
             self._sequenceError(name)
             return
         handler(self, argument)
@@ -413,51 +421,43 @@ class ESMTPServer(Protocol):
         )
         return SMTPError(451, "4.3.0", "Local error in processing; try again later")
 
-    def _pause(self, reason: str) -> None:
+    def _pause(self, reason: int) -> None:
         if not self._paused:
             self.transport.pauseProducing()
-        self._paused.add(reason)
+        self._paused |= reason
 
-    def _resume(self, reason: str) -> None:
-        self._paused.discard(reason)
+    def _resume(self, reason: int) -> None:
+        self._paused &= ~reason
         if not self._paused and not self._disconnected:
             self.transport.resumeProducing()
 
     # -- timeouts --------------------------------------------------------------
 
-    # One timer per connection, re-armed lazily: input only records the time
-    # of the last read, and the timer checks, when it fires, whether its
-    # deadline really passed.  While a delivery hook is pending the client is
-    # not to blame, so the timer just re-arms.
+    # No timer per connection: the factory sweeps its sessions once every
+    # ``timeoutResolution`` seconds and calls checkTimeouts().  Input only
+    # records the time of the last read.  That keeps an idle session small
+    # and a busy one free of timer bookkeeping.
 
     def _setTimeout(self, seconds: float) -> None:
         """Use ``seconds`` as the idle timeout from now on."""
-        now = self._lastActivity = self._clock.seconds()
+        self._lastActivity = self._clock.seconds()
         self._timeoutValue = seconds
-        self._armTimer(now, now + seconds)
 
-    def _armTimer(self, now: float, deadline: float) -> None:
-        timer = self._timer
-        if timer is None:
-            self._timer = self._clock.callLater(max(0.0, deadline - now), self._timerFired)
-        elif timer.getTime() > deadline:
-            timer.reset(max(0.0, deadline - now))
-
-    def _timerFired(self) -> None:
-        self._timer = None
+    def checkTimeouts(self, now: float) -> None:
+        """
+        Close the session if the client has been idle too long, or sends its
+        message too slowly.  Called by the factory's sweep.
+        """
         if self._disconnected or self.state is State.CLOSED:
             return
-        f = self.factory
-        now = self._clock.seconds()
         if self._blocked or self._writesPending:
             # Waiting for the delivery (a hook, or back-pressure from the
             # receiver): the client is not idle by its own choice.
-            self._armTimer(now, now + self._timeoutValue)
             return
-        deadline = self._lastActivity + self._timeoutValue
-        if now >= deadline:
+        if now >= self._lastActivity + self._timeoutValue:
             self.timeoutConnection()
             return
+        f = self.factory
         if self._decoder is not None and f.minDataRate:
             # RFC 5321 gives a data block 3 minutes; a client trickling a few
             # octets a minute could hold a session for days.  Ask for an
@@ -465,14 +465,9 @@ class ESMTPServer(Protocol):
             elapsed = now - self._dataStarted
             if elapsed >= f.dataRateWindow and self._rateBytes < f.minDataRate * elapsed:
                 self._giveUp(f"{f.hostname} Data arriving too slowly, closing connection", "data too slow")
-                return
-            deadline = min(deadline, now + f.dataRateWindow)
-        self._armTimer(now, deadline)
 
     def _cancelTimeouts(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._timeoutValue = float("inf")
 
     def timeoutConnection(self) -> None:
         """The client said nothing for too long: ``421 4.4.2`` and close."""
@@ -646,10 +641,8 @@ class ESMTPServer(Protocol):
         self._dataError = None
         self.state = State.DATA
         self._setTimeout(f.dataTimeout)
-        if f.minDataRate:
-            self._rateBytes = 0
-            self._dataStarted = now = self._lastActivity
-            self._armTimer(now, now + f.dataRateWindow)
+        self._rateBytes = 0
+        self._dataStarted = self._lastActivity
         self._write(self.envelope.receivedHeader)
         self.reply(354, None, "End data with <CR><LF>.<CR><LF>")
 
@@ -667,7 +660,7 @@ class ESMTPServer(Protocol):
             if d.called and not isinstance(d.result, Failure):  # type: ignore[attr-defined]
                 return
             self._writesPending += 1
-            self._pause("receiver")
+            self._pause(_PAUSE_RECEIVER)
 
             def written(value: Any) -> None:
                 self._writesPending -= 1
@@ -677,7 +670,7 @@ class ESMTPServer(Protocol):
                     # Time spent paused is ours: restart the idle and rate clocks.
                     self._lastActivity = self._dataStarted = self._clock.seconds()
                     self._rateBytes = 0
-                    self._resume("receiver")
+                    self._resume(_PAUSE_RECEIVER)
                     if self._blockedOnWrites and not self._disconnected:
                         # The end of data was seen while writes were pending.
                         self._finishMessage()
@@ -960,6 +953,8 @@ class ESMTPServer(Protocol):
         if self._disconnected:
             d.callback(None)
             return d
+        if self._closeDeferreds is None:
+            self._closeDeferreds = []
         self._closeDeferreds.append(d)
         self._shuttingDown = True
         if self.state in (State.INITIAL, State.READY, State.REFUSED) and not self._blocked:
@@ -980,17 +975,32 @@ def _collectHandlers(cls: type) -> dict[str, Callable[..., None]]:
 
 
 class _HandlersDescriptor:
-    """``self._handlers``: the ``do_VERB`` table of the instance's class, built once per class."""
+    """
+    ``self._handlers`` (verb to ``do_VERB``) and ``self._dispatch`` (the verb
+    as bytes, upper and lower case, to ``(verb, handler, allowed states)``),
+    built once per class.
+    """
 
-    def __get__(self, instance: Any, owner: type) -> dict[str, Callable[..., None]]:
-        table = owner.__dict__.get("_handlerTable")
-        if table is None:
-            table = _collectHandlers(owner)
-            owner._handlerTable = table  # type: ignore[attr-defined]
-        return table
+    def __init__(self, dispatch: bool) -> None:
+        self.dispatch = dispatch
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        tables = owner.__dict__.get("_handlerTables")
+        if tables is None:
+            handlers = _collectHandlers(owner)
+            allowed = owner.allowedStates  # type: ignore[attr-defined]
+            dispatch = {}
+            for verb, handler in handlers.items():
+                entry = (verb, handler, allowed.get(verb))
+                dispatch[verb.encode("ascii")] = entry
+                dispatch[verb.lower().encode("ascii")] = entry
+            tables = (handlers, dispatch)
+            owner._handlerTables = tables  # type: ignore[attr-defined]
+        return tables[1] if self.dispatch else tables[0]
 
 
-ESMTPServer._handlers = _HandlersDescriptor()  # type: ignore[attr-defined]
+ESMTPServer._handlers = _HandlersDescriptor(False)  # type: ignore[attr-defined]
+ESMTPServer._dispatch = _HandlersDescriptor(True)  # type: ignore[attr-defined]
 
 
 @implementer(interfaces.IProtocolFactory)
@@ -1061,7 +1071,31 @@ class SMTPFactory(Factory):
         self.clock = clock
         self.queueIds = _QueueIds()
         self.protocols: set[ESMTPServer] = set()
+        self._sweeper: Any = None
         self._dateCache = (-1, "")
+
+    #: How often, in seconds, sessions are checked for timeouts.
+    timeoutResolution = 1.0
+
+    def _register(self, protocol: ESMTPServer) -> None:
+        self.protocols.add(protocol)
+        if self._sweeper is None:
+            self._sweeper = self.clock.callLater(self.timeoutResolution, self._sweep)
+
+    def _unregister(self, protocol: ESMTPServer) -> None:
+        self.protocols.discard(protocol)
+        if not self.protocols and self._sweeper is not None:
+            if self._sweeper.active():
+                self._sweeper.cancel()
+            self._sweeper = None
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self.clock.seconds()
+        for protocol in list(self.protocols):
+            protocol.checkTimeouts(now)
+        if self.protocols and self._sweeper is None:
+            self._sweeper = self.clock.callLater(self.timeoutResolution, self._sweep)
 
     def dateHeader(self) -> str:
         """The current date in RFC 5322 form, computed at most once a second."""

@@ -92,7 +92,10 @@ class DataDecoder:
             raise RuntimeError("the end of data has already been seen")
         tail = self._tail
         buf = tail + data if tail else data
-        end = buf.find(_TERMINATOR)
+        # One search serves both the terminator and unstuffing: both start
+        # with CRLF ".".  A buffer without any dot (memchr) skips it.
+        dot = buf.find(b"\r\n.") if b"." in buf else -1
+        end = buf.find(_TERMINATOR, dot) if dot >= 0 else -1
         if end >= 0:
             segment = buf[: end + 2]
             self.rest = buf[end + 5 :]
@@ -114,16 +117,21 @@ class DataDecoder:
             # line end, so this dot starts a line and is a stuffed one.
             segment = segment[1:]
         self._afterBareLF = False
+        # Every CR must be followed by LF and every LF preceded by CR.  The
+        # single-octet counts go through memchr-speed deletions; only the
+        # pair count needs a two-octet search.
+        size = len(segment)
         crlf = segment.count(b"\r\n")
-        if crlf != segment.count(b"\r") or crlf != segment.count(b"\n"):
+        if crlf != size - len(segment.replace(b"\r", b"")) or crlf != size - len(segment.replace(b"\n", b"")):
             if self.bareLineEnds == NORMALIZE:
                 # A CRLF is never at the end of a segment (it stays in the
                 # tail), so a final LF here is a bare one.
                 self._afterBareLF = segment.endswith(b"\n")
                 segment = _normalize(segment)
+                dot = 0
             else:
                 self.bareLineEnd = True
-        if b"\r\n." in segment:
+        if dot >= 0 and b"\r\n." in segment:
             segment = segment.replace(b"\r\n.", b"\r\n")
         if self._skip:
             # Drop the pretend CRLF; it may be split over two segments.

@@ -35,6 +35,11 @@ def formatReply(code: int, text: str | list[str] = "", enhanced: str | None = No
     >>> formatReply(250, ["mx.example.com", "PIPELINING"])
     b'250-mx.example.com\\r\\n250 PIPELINING\\r\\n'
     """
+    if text and isinstance(text, str) and "\n" not in text and "\r" not in text:
+        # The common case: one line.
+        if enhanced:
+            return f"{code:03d} {enhanced} {text}\r\n".encode("utf-8", "replace")
+        return f"{code:03d} {text}\r\n".encode("utf-8", "replace")
     # RFC 5321 §4.2.1: no CR or LF inside a reply line; each line break in
     # the text starts a new reply line.
     if isinstance(text, str):
