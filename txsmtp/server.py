@@ -33,6 +33,8 @@ rules for new commands one line each.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import inspect
 import secrets
@@ -42,6 +44,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 from typing import Any, ClassVar
 
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer, interfaces
 from twisted.internet import tcp as _tcp
 from twisted.internet.defer import Deferred
@@ -50,9 +53,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsmtp.envelope import ConnectionInfo, Envelope, Recipient
+from txsmtp.envelope import ConnectionInfo, Envelope, Recipient, TLSInfo
 from txsmtp.errors import SMTPError
-from txsmtp.interfaces import IDelivery
+from txsmtp.interfaces import IDelivery, IDeliverySession
+from txsmtp.sasl import (
+    MECHANISMS,
+    Challenge,
+    IScramCredentials,
+    IScramKeyStore,
+    NeedKeys,
+    SASLError,
+    ScramSHA256,
+)
+from txsmtp.tls import tlsInfo
 from txsmtp.wire.address import parsePath, splitPathAndParameters
 from txsmtp.wire.data import REJECT, DataDecoder
 from txsmtp.wire.lines import TOO_LONG, LineReader
@@ -83,6 +96,8 @@ class State(enum.Enum):
     RCPT = "rcpt"
     #: Reading the message after ``354``.
     DATA = "data"
+    #: Inside an AUTH exchange: lines are SASL responses, not commands.
+    AUTH = "auth"
     #: The delivery refused the connection; only QUIT is useful.
     REFUSED = "refused"
     #: QUIT answered, or closing for another reason.
@@ -119,6 +134,7 @@ class _QueueIds:
         return f"{self._prefix}{self._n:06X}"
 
 
+@implementer(interfaces.IHandshakeListener)
 class ESMTPServer(Protocol):
     """
     One ESMTP server session.
@@ -137,6 +153,8 @@ class ESMTPServer(Protocol):
         "MAIL": frozenset({State.READY}),
         "RCPT": frozenset({State.MAIL, State.RCPT}),
         "DATA": frozenset({State.MAIL, State.RCPT}),
+        "AUTH": frozenset({State.READY}),
+        "STARTTLS": frozenset({State.INITIAL, State.READY, State.MAIL, State.RCPT}),
     }
 
     #: MAIL and RCPT parameter keywords this protocol understands.
@@ -181,6 +199,11 @@ class ESMTPServer(Protocol):
         self._disconnected = False
         self._closeDeferreds: list[Deferred[None]] | None = None
         self._directWrites = False
+        self._mechanism: Any = None
+        self._authFinal = False
+        self._authFailures = 0
+        self._anonymousSession: Any = None
+        self._logout: Any = None
 
     # -- connection life -----------------------------------------------------
 
@@ -192,6 +215,9 @@ class ESMTPServer(Protocol):
         self.connection = ConnectionInfo(
             self.transport.getPeer(), self.transport.getHost(), self.receivedProtocol[-4:], f.queueIds.next()
         )
+        if interfaces.ISSLTransport.providedBy(self.transport):
+            # Implicit TLS (port 465): the facts arrive with handshakeCompleted.
+            self.connection.tls = TLSInfo()
         f._register(self)
         self._setTimeout(f.commandTimeout)
         self._hook("openSession", f.delivery.openSession, (self.connection,), self._sessionOpened)
@@ -231,6 +257,18 @@ class ESMTPServer(Protocol):
                 self._logTransaction("disconnected", None)
         self.state = State.CLOSED
         self.factory._unregister(self)
+        logout, self._logout = self._logout, None
+        if logout is not None:
+            try:
+                logout()
+            except Exception:
+                _log.failure("avatar logout failed")
+        anonymous, self._anonymousSession = self._anonymousSession, None
+        if anonymous is not None and anonymous is not self.session:
+            try:
+                anonymous.close()
+            except Exception:
+                _log.failure("delivery session close() failed")
         session, self.session = self.session, None
         if session is not None:
             try:
@@ -257,6 +295,10 @@ class ESMTPServer(Protocol):
             if line is None:
                 break
             if line is TOO_LONG:
+                if self.state is State.AUTH:
+                    self._authDone()
+                    self._commandError(500, "5.5.6", "Authentication exchange line is too long")
+                    continue
                 self._commandError(500, "5.5.2", f"Line too long (at most {lines.maxLength} octets including CRLF)")
                 continue
             self.lineReceived(line)  # type: ignore[arg-type]
@@ -269,6 +311,9 @@ class ESMTPServer(Protocol):
 
     def lineReceived(self, line: bytes) -> None:
         """Dispatch one command line."""
+        if self.state is State.AUTH:
+            self._authResponse(line)
+            return
         verb, _, argument = line.partition(b" ")
         entry = self._dispatch.get(verb)
         if entry is None:
@@ -491,7 +536,13 @@ class ESMTPServer(Protocol):
         in a subclass to add an extension.
         """
         f = self.factory
-        return ["PIPELINING", f"SIZE {f.maxMessageSize}", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "HELP"]
+        extensions = ["PIPELINING", f"SIZE {f.maxMessageSize}", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "HELP"]
+        if f.tls is not None and self.connection.tls is None:
+            extensions.append("STARTTLS")
+        mechanisms = self.authMechanisms()
+        if mechanisms:
+            extensions.append("AUTH " + " ".join(mechanisms))
+        return extensions
 
     def _heloName(self, argument: bytes, verb: str) -> str | None:
         name = argument.strip()
@@ -529,10 +580,17 @@ class ESMTPServer(Protocol):
             self._commandError(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
             return
         f = self.factory
+        if f.requireTLS and self.connection.tls is None:
+            self._commandError(530, "5.7.0", "Must issue a STARTTLS command first")
+            return
+        if f.requireAuth and not self.connection.authenticated:
+            self._commandError(530, "5.7.0", "Authentication required")
+            return
         try:
             path, rawParams = splitPathAndParameters(argument[5:])
             smtputf8 = any(p.upper() == b"SMTPUTF8" for p in rawParams)
-            params = parseMailParameters(rawParams, self.mailKeywords, smtputf8)
+            keywords = self.mailKeywords | {"AUTH"} if f.portal is not None else self.mailKeywords
+            params = parseMailParameters(rawParams, keywords, smtputf8)
             sender = parsePath(path, utf8=params.smtputf8, nullOK=True)
             self.checkMailParameters(params)
         except SMTPError as e:
@@ -858,6 +916,282 @@ class ESMTPServer(Protocol):
         commands = " ".join(sorted(self._handlers))
         self.reply(214, "2.0.0", [f"Commands: {commands}", "HELP <command> for details; see RFC 5321"])
 
+    # -- STARTTLS (RFC 3207) -----------------------------------------------------
+
+    def do_STARTTLS(self, argument: bytes) -> None:
+        f = self.factory
+        if argument.strip():
+            self._commandError(501, "5.5.4", "Syntax: STARTTLS takes no argument")
+            return
+        if self.connection.tls is not None:
+            self._commandError(503, "5.5.1", "TLS is already active")
+            return
+        if f.tls is None:
+            self._commandError(454, "4.7.0", "TLS not available")
+            return
+        # RFC 3207 §4.2 and the STARTTLS injection attacks (CVE-2011-0411 and
+        # kin): anything the client sent after STARTTLS in plaintext must
+        # never run inside the TLS session.  Drop it.
+        injected = self._lines.takeRest()
+        if injected:
+            _log.warn(
+                "{text}",
+                text=f"discarded {len(injected)} octets sent after STARTTLS before the TLS handshake "
+                f"from {self.connection.peerHost} (possible command injection)",
+                peer=self.connection.peerHost,
+                octets=len(injected),
+                session=self.connection.sessionId,
+            )
+        self.reply(220, "2.0.0", "Ready to start TLS")
+        self._flush()
+        self.resetTransaction()
+        self._forgetClient()
+        self.connection.tls = TLSInfo()
+        self.transport.startTLS(f.tls)
+
+    def _forgetClient(self) -> None:
+        """RFC 3207 §4.2: after TLS starts, forget all the client said before."""
+        conn = self.connection
+        conn.heloName = None
+        conn.esmtp = False
+        self.state = State.INITIAL
+        if conn.authenticated:
+            conn.authenticated = None
+            self._restoreAnonymousSession()
+
+    def handshakeCompleted(self) -> None:
+        """Twisted's ``IHandshakeListener``: record the TLS facts."""
+        self.connection.tls = tlsInfo(self.transport)
+
+    # -- AUTH (RFC 4954) ---------------------------------------------------------
+
+    def authMechanisms(self) -> list[str]:
+        """
+        The SASL mechanisms offered now: none without a portal or once
+        authenticated, and none before TLS unless the factory allows
+        authentication in the clear.
+        """
+        f = self.factory
+        if f.portal is None or self.connection.authenticated:
+            return []
+        if self.connection.tls is None and not f.allowInsecureAuth:
+            return []
+        return list(f.authMechanisms)
+
+    def do_AUTH(self, argument: bytes) -> None:
+        f = self.factory
+        conn = self.connection
+        if f.portal is None:
+            self._commandError(502, "5.5.1", "AUTH is not available on this server")
+            return
+        if conn.authenticated:
+            self._commandError(503, "5.5.1", "Already authenticated")
+            return
+        parts = argument.split()
+        if not parts or len(parts) > 2:
+            self._commandError(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+            return
+        name = parts[0].decode("ascii", "replace").upper()
+        if conn.tls is None and not f.allowInsecureAuth:
+            # RFC 4954 §6: 538 when the mechanism needs an encrypted session.
+            self._commandError(538, "5.7.11", "Encryption required for requested authentication mechanism")
+            return
+        if name not in f.authMechanisms:
+            self._commandError(504, "5.5.4", f"Unrecognized authentication type: {name[:20]}")
+            return
+        initial = None
+        if len(parts) == 2:
+            initial = self._decodeSASL(parts[1], allowEquals=True)
+            if initial is None:
+                return
+        self._mechanism = MECHANISMS[name](f.hostname)
+        self.state = State.AUTH
+        # RFC 4954 §4: responses may be up to 12288 octets.
+        self._lines.maxLength = f.maxAuthLineLength
+        try:
+            step = self._mechanism.start(initial)
+        except SASLError as e:
+            self._authDone()
+            self._commandError(501, "5.5.2", f"Malformed authentication data: {e}")
+            return
+        self._authStep(step)
+
+    def _decodeSASL(self, data: bytes, allowEquals: bool = False) -> bytes | None:
+        if allowEquals and data == b"=":
+            return b""
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            self._authDone()
+            self._commandError(501, "5.5.2", "Invalid base64 data in authentication exchange")
+            return None
+
+    def _authResponse(self, line: bytes) -> None:
+        if line == b"*":
+            self._authDone()
+            self._commandError(501, "5.7.0", "Authentication cancelled")
+            return
+        if self._authFinal:
+            # The client acknowledged SCRAM's server-final message.
+            self._authFinal = False
+            if line:
+                self._authDone()
+                self._commandError(501, "5.5.2", "Expected an empty response")
+                return
+            self._authSucceeded()
+            return
+        data = self._decodeSASL(line)
+        if data is None:
+            return
+        try:
+            step = self._mechanism.respond(data)
+        except SASLError as e:
+            self._authDone()
+            self._commandError(501, "5.5.2", f"Malformed authentication data: {e}")
+            return
+        self._authStep(step)
+
+    def _authStep(self, step: Any) -> None:
+        if isinstance(step, Challenge):
+            self._send(b"334 " + base64.b64encode(step.data) + b"\r\n")
+        elif isinstance(step, NeedKeys):
+            store = self._scramKeyStore()
+            if store is None:
+                self._authStep(self._mechanism.useRandomSalt())
+                return
+
+            def then(keys: Any, failure: Failure | None) -> None:
+                if failure is not None:
+                    self._authDone()
+                    self._errorFromFailure(failure, "scramKeys")
+                    self.reply(454, "4.7.0", "Temporary authentication failure")
+                    return
+                # An unknown user gets a random salt, so the exchange does
+                # not tell who exists; the proof then fails.
+                if keys is None:
+                    self._authStep(self._mechanism.useRandomSalt())
+                else:
+                    self._authStep(self._mechanism.keysFound(keys.salt, keys.iterations))
+
+            self._hook("scramKeys", store.scramKeys, (step.username, self._mechanism.name), then)
+        else:
+            self._login(step.credentials)
+
+    def _scramKeyStore(self) -> Any:
+        checker = self.factory.portal.checkers.get(IScramCredentials)
+        return checker if IScramKeyStore.providedBy(checker) else None
+
+    def _login(self, credentials: Any) -> None:
+        portal = self.factory.portal
+
+        def then(result: Any, failure: Failure | None) -> None:
+            if failure is not None:
+                if failure.check(UnauthorizedLogin, UnhandledCredentials):
+                    self._authFailed(credentials)
+                else:
+                    self._authDone()
+                    self._errorFromFailure(failure, "login")
+                    self.reply(454, "4.7.0", "Temporary authentication failure")
+                return
+            _, avatar, logout = result
+            self._authenticated(credentials, avatar, logout)
+
+        self._hook("login", portal.login, (credentials, self.connection, IDeliverySession), then)
+
+    def _authenticated(self, credentials: Any, avatar: Any, logout: Any) -> None:
+        conn = self.connection
+        if not conn.authenticated:
+            username = getattr(credentials, "username", b"")
+            conn.authenticated = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
+        old, self.session = self.session, avatar
+        if self._anonymousSession is None:
+            self._anonymousSession = old
+        self._logout = logout
+        if isinstance(self._mechanism, ScramSHA256):
+            # RFC 4954 §4: additional data with success goes in a 334
+            # challenge, answered by an empty line.
+            self._authFinal = True
+            self._send(b"334 " + base64.b64encode(self._mechanism.serverFinal()) + b"\r\n")
+            return
+        self._authSucceeded()
+
+    def _authSucceeded(self) -> None:
+        name = self._mechanism.name if self._mechanism is not None else "?"
+        self._authDone()
+        self.reply(235, "2.7.0", "Authentication successful")
+        _log.info(
+            "{text}",
+            text=f"authenticated {self.connection.authenticated} with {name} from {self.connection.peerHost}",
+            user=self.connection.authenticated,
+            mechanism=name,
+            peer=self.connection.peerHost,
+            session=self.connection.sessionId,
+        )
+
+    def _authFailed(self, credentials: Any) -> None:
+        f = self.factory
+        name = self._mechanism.name if self._mechanism is not None else "?"
+        username = getattr(credentials, "username", b"")
+        if isinstance(username, bytes):
+            username = username.decode("utf-8", "replace")
+        self._authDone()
+        self._authFailures += 1
+        failures = self._authFailures
+        # Passwords never reach the log; the user name does (for fail2ban).
+        _log.info(
+            "{text}",
+            text=f"authentication failed for {username!r} with {name} from {self.connection.peerHost} "
+            f"(failure {failures} of {f.maxAuthFailures})",
+            user=username,
+            mechanism=name,
+            peer=self.connection.peerHost,
+            failures=failures,
+            session=self.connection.sessionId,
+        )
+        # Brute force: each failure is answered later than the one before,
+        # and the connection is closed after maxAuthFailures.
+        delay = min(f.authFailureDelay * 2 ** (failures - 1), 30.0)
+
+        def answer() -> None:
+            self.reply(535, "5.7.8", "Authentication credentials invalid")
+            if failures >= f.maxAuthFailures:
+                self.reply(421, "4.7.0", f"{f.hostname} Too many authentication failures, closing connection")
+                self._close()
+
+        if delay <= 0:
+            answer()
+            return
+
+        def later() -> None:
+            self._unblock()
+            if self._disconnected or self.state is State.CLOSED:
+                return
+            answer()
+            if self.state is not State.CLOSED:
+                self._process()
+
+        self._block()
+        self._clock.callLater(delay, later)
+
+    def _authDone(self) -> None:
+        """Leave the AUTH exchange (success or not)."""
+        self._mechanism = None
+        self._authFinal = False
+        self._lines.maxLength = self.factory.maxLineLength
+        if self.state is State.AUTH:
+            self.state = State.READY
+
+    def _restoreAnonymousSession(self) -> None:
+        anonymous, self._anonymousSession = self._anonymousSession, None
+        if anonymous is not None and anonymous is not self.session:
+            logout, self._logout = self._logout, None
+            if logout is not None:
+                try:
+                    logout()
+                except Exception:
+                    _log.failure("avatar logout failed")
+            self.session = anonymous
+
     # -- Received: and logging -------------------------------------------------
 
     def withKeyword(self, envelope: Envelope) -> str:
@@ -922,7 +1256,7 @@ class ESMTPServer(Protocol):
         if envelope is None:
             return
         conn = self.connection
-        tls = " tls" if conn.tls is not None else ""
+        tls = f" tls={conn.tls.version}/{conn.tls.cipher}" if conn.tls is not None else ""
         auth = f" auth={conn.authenticated}" if conn.authenticated else ""
         reason = f" reason=[{error}]" if error is not None else ""
         _log.info(
@@ -938,6 +1272,9 @@ class ESMTPServer(Protocol):
             size=size,
             peer=conn.peerHost,
             helo=conn.heloName,
+            tlsVersion=conn.tls.version if conn.tls is not None else None,
+            tlsCipher=conn.tls.cipher if conn.tls is not None else None,
+            authenticated=conn.authenticated,
             session=conn.sessionId,
         )
 
@@ -1025,6 +1362,21 @@ class SMTPFactory(Factory):
         ``"normalize"`` (turn bare CR and LF into CRLF).
     :param maxLineLength: the longest command line, CRLF included.
     :param maxErrors: errors in one session before ``421`` and close.
+    :param tls: a TLS context factory (such as :class:`txsmtp.tls.ServerTLS`
+        or :class:`twisted.internet.ssl.CertificateOptions`) to offer
+        STARTTLS (RFC 3207); ``None`` offers no STARTTLS.
+    :param requireTLS: refuse MAIL before STARTTLS (``530 5.7.0``).
+    :param portal: a :class:`twisted.cred.portal.Portal` to offer AUTH
+        (RFC 4954); see :mod:`txsmtp.auth`.  ``None`` offers no AUTH.
+    :param requireAuth: refuse MAIL before AUTH (``530 5.7.0``): submission.
+    :param allowInsecureAuth: offer AUTH without TLS.  Only for trusted
+        transports (loopback, UNIX sockets): passwords would cross the
+        network readable.
+    :param authMechanisms: the SASL mechanisms to offer, strongest first
+        (default: SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN).
+    :param authFailureDelay: seconds before answering the first failed AUTH;
+        each further failure doubles it (at most 30 s).
+    :param maxAuthFailures: failed AUTH attempts before ``421`` and close.
     :param clock: an :class:`~twisted.internet.interfaces.IReactorTime`
         (a :class:`~twisted.internet.task.Clock` in tests).
     """
@@ -1045,6 +1397,14 @@ class SMTPFactory(Factory):
         bareLineEnds: str = REJECT,
         maxLineLength: int = 512,
         maxErrors: int = 20,
+        tls: Any = None,
+        requireTLS: bool = False,
+        portal: Any = None,
+        requireAuth: bool = False,
+        allowInsecureAuth: bool = False,
+        authMechanisms: tuple[str, ...] | None = None,
+        authFailureDelay: float = 1.0,
+        maxAuthFailures: int = 3,
         clock: interfaces.IReactorTime | None = None,
     ) -> None:
         if clock is None:
@@ -1068,6 +1428,20 @@ class SMTPFactory(Factory):
         self.bareLineEnds = bareLineEnds
         self.maxLineLength = maxLineLength
         self.maxErrors = maxErrors
+        self.tls = tls
+        self.requireTLS = requireTLS
+        self.portal = portal
+        self.requireAuth = requireAuth
+        self.allowInsecureAuth = allowInsecureAuth
+        if authMechanisms is None:
+            authMechanisms = tuple(MECHANISMS)
+        unknown = [m for m in authMechanisms if m not in MECHANISMS]
+        if unknown:
+            raise ValueError(f"unknown SASL mechanisms: {', '.join(unknown)} (known: {', '.join(MECHANISMS)})")
+        self.authMechanisms = tuple(authMechanisms)
+        self.authFailureDelay = authFailureDelay
+        self.maxAuthFailures = maxAuthFailures
+        self.maxAuthLineLength = 12288
         self.clock = clock
         self.queueIds = _QueueIds()
         self.protocols: set[ESMTPServer] = set()

@@ -7,20 +7,27 @@ A thin layer: every option maps onto an argument of
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
+from twisted.cred import strcred
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from zope.interface import implementer
 
+from txsmtp.auth import makePortal
 from txsmtp.deliveryplugins import deliveryFactories, makeDelivery
 from txsmtp.server import SMTPFactory
+from txsmtp.tls import ServerTLS, TLSConfigurationError
 
 __all__ = ["Options", "makeService", "SMTPService", "DEFAULT_LISTEN"]
 
@@ -67,8 +74,13 @@ def _bareLF(value: str) -> str:
 _bareLF.coerceDoc = "'reject' (550 after the final dot) or 'normalize' (rewrite as CRLF)."  # type: ignore[attr-defined]
 
 
-class Options(usage.Options):
+class Options(usage.Options, strcred.AuthOptionMixin):
     """Command-line options of ``twistd smtp``."""
+
+    # What --auth checkers must understand: the SASL mechanisms need
+    # plaintext passwords (PLAIN, LOGIN, SCRAM with a random salt) or
+    # CRAM-MD5 credentials.
+    supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword)
 
     synopsis = "[options]"
     longdesc = (
@@ -85,6 +97,18 @@ class Options(usage.Options):
         ["timeout", None, 300.0, "Seconds to wait for a command before closing with 421.", _seconds("timeout")],
         ["bare-lf", None, "reject", "What to do with a bare CR or LF in a message: reject or normalize.", _bareLF],
         ["shutdown-grace", None, 30.0, "Seconds to let transactions finish when stopping.", _seconds("shutdown-grace")],
+        ["tls-cert", None, None, "PEM certificate chain for STARTTLS and --listen-tls (reloaded on SIGHUP)."],
+        ["tls-key", None, None, "PEM private key for --tls-cert (default: the --tls-cert file)."],
+    ]
+
+    optFlags = [
+        ["require-tls", None, "Refuse MAIL before STARTTLS (530 5.7.0)."],
+        ["require-auth", None, "Refuse MAIL before AUTH (530 5.7.0): for submission ports."],
+        [
+            "allow-insecure-auth",
+            None,
+            "Offer AUTH without TLS. Only for trusted transports such as loopback or UNIX sockets.",
+        ],
     ]
 
     compData = usage.Completions(optActions={"bare-lf": usage.CompleteList(["reject", "normalize"])})
@@ -92,10 +116,15 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["listen-tls"] = []
 
     def opt_listen(self, description: str) -> None:
         """Listen on this endpoint (strports syntax); repeat for several."""
         self["listen"].append(description)
+
+    def opt_listen_tls(self, description: str) -> None:
+        """Listen with implicit TLS (port 465, "submissions") on this endpoint, using --tls-cert; repeatable."""
+        self["listen-tls"].append(description)
 
     def opt_help_deliver(self) -> None:
         """List the delivery types for --deliver and exit."""
@@ -107,11 +136,11 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
-        if not self["listen"]:
+        if not self["listen"] and not self["listen-tls"]:
             self["listen"] = [DEFAULT_LISTEN]
         from twisted.internet import reactor
 
-        for description in self["listen"]:
+        for description in self["listen"] + self["listen-tls"]:
             try:
                 endpoints.serverFromString(reactor, description)
             except Exception as e:
@@ -122,6 +151,35 @@ class Options(usage.Options):
             raise usage.UsageError(f"--deliver {self['deliver']}: {e}") from None
         if self["hostname"] is None:
             self["hostname"] = socket.getfqdn()
+        self["tls"] = None
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["tls-cert"]:
+            try:
+                self["tls"] = ServerTLS(self["tls-cert"], self["tls-key"])
+            except TLSConfigurationError as e:
+                raise usage.UsageError(f"--tls-cert: {e}") from None
+        elif self["listen-tls"]:
+            raise usage.UsageError("--listen-tls needs --tls-cert (and --tls-key)")
+        elif self["require-tls"]:
+            raise usage.UsageError("--require-tls needs --tls-cert (and --tls-key) to offer STARTTLS")
+        if self["require-auth"] and not self.get("credCheckers"):
+            raise usage.UsageError("--require-auth needs at least one --auth checker")
+        for checker in self.get("credCheckers") or []:
+            _bytesUsers(checker)
+
+
+def _bytesUsers(checker: Any) -> None:
+    """
+    Twisted's ``memory`` checker keeps the user names and passwords of
+    ``--auth memory:U:P`` as text, while credentials carry bytes (and
+    CRAM-MD5 hashes bytes): store them as UTF-8 bytes so both match.
+    """
+    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+        checker.users = {
+            (k.encode("utf-8") if isinstance(k, str) else k): (v.encode("utf-8") if isinstance(v, str) else v)
+            for k, v in checker.users.items()
+        }
 
 
 @implementer(IStreamServerEndpoint)
@@ -150,19 +208,47 @@ class SMTPService(service.MultiService):
     transaction are given ``grace`` seconds to finish.
     """
 
-    def __init__(self, factory: SMTPFactory, descriptions: list[str], grace: float = 30.0) -> None:
+    def __init__(
+        self, factory: SMTPFactory, descriptions: list[str], grace: float = 30.0, tlsListen: list[str] | None = None
+    ) -> None:
         super().__init__()
         from twisted.internet import reactor
 
         self.factory = factory
         self.grace = grace
+        self._previousHUP: Any = None
         for description in descriptions:
-            endpoint = _AnnouncingEndpoint(endpoints.serverFromString(reactor, description), description)
-            child = StreamServerEndpointService(endpoint, factory)
-            child._raiseSynchronously = True
-            child.setServiceParent(self)
+            self._listen(endpoints.serverFromString(reactor, description), description, factory)
+        if tlsListen:
+            if factory.tls is None:
+                raise ValueError("implicit TLS listeners need a factory with tls")
+            # Implicit TLS: the whole connection is TLS, with the same
+            # (reloadable) certificate as STARTTLS.
+            tlsFactory = TLSMemoryBIOFactory(factory.tls, False, factory)
+            for description in tlsListen:
+                self._listen(endpoints.serverFromString(reactor, description), description + " (implicit TLS)", tlsFactory)
+
+    def _listen(self, endpoint: Any, description: str, factory: Any) -> None:
+        child = StreamServerEndpointService(_AnnouncingEndpoint(endpoint, description), factory)
+        child._raiseSynchronously = True
+        child.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.factory.tls is not None and hasattr(signal, "SIGHUP"):
+            # Operators renew certificates every few months: SIGHUP re-reads
+            # them without dropping a connection.
+            from twisted.internet import reactor
+
+            def onHUP(signum: int, frame: Any) -> None:
+                reactor.callFromThread(self.factory.tls.reload)
+
+            self._previousHUP = signal.signal(signal.SIGHUP, onHUP)
 
     def stopService(self) -> defer.Deferred[None]:
+        if self._previousHUP is not None:
+            signal.signal(signal.SIGHUP, self._previousHUP)
+            self._previousHUP = None
         d = defer.maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.factory.shutdown(self.grace))
         return d
@@ -170,12 +256,19 @@ class SMTPService(service.MultiService):
 
 def makeService(options: Options) -> SMTPService:
     """Build the service ``twistd smtp`` runs."""
+    delivery = options["delivery"]
+    checkers = options.get("credCheckers") or []
     factory = SMTPFactory(
-        options["delivery"],
+        delivery,
         options["hostname"],
         maxMessageSize=options["max-size"],
         maxRecipients=options["max-recipients"],
         commandTimeout=options["timeout"],
         bareLineEnds=options["bare-lf"],
+        tls=options["tls"],
+        requireTLS=bool(options["require-tls"]),
+        portal=makePortal(delivery, checkers) if checkers else None,
+        requireAuth=bool(options["require-auth"]),
+        allowInsecureAuth=bool(options["allow-insecure-auth"]),
     )
-    return SMTPService(factory, options["listen"], options["shutdown-grace"])
+    return SMTPService(factory, options["listen"], options["shutdown-grace"], tlsListen=options["listen-tls"])
