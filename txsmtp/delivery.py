@@ -121,9 +121,18 @@ class _DiscardSession(BaseDeliverySession):
 
 
 class DiscardDelivery(BaseDelivery):
-    """Accepts every message and drops it: a sink for tests and benchmarks."""
+    """
+    Accepts every message and drops it: a sink for tests and benchmarks.
+    Its sessions hold no state, so every connection shares one.
+    """
 
     sessionFactory = _DiscardSession
+
+    def __init__(self) -> None:
+        self._session = _DiscardSession(self, None)  # type: ignore[arg-type]
+
+    def openSession(self, connection: ConnectionInfo) -> _DiscardSession:
+        return self._session
 
 
 # -- Maildir --------------------------------------------------------------------

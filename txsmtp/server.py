@@ -177,7 +177,21 @@ class ESMTPServer(Protocol):
     connection: ConnectionInfo
     envelope: Envelope | None
 
+    # Slots keep an idle session small (a few hundred octets instead of a
+    # dict of forty entries).  Subclasses without __slots__ get a __dict__
+    # as usual for their own attributes.
+    __slots__ = (
+        "factory", "transport", "connected", "state", "session", "envelope", "connection",
+        "_out", "_blocked", "_paused", "_errors", "_receiver", "_decoder", "_dataError", "_writesPending",
+        "_blockedOnWrites", "_messageSize", "_timeoutValue", "_lastActivity", "_dataStarted", "_rateBytes",
+        "_shuttingDown", "_disconnected", "_closeDeferreds", "_directWrites", "_mechanism", "_authFinal",
+        "_authFailures", "_anonymousSession", "_logout", "_lines", "_clock",
+    )  # fmt: skip
+
     def __init__(self) -> None:
+        self.factory = None  # type: ignore[assignment]
+        self.transport = None
+        self.connected = 0
         self.state = State.INITIAL
         self.session = None
         self.envelope = None
