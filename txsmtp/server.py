@@ -558,36 +558,33 @@ class ESMTPServer(Protocol):
             extensions.append("AUTH " + " ".join(mechanisms))
         return extensions
 
-    def _heloName(self, argument: bytes, verb: str) -> str | None:
+    def _greet(self, argument: bytes, verb: str, esmtp: bool) -> str | None:
+        """Common part of EHLO and HELO: check the name, start afresh."""
         name = argument.strip()
         if not name or b" " in name:
             self._commandError(501, "5.5.4", f"Syntax: {verb} your.host.name")
             return None
         try:
-            return name.decode("utf-8")
+            text = name.decode("utf-8")
         except UnicodeDecodeError:
             self._commandError(501, "5.5.4", f"Syntax: {verb} your.host.name (not valid UTF-8)")
             return None
+        self.resetTransaction()
+        self.connection.heloName = text
+        self.connection.esmtp = esmtp
+        self.state = State.READY
+        self._afterTransaction()
+        return f"{self.factory.hostname} Hello {text} [{self.connection.peerHost}]"
 
     def do_EHLO(self, argument: bytes) -> None:
-        name = self._heloName(argument, "EHLO")
-        if name is None:
-            return
-        self.resetTransaction()
-        self.connection.heloName = name
-        self.connection.esmtp = True
-        self.state = State.READY
-        self.reply(250, None, [f"{self.factory.hostname} Hello {name} [{self.connection.peerHost}]", *self.extensions()])
+        hello = self._greet(argument, "EHLO", True)
+        if hello is not None and self.state is not State.CLOSED:
+            self.reply(250, None, [hello, *self.extensions()])
 
     def do_HELO(self, argument: bytes) -> None:
-        name = self._heloName(argument, "HELO")
-        if name is None:
-            return
-        self.resetTransaction()
-        self.connection.heloName = name
-        self.connection.esmtp = False
-        self.state = State.READY
-        self.reply(250, None, f"{self.factory.hostname} Hello {name} [{self.connection.peerHost}]")
+        hello = self._greet(argument, "HELO", False)
+        if hello is not None and self.state is not State.CLOSED:
+            self.reply(250, None, hello)
 
     def do_MAIL(self, argument: bytes) -> None:
         if argument[:5].upper() != b"FROM:":

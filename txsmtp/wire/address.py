@@ -122,6 +122,15 @@ def splitPathAndParameters(arg: bytes) -> tuple[bytes, list[bytes]]:
     arg = arg.lstrip(b" ")
     if not arg.startswith(b"<"):
         raise SMTPSyntaxError(501, "5.5.4", "Syntax: the address must be in angle brackets, like <user@example.com>")
+    if b'"' not in arg:
+        # No quoted local part: the first ">" closes the path.
+        end = arg.find(b">")
+        if end < 0:
+            raise SMTPSyntaxError(501, "5.5.4", "Syntax: missing closing angle bracket")
+        rest = arg[end + 1 :]
+        if rest and not rest.startswith(b" "):
+            raise SMTPSyntaxError(501, "5.5.4", "Syntax: expected a space between the address and its parameters")
+        return arg[: end + 1], rest.split()
     inQuotes = False
     escaped = False
     end = -1
