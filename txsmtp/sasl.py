@@ -31,7 +31,7 @@ which checkers with plaintext passwords understand.
 SCRAM-SHA-256 (RFC 5802, RFC 7677) works two ways:
 
 - with a checker that keeps plaintext passwords (memory, file): the server
-  picks a fresh salt, and the :class:`ScramCredentials` it produces
+  picks a fresh salt, and the :class:`ScramPasswordCredentials` it produces
   provide ``IUsernamePassword``: the checker's ``checkPassword(password)``
   derives the keys from the password and verifies the client's proof;
 - with a checker that keeps SCRAM keys and provides
@@ -72,6 +72,7 @@ __all__ = [
     "ScramSHA256",
     "ScramKeys",
     "ScramCredentials",
+    "ScramPasswordCredentials",
     "IScramCredentials",
     "IScramKeyStore",
     "MECHANISMS",
@@ -317,24 +318,16 @@ def scramKeys(password: str, salt: bytes | None = None, iterations: int = 4096) 
     return ScramKeys(salt, iterations, hashlib.sha256(clientKey).digest(), _hmac(salted, b"Server Key"))
 
 
-@implementer(IScramCredentials, IUsernamePassword)
-class ScramCredentials:
-    """
-    A completed SCRAM-SHA-256 exchange, waiting for a checker's verdict.
-
-    Provides ``IUsernamePassword`` (for checkers with plaintext passwords:
-    ``checkPassword`` derives the keys) and :class:`IScramCredentials` (for
-    key stores: ``checkKeys``).  After a successful check,
-    :attr:`serverSignature` holds what the client expects in server-final.
-    """
+class _ScramProof:
+    """A completed SCRAM-SHA-256 exchange, waiting for a checker's verdict."""
 
     def __init__(self, username: bytes, salt: bytes, iterations: int, authMessage: bytes, clientProof: bytes) -> None:
         self.username = username
-        self.password = b""  # never known; present for IUsernamePassword
         self._salt = salt
         self._iterations = iterations
         self._authMessage = authMessage
         self._clientProof = clientProof
+        #: What the client expects in server-final, once a check succeeded.
         self.serverSignature: bytes | None = None
 
     def checkKeys(self, storedKey: bytes, serverKey: bytes) -> bool:
@@ -349,6 +342,7 @@ class ScramCredentials:
         return True
 
     def checkPassword(self, password: bytes | str) -> bool:
+        """Derive the keys from a plaintext ``password`` and check the proof."""
         if isinstance(password, bytes):
             password = password.decode("utf-8", "replace")
         try:
@@ -356,6 +350,26 @@ class ScramCredentials:
         except SASLError:
             return False
         return self.checkKeys(keys.storedKey, keys.serverKey)
+
+
+@implementer(IScramCredentials)
+class ScramCredentials(_ScramProof):
+    """
+    SCRAM credentials from an exchange that used a key store's salt: a
+    checker for :class:`IScramCredentials` verifies them with
+    ``checkKeys(storedKey, serverKey)``.
+    """
+
+
+@implementer(IUsernamePassword)
+class ScramPasswordCredentials(_ScramProof):
+    """
+    SCRAM credentials from an exchange with a fresh salt: any checker that
+    knows plaintext passwords verifies them through ``checkPassword``, which
+    derives the keys from the password.
+    """
+
+    password = b""  # never known; present for IUsernamePassword
 
 
 def _scramName(value: str) -> str:
@@ -402,8 +416,9 @@ class ScramSHA256(Mechanism):
         self._serverFirst = ""
         self._salt = b""
         self._iterations = 0
+        self._stored = False
         self.username = ""
-        self._credentials: ScramCredentials | None = None
+        self._credentials: _ScramProof | None = None
 
     def start(self, initial: bytes | None) -> Challenge | NeedKeys:
         if initial is None or initial == b"":
@@ -449,13 +464,17 @@ class ScramSHA256(Mechanism):
 
     def keysFound(self, salt: bytes, iterations: int) -> Challenge:
         """Continue with the salt and iteration count the key store holds."""
+        self._stored = True
         self._salt = salt
         self._iterations = iterations
         return self._serverFirstMessage()
 
     def useRandomSalt(self) -> Challenge:
         """Continue with a fresh salt (plaintext-password checkers, or an unknown user)."""
-        return self.keysFound(os.urandom(16), self.iterations)
+        self._stored = False
+        self._salt = os.urandom(16)
+        self._iterations = self.iterations
+        return self._serverFirstMessage()
 
     def _serverFirstMessage(self) -> Challenge:
         if self._step != 1:
@@ -479,7 +498,10 @@ class ScramSHA256(Mechanism):
         if attrs[1][2:] != self._nonce:
             raise SASLError("SCRAM nonce does not match")
         authMessage = f"{self._clientFirstBare},{self._serverFirst},{withoutProof}".encode()
-        self._credentials = ScramCredentials(
+        # Credentials go to the checker that matches where the salt came
+        # from: the key store, or a password checker.
+        kind = ScramCredentials if self._stored else ScramPasswordCredentials
+        self._credentials = kind(
             self.username.encode("utf-8"), self._salt, self._iterations, authMessage, _b64(proof, "proof")
         )
         self._step = 3

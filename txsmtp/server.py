@@ -111,6 +111,14 @@ _ANY = frozenset({State.INITIAL, State.READY, State.MAIL, State.RCPT, State.REFU
 _GREETED = frozenset({State.READY, State.MAIL, State.RCPT})
 
 
+def _callQuietly(function: Callable[[], Any], what: str) -> None:
+    """Call a clean-up function; log (never raise) what it raises."""
+    try:
+        function()
+    except Exception:
+        _log.failure("{what} failed", what=what)
+
+
 def _canWriteDirectly(transport: object) -> bool:
     """Whether ``transport`` is a Twisted TCP connection whose write path we know."""
     return isinstance(transport, _tcp.Connection) and all(
@@ -184,8 +192,8 @@ class ESMTPServer(Protocol):
         "factory", "transport", "connected", "state", "session", "envelope", "connection",
         "_out", "_blocked", "_paused", "_errors", "_receiver", "_decoder", "_dataError", "_writesPending",
         "_blockedOnWrites", "_messageSize", "_timeoutValue", "_lastActivity", "_dataStarted", "_rateBytes",
-        "_shuttingDown", "_disconnected", "_closeDeferreds", "_directWrites", "_mechanism", "_authFinal",
-        "_authFailures", "_anonymousSession", "_logout", "_lines", "_clock",
+        "_shuttingDown", "_disconnected", "_closeDeferreds", "_directWrites", "_mechanism", "_pendingLogin",
+        "_authFailures", "_anonymousSession", "_logout", "_lines", "_clock", "_handshakePending",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -214,7 +222,8 @@ class ESMTPServer(Protocol):
         self._closeDeferreds: list[Deferred[None]] | None = None
         self._directWrites = False
         self._mechanism: Any = None
-        self._authFinal = False
+        self._pendingLogin: Any = None
+        self._handshakePending = False
         self._authFailures = 0
         self._anonymousSession: Any = None
         self._logout: Any = None
@@ -232,6 +241,7 @@ class ESMTPServer(Protocol):
         if interfaces.ISSLTransport.providedBy(self.transport):
             # Implicit TLS (port 465): the facts arrive with handshakeCompleted.
             self.connection.tls = TLSInfo()
+            self._handshakePending = True
         f._register(self)
         self._setTimeout(f.commandTimeout)
         self._hook("openSession", f.delivery.openSession, (self.connection,), self._sessionOpened)
@@ -271,24 +281,19 @@ class ESMTPServer(Protocol):
                 self._logTransaction("disconnected", None)
         self.state = State.CLOSED
         self.factory._unregister(self)
+        if self._mechanism is not None:
+            self._authDone()
+        # An authenticated session's avatar is closed by its logout; the
+        # anonymous session it replaced, and any other session, by close().
         logout, self._logout = self._logout, None
-        if logout is not None:
-            try:
-                logout()
-            except Exception:
-                _log.failure("avatar logout failed")
         anonymous, self._anonymousSession = self._anonymousSession, None
-        if anonymous is not None and anonymous is not self.session:
-            try:
-                anonymous.close()
-            except Exception:
-                _log.failure("delivery session close() failed")
         session, self.session = self.session, None
-        if session is not None:
-            try:
-                session.close()
-            except Exception:
-                _log.failure("delivery session close() failed")
+        if logout is not None:
+            _callQuietly(logout, "avatar logout")
+        elif session is not None:
+            _callQuietly(session.close, "delivery session close()")
+        if anonymous is not None and anonymous is not session:
+            _callQuietly(anonymous.close, "delivery session close()")
         waiting, self._closeDeferreds = self._closeDeferreds, None
         for d in waiting or ():
             d.callback(None)
@@ -422,7 +427,12 @@ class ESMTPServer(Protocol):
         self._flush()
         self.state = State.CLOSED
         self._cancelTimeouts()
-        self.transport.loseConnection()
+        if self._handshakePending:
+            # A TLS handshake that never finished: nothing can be said to
+            # this client, and a graceful close would wait for it forever.
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
     # -- waiting for hooks -----------------------------------------------------
 
@@ -958,6 +968,7 @@ class ESMTPServer(Protocol):
         self.resetTransaction()
         self._forgetClient()
         self.connection.tls = TLSInfo()
+        self._handshakePending = True
         self.transport.startTLS(f.tls)
 
     def _forgetClient(self) -> None:
@@ -972,6 +983,7 @@ class ESMTPServer(Protocol):
 
     def handshakeCompleted(self) -> None:
         """Twisted's ``IHandshakeListener``: record the TLS facts."""
+        self._handshakePending = False
         self.connection.tls = tlsInfo(self.transport)
 
     # -- AUTH (RFC 4954) ---------------------------------------------------------
@@ -1038,18 +1050,21 @@ class ESMTPServer(Protocol):
             return None
 
     def _authResponse(self, line: bytes) -> None:
+        pending = self._pendingLogin
+        if pending is not None and not line:
+            # The client accepted SCRAM's server-final message: only now is
+            # the AUTH command a success.
+            self._pendingLogin = None
+            self._install(*pending)
+            self._authSucceeded()
+            return
         if line == b"*":
             self._authDone()
             self._commandError(501, "5.7.0", "Authentication cancelled")
             return
-        if self._authFinal:
-            # The client acknowledged SCRAM's server-final message.
-            self._authFinal = False
-            if line:
-                self._authDone()
-                self._commandError(501, "5.5.2", "Expected an empty response")
-                return
-            self._authSucceeded()
+        if pending is not None:
+            self._authDone()
+            self._commandError(501, "5.5.2", "Expected an empty response to the server's final message")
             return
         data = self._decodeSASL(line)
         if data is None:
@@ -1097,6 +1112,8 @@ class ESMTPServer(Protocol):
 
         def then(result: Any, failure: Failure | None) -> None:
             if failure is not None:
+                # A realm may have noted the user before failing.
+                self.connection.authenticated = None
                 if failure.check(UnauthorizedLogin, UnhandledCredentials):
                     self._authFailed(credentials)
                 else:
@@ -1110,21 +1127,28 @@ class ESMTPServer(Protocol):
         self._hook("login", portal.login, (credentials, self.connection, IDeliverySession), then)
 
     def _authenticated(self, credentials: Any, avatar: Any, logout: Any) -> None:
-        conn = self.connection
-        if not conn.authenticated:
+        username = self.connection.authenticated
+        if not username:
             username = getattr(credentials, "username", b"")
-            conn.authenticated = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
+            username = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
+        if isinstance(self._mechanism, ScramSHA256):
+            # RFC 4954 §4: additional data with success goes in a 334
+            # challenge, answered by an empty line; until then the client is
+            # not authenticated.
+            self.connection.authenticated = None
+            self._pendingLogin = (username, avatar, logout)
+            self._send(b"334 " + base64.b64encode(self._mechanism.serverFinal()) + b"\r\n")
+            return
+        self._install(username, avatar, logout)
+        self._authSucceeded()
+
+    def _install(self, username: str, avatar: Any, logout: Any) -> None:
+        """Make the realm's avatar the session's delivery policy."""
+        self.connection.authenticated = username
         old, self.session = self.session, avatar
         if self._anonymousSession is None:
             self._anonymousSession = old
         self._logout = logout
-        if isinstance(self._mechanism, ScramSHA256):
-            # RFC 4954 §4: additional data with success goes in a 334
-            # challenge, answered by an empty line.
-            self._authFinal = True
-            self._send(b"334 " + base64.b64encode(self._mechanism.serverFinal()) + b"\r\n")
-            return
-        self._authSucceeded()
 
     def _authSucceeded(self) -> None:
         name = self._mechanism.name if self._mechanism is not None else "?"
@@ -1187,7 +1211,10 @@ class ESMTPServer(Protocol):
     def _authDone(self) -> None:
         """Leave the AUTH exchange (success or not)."""
         self._mechanism = None
-        self._authFinal = False
+        pending, self._pendingLogin = self._pendingLogin, None
+        if pending is not None:
+            # An exchange abandoned after the checker said yes: log out again.
+            _callQuietly(pending[2], "avatar logout")
         self._lines.maxLength = self.factory.maxLineLength
         if self.state is State.AUTH:
             self.state = State.READY
@@ -1197,10 +1224,7 @@ class ESMTPServer(Protocol):
         if anonymous is not None and anonymous is not self.session:
             logout, self._logout = self._logout, None
             if logout is not None:
-                try:
-                    logout()
-                except Exception:
-                    _log.failure("avatar logout failed")
+                _callQuietly(logout, "avatar logout")
             self.session = anonymous
 
     # -- Received: and logging -------------------------------------------------
