@@ -193,7 +193,7 @@ class ESMTPServer(Protocol):
         "_out", "_blocked", "_paused", "_errors", "_receiver", "_decoder", "_dataError", "_writesPending",
         "_blockedOnWrites", "_messageSize", "_timeoutValue", "_lastActivity", "_dataStarted", "_rateBytes",
         "_shuttingDown", "_disconnected", "_closeDeferreds", "_directWrites", "_mechanism", "_pendingLogin",
-        "_authFailures", "_anonymousSession", "_logout", "_lines", "_clock", "_handshakePending",
+        "_authFailures", "_anonymousSession", "_logout", "_lines", "_clock", "_handshakePending", "_closingSince",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -224,6 +224,7 @@ class ESMTPServer(Protocol):
         self._mechanism: Any = None
         self._pendingLogin: Any = None
         self._handshakePending = False
+        self._closingSince = 0.0
         self._authFailures = 0
         self._anonymousSession: Any = None
         self._logout: Any = None
@@ -427,6 +428,7 @@ class ESMTPServer(Protocol):
         self._flush()
         self.state = State.CLOSED
         self._cancelTimeouts()
+        self._closingSince = self._clock.seconds()
         if self._handshakePending:
             # A TLS handshake that never finished: nothing can be said to
             # this client, and a graceful close would wait for it forever.
@@ -517,7 +519,14 @@ class ESMTPServer(Protocol):
         Close the session if the client has been idle too long, or sends its
         message too slowly.  Called by the factory's sweep.
         """
-        if self._disconnected or self.state is State.CLOSED:
+        if self._disconnected:
+            return
+        if self.state is State.CLOSED:
+            # Closing: under TLS, Twisted waits for the client's close_notify
+            # before it closes the socket.  RFC 5321 §3.8 has the server
+            # close, so a client that never answers is cut off.
+            if now - self._closingSince >= self.factory.closeTimeout:
+                self.transport.abortConnection()
             return
         if self._blocked or self._writesPending:
             # Waiting for the delivery (a hook, or back-pressure from the
@@ -1485,6 +1494,10 @@ class SMTPFactory(Factory):
 
     #: How often, in seconds, sessions are checked for timeouts.
     timeoutResolution = 1.0
+
+    #: Seconds a closing connection may wait for the client (TLS close_notify,
+    #: unsent replies) before it is aborted.
+    closeTimeout = 10.0
 
     def _register(self, protocol: ESMTPServer) -> None:
         self.protocols.add(protocol)
