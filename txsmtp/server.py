@@ -488,7 +488,10 @@ class ESMTPServer(Protocol):
         if failure.check(SMTPError):
             return failure.value  # type: ignore[return-value]
         _log.failure(
-            "{what} failed in the delivery for {peer}; answering 451", failure, what=what, peer=self.connection.peerHost
+            "{what} failed in the delivery for {peer}; the client gets a temporary failure",
+            failure,
+            what=what,
+            peer=self.connection.peerHost,
         )
         return SMTPError(451, "4.3.0", "Local error in processing; try again later")
 

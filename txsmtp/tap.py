@@ -235,15 +235,23 @@ class SMTPService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
-        if self.factory.tls is not None and hasattr(signal, "SIGHUP"):
+        if hasattr(signal, "SIGHUP"):
             # Operators renew certificates every few months: SIGHUP re-reads
-            # them without dropping a connection.
+            # them without dropping a connection (and never kills the server).
             from twisted.internet import reactor
 
             def onHUP(signum: int, frame: Any) -> None:
-                reactor.callFromThread(self.factory.tls.reload)
+                reactor.callFromThread(self.reload)
 
             self._previousHUP = signal.signal(signal.SIGHUP, onHUP)
+
+    def reload(self) -> None:
+        """Re-read what can change without a restart: the TLS certificate."""
+        tls = self.factory.tls
+        if tls is not None and hasattr(tls, "reload"):
+            tls.reload()
+        else:
+            _log.info("SIGHUP: nothing to reload (no --tls-cert)")
 
     def stopService(self) -> defer.Deferred[None]:
         if self._previousHUP is not None:

@@ -12,9 +12,12 @@ keeps the old certificate in service and says why in the log.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
-from OpenSSL import SSL, crypto
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
@@ -22,7 +25,7 @@ from zope.interface import implementer
 
 from txsmtp.envelope import TLSInfo
 
-__all__ = ["ServerTLS", "TLSConfigurationError", "tlsInfo", "loadCertificateOptions"]
+__all__ = ["ServerTLS", "TLSConfigurationError", "tlsInfo", "loadCertificateOptions", "CIPHERS"]
 
 _log = Logger(namespace="txsmtp.tls")
 
@@ -31,25 +34,15 @@ class TLSConfigurationError(Exception):
     """A certificate or key file could not be used; the message says why."""
 
 
-def _pemBlocks(data: bytes, marker: bytes) -> list[bytes]:
-    blocks = []
-    begin = b"-----BEGIN " + marker
-    pos = 0
-    while True:
-        start = data.find(begin, pos)
-        if start < 0:
-            return blocks
-        end = data.find(b"-----END ", start)
-        end = data.find(b"-----", end + 9)
-        if end < 0:
-            return blocks
-        blocks.append(data[start : end + 5] + b"\n")
-        pos = end + 5
+#: TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3 suites are
+#: all of that already).
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
 
 
 def loadCertificateOptions(certPath: str, keyPath: str | None = None) -> ssl.CertificateOptions:
     """
-    Build server TLS options from PEM files.
+    Build server TLS options from PEM files: TLS 1.2 or later, forward
+    secret AEAD cipher suites only.
 
     :param certPath: the certificate, followed by any intermediate
         certificates (the chain), in PEM.
@@ -57,34 +50,42 @@ def loadCertificateOptions(certPath: str, keyPath: str | None = None) -> ssl.Cer
     :raise TLSConfigurationError: when a file is missing, unreadable, holds
         no certificate, or the key does not match the certificate.
     """
+    keyPath = keyPath or certPath
     try:
         with open(certPath, "rb") as f:
             certData = f.read()
-        with open(keyPath or certPath, "rb") as f:
+        with open(keyPath, "rb") as f:
             keyData = f.read()
     except OSError as e:
         raise TLSConfigurationError(f"cannot read {e.filename}: {e.strerror}") from e
-    blocks = _pemBlocks(certData, b"CERTIFICATE")
-    if not blocks:
+    if b"-----BEGIN CERTIFICATE-----" not in certData:
         raise TLSConfigurationError(f"{certPath} holds no PEM certificate")
     try:
-        chain = [crypto.load_certificate(crypto.FILETYPE_PEM, b) for b in blocks]
-    except crypto.Error as e:
-        raise TLSConfigurationError(f"{certPath}: not a valid certificate ({e})") from e
+        chain = x509.load_pem_x509_certificates(certData)
+    except ValueError as e:
+        raise TLSConfigurationError(f"{certPath}: a PEM certificate in it is damaged") from e
     try:
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, keyData)
-    except crypto.Error as e:
-        raise TLSConfigurationError(f"{keyPath or certPath}: no usable PEM private key ({e})") from e
+        key = serialization.load_pem_private_key(keyData, password=None)
+    except (ValueError, TypeError) as e:
+        raise TLSConfigurationError(f"{keyPath}: no usable PEM private key (it must not be encrypted)") from e
+    notAfter = chain[0].not_valid_after_utc
+    if notAfter < datetime.now(timezone.utc):
+        _log.warn(
+            "TLS certificate {path} expired on {date}; clients that verify will refuse it",
+            path=certPath,
+            date=notAfter.isoformat(),
+        )
     try:
         options = ssl.CertificateOptions(
             privateKey=key,
             certificate=chain[0],
             extraCertChain=chain[1:],
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+            acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
         )
         options.getContext()  # checks that key and certificate match
-    except (SSL.Error, ValueError) as e:
-        raise TLSConfigurationError(f"{certPath} and {keyPath or certPath} do not work together ({e})") from e
+    except (SSL.Error, ValueError, TypeError) as e:
+        raise TLSConfigurationError(f"{certPath} and {keyPath} do not work together ({e})") from e
     return options
 
 
