@@ -8,6 +8,12 @@ scenario, for each server) so that any drift of the machine hits every
 server alike, and the median of the repetitions is reported together with
 txsmtp's ratio to twisted.mail.smtp and to aiosmtpd.
 
+A fourth scenario measures STARTTLS: every message on its own connection,
+upgraded with STARTTLS (a full TLS handshake each time), with load from
+``benchmarks/tls_load.py`` since smtp-source cannot do TLS.  Servers that
+cannot offer STARTTLS (smtp-sink) sit it out.  The servers get a
+self-signed certificate made for the run.
+
 Two memory measurements follow, on fresh server processes:
 
 - one 100 MiB message, delivered by txsmtp into a Maildir (the anchors
@@ -53,6 +59,8 @@ BUSY_WARNING = 0.10
 MAX_MESSAGE_SIZE = 2_000_000_000
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+#: The STARTTLS load client (smtp-source cannot do TLS).
+TLS_LOAD = os.path.join(HERE, "tls_load.py")
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 #: Identity smtp-source uses in HELO, MAIL FROM and RCPT TO.
 CLIENT_NAME = "client.bench.invalid"
@@ -65,6 +73,8 @@ MIB = 1024 * 1024
 MB = 1_000_000
 
 SERVER_ORDER = ("txsmtp", "twisted.mail", "aiosmtpd", "smtp-sink")
+#: The throughput scenarios, in the order they run (see makeScenarios).
+SCENARIO_KEYS = ("1k-new", "1k-reuse", "1m", "tls-new")
 #: Servers for which the memory measurements are made.
 MEMORY_SERVERS = ("txsmtp", "twisted.mail", "aiosmtpd")
 
@@ -265,17 +275,21 @@ class ServerKind:
 
     name = ""
     description = ""
+    #: Whether the server can offer STARTTLS (the TLS scenario).
+    supportsTLS = False
 
     def unavailable(self):
         """Return C{None} when the server can run, else the reason it cannot."""
         return None
 
-    def command(self, port, workdir, deliver):
+    def command(self, port, workdir, deliver, tls=None):
         """
         The argv that starts the server listening on C{HOST}:C{port}.
 
         @param workdir: a private temporary directory (cwd, logs).
         @param deliver: C{None} to discard messages, or a Maildir path.
+        @param tls: C{None}, or C{(certificate path, key path)} to offer
+            STARTTLS with (only when L{supportsTLS}).
         """
         raise NotImplementedError
 
@@ -289,6 +303,7 @@ class TxsmtpKind(ServerKind):
 
     name = "txsmtp"
     description = "twistd smtp (this checkout)"
+    supportsTLS = True
 
     def __init__(self, repo):
         self.repo = repo
@@ -326,22 +341,27 @@ class TxsmtpKind(ServerKind):
             )
         return None
 
-    def command(self, port, workdir, deliver):
+    def command(self, port, workdir, deliver, tls=None):
         target = "discard" if deliver is None else f"maildir:{deliver}"
-        return self._twistd() + [
-            "-n",
-            "--pidfile=",
-            "--logfile=" + os.path.join(workdir, "twistd.log"),
-            "smtp",
-            "--hostname",
-            "txsmtp.bench.invalid",
-            "--listen",
-            f"tcp:{port}:interface={HOST}:backlog={LISTEN_BACKLOG}",
-            "--deliver",
-            target,
-            "--max-size",
-            str(MAX_MESSAGE_SIZE),
-        ]
+        tlsArgs = [] if tls is None else ["--tls-cert", tls[0], "--tls-key", tls[1]]
+        return (
+            self._twistd()
+            + [
+                "-n",
+                "--pidfile=",
+                "--logfile=" + os.path.join(workdir, "twistd.log"),
+                "smtp",
+                "--hostname",
+                "txsmtp.bench.invalid",
+                "--listen",
+                f"tcp:{port}:interface={HOST}:backlog={LISTEN_BACKLOG}",
+                "--deliver",
+                target,
+                "--max-size",
+                str(MAX_MESSAGE_SIZE),
+            ]
+            + tlsArgs
+        )
 
 
 class TwistedMailKind(ServerKind):
@@ -349,13 +369,15 @@ class TwistedMailKind(ServerKind):
 
     name = "twisted.mail"
     description = "twisted.mail.smtp ESMTP, discarding"
+    supportsTLS = True
 
     def unavailable(self):
         if importlib.util.find_spec("twisted.mail") is None:
             return "twisted.mail is not importable"
         return None
 
-    def command(self, port, workdir, deliver):
+    def command(self, port, workdir, deliver, tls=None):
+        tlsArgs = [] if tls is None else ["--tls-cert", tls[0], "--tls-key", tls[1]]
         return [
             sys.executable,
             os.path.join(HERE, "anchors", "twisted_mail_server.py"),
@@ -366,7 +388,7 @@ class TwistedMailKind(ServerKind):
             # Log to a file, as twistd would (and as txsmtp does).
             "--logfile",
             os.path.join(workdir, "twisted-mail.log"),
-        ]
+        ] + tlsArgs
 
 
 class AiosmtpdKind(ServerKind):
@@ -374,13 +396,15 @@ class AiosmtpdKind(ServerKind):
 
     name = "aiosmtpd"
     description = "aiosmtpd SMTP + Sink handler"
+    supportsTLS = True
 
     def unavailable(self):
         if importlib.util.find_spec("aiosmtpd") is None:
             return "aiosmtpd is not installed (pip install aiosmtpd)"
         return None
 
-    def command(self, port, workdir, deliver):
+    def command(self, port, workdir, deliver, tls=None):
+        tlsArgs = [] if tls is None else ["--tls-cert", tls[0], "--tls-key", tls[1]]
         return [
             sys.executable,
             os.path.join(HERE, "anchors", "aiosmtpd_server.py"),
@@ -388,7 +412,7 @@ class AiosmtpdKind(ServerKind):
             str(port),
             "--backlog",
             str(LISTEN_BACKLOG),
-        ]
+        ] + tlsArgs
 
 
 class SmtpSinkKind(ServerKind):
@@ -402,7 +426,7 @@ class SmtpSinkKind(ServerKind):
             return f"{SMTP_SINK} not found (apt-get install postfix)"
         return None
 
-    def command(self, port, workdir, deliver):
+    def command(self, port, workdir, deliver, tls=None):
         argv = [SMTP_SINK]
         if os.geteuid() == 0:
             # smtp-sink refuses to keep running as root.
@@ -413,10 +437,11 @@ class SmtpSinkKind(ServerKind):
 class ServerProcess:
     """A running server under test, started on a free port of 127.0.0.1."""
 
-    def __init__(self, kind, workdir, deliver=None):
+    def __init__(self, kind, workdir, deliver=None, tls=None):
         self.kind = kind
         self.workdir = workdir
         self.deliver = deliver
+        self.tls = tls
         self.port = None
         self.process = None
         self._output = None
@@ -436,7 +461,7 @@ class ServerProcess:
         self.port = freePort()
         self._output = open(os.path.join(self.workdir, "output.txt"), "ab")
         self.process = subprocess.Popen(
-            self.kind.command(self.port, self.workdir, self.deliver),
+            self.kind.command(self.port, self.workdir, self.deliver, self.tls),
             cwd=self.workdir,
             env=self.kind.environment(),
             stdin=subprocess.DEVNULL,
@@ -514,7 +539,7 @@ class ServerProcess:
 
 @dataclass
 class Scenario:
-    """One smtp-source load pattern."""
+    """One load pattern: smtp-source, or tls_load.py for STARTTLS."""
 
     key: str
     title: str
@@ -522,6 +547,35 @@ class Scenario:
     messages: int
     sessions: int
     reuse: bool
+    #: STARTTLS on every connection, load from tls_load.py.
+    tls: bool = False
+
+    def tlsLoadArgs(self, port, messages=None):
+        """The tls_load.py command line for this scenario against C{port}."""
+        return [
+            sys.executable,
+            TLS_LOAD,
+            "--port",
+            str(port),
+            "--sessions",
+            str(self.sessions),
+            "--messages",
+            str(self.messages if messages is None else messages),
+            "--size",
+            str(self.size),
+            "--json",
+        ]
+
+    def runOnce(self, port, timeout, messages=None):
+        """
+        Run the load once against C{port}.
+
+        @return: C{(elapsed seconds, details)}: details is what tls_load.py
+            reported, or C{{}} for smtp-source.
+        """
+        if self.tls:
+            return runTlsLoad(self.tlsLoadArgs(port, messages), timeout)
+        return runSmtpSource(self.smtpSourceArgs(port, messages), timeout), {}
 
     def smtpSourceArgs(self, port, messages=None):
         """The smtp-source command line for this scenario against C{port}."""
@@ -546,12 +600,27 @@ class Scenario:
 
 
 def makeScenarios(args):
-    """The three throughput scenarios, sized from the command line."""
-    return [
+    """The throughput scenarios, sized and chosen from the command line."""
+    scenarios = [
         Scenario("1k-new", "1 KiB, new connection per message", 1024, args.n_new, 20, False),
         Scenario("1k-reuse", "1 KiB, reused connection", 1024, args.n_reuse, 20, True),
         Scenario("1m", "1 MiB messages", MIB, args.n_large, 4, True),
+        Scenario(
+            "tls-new",
+            "1 KiB, STARTTLS per connection",
+            1024,
+            args.n_tls,
+            args.tls_sessions,
+            False,
+            tls=True,
+        ),
     ]
+    return [s for s in scenarios if s.key in args.scenarios]
+
+
+def runsOn(scenario, kind):
+    """Whether C{kind} of server takes part in C{scenario}."""
+    return kind.supportsTLS or not scenario.tls
 
 
 @dataclass
@@ -568,6 +637,10 @@ class RunResult:
     msgPerSec: float = 0.0
     mbPerSec: float = 0.0
     serverCpuSeconds: float = 0.0
+    clientCpuSeconds: float = 0.0
+    #: The load client's CPU time over the run's time: near 1.0 means the
+    #: client, not the server, set the pace.
+    clientShare: float = 0.0
     otherShare: float = 0.0
     attempts: int = 1
     error: str = ""
@@ -593,6 +666,30 @@ def runSmtpSource(argv, timeout):
     return elapsed
 
 
+def runTlsLoad(argv, timeout):
+    """
+    Run tls_load.py once.
+
+    @return: C{(elapsed seconds, its JSON report)}; the time is the client's
+        own, from its first connection to its last close, so that Python's
+        start-up is not counted.
+    @raise BenchError: on a non-zero exit, anything on stderr, or a timeout.
+    """
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"tls_load.py did not finish within {timeout:.0f} s") from None
+    errors = done.stderr.decode("utf-8", "replace").strip()
+    if done.returncode != 0 or errors:
+        first = errors.splitlines()[0] if errors else ""
+        raise BenchError(f"tls_load.py exit {done.returncode}: {first}".strip())
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        raise BenchError(f"tls_load.py printed no report: {done.stdout[:80]!r}") from None
+    return report["seconds"], report
+
+
 def measureThroughput(server, scenario, rep, timeout):
     """Run one scenario against one running server and return the result."""
     result = RunResult(rep, scenario.key, server.kind.name, False, scenario.messages, scenario.size)
@@ -603,11 +700,14 @@ def measureThroughput(server, scenario, rep, timeout):
         serverBefore = server.cpuSeconds()
         clientBefore = childrenCpuSeconds()
         machineBefore = MachineTime.now()
-        elapsed = runSmtpSource(scenario.smtpSourceArgs(server.port), timeout)
+        elapsed, details = scenario.runOnce(server.port, timeout)
         machine = MachineTime.now() - machineBefore
         result.serverCpuSeconds = server.cpuSeconds() - serverBefore
-        clientSeconds = childrenCpuSeconds() - clientBefore
-        result.otherShare = otherShare(machine, result.serverCpuSeconds + clientSeconds)
+        result.clientCpuSeconds = childrenCpuSeconds() - clientBefore
+        result.otherShare = otherShare(machine, result.serverCpuSeconds + result.clientCpuSeconds)
+        # tls_load.py reports its CPU time over its own timed span (without
+        # interpreter start-up); smtp-source's is taken over its whole run.
+        result.clientShare = details.get("clientCpuShare", result.clientCpuSeconds / elapsed)
     except (BenchError, OSError) as e:
         result.error = str(e)
         if not server.alive():
@@ -625,10 +725,66 @@ def warmUp(server, scenarios, timeout):
     for scenario in scenarios:
         count = max(scenario.sessions, min(200, scenario.messages // 10))
         try:
-            runSmtpSource(scenario.smtpSourceArgs(server.port, messages=count), timeout)
+            scenario.runOnce(server.port, timeout, messages=count)
         except BenchError as e:
             return f"warm-up {scenario.key}: {e}"
     return None
+
+
+def makeCertificate(directory, keyType="ec"):
+    """
+    Write a self-signed certificate for C{HOST} and its key as PEM files in
+    C{directory}, with the cryptography package (which pyOpenSSL, and so
+    Twisted's TLS, depends on).
+
+    @param keyType: C{"ec"} (ECDSA P-256, what certbot issues by default) or
+        C{"rsa"} (RSA 2048).
+    @return: C{(certificate path, key path)}.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    if keyType == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.invalid")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("bench.invalid"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    certPath = os.path.join(directory, "bench-cert.pem")
+    keyPath = os.path.join(directory, "bench-key.pem")
+    with open(certPath, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(keyPath, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    os.chmod(keyPath, 0o600)
+    return certPath, keyPath
 
 
 # ---------------------------------------------------------------------------
@@ -827,7 +983,10 @@ def summarise(results, scenarios, serverNames):
                 "ok": len(good),
                 "errors": sorted({r.error for r in runs if not r.ok}),
             }
+            if not runs and scenario.tls:
+                entry["skipped"] = "offers no STARTTLS"
             if good:
+                entry["clientShare"] = statistics.median(r.clientShare for r in good)
                 entry["msgPerSec"] = statistics.median(r.msgPerSec for r in good)
                 entry["mbPerSec"] = statistics.median(r.mbPerSec for r in good)
                 entry["cpuUsPerMsg"] = statistics.median(
@@ -872,7 +1031,7 @@ def throughputTable(summary, scenarios, serverNames, unavailable):
     """The main results table, as text."""
     header = (
         f"{'scenario':<36} {'server':<13} {'msg/s':>9} {'MB/s':>8} {'CPU us/msg':>10} "
-        f"{'spread':>6} {'other':>5} {'/twisted.mail':>13} {'/aiosmtpd':>9}"
+        f"{'client':>6} {'spread':>6} {'other':>5} {'/twisted.mail':>13} {'/aiosmtpd':>9}"
     )
     lines = [header, "-" * len(header)]
     for scenario in scenarios:
@@ -881,6 +1040,9 @@ def throughputTable(summary, scenarios, serverNames, unavailable):
                 lines.append(f"{scenario.title:<36} {name:<13} unavailable")
                 continue
             entry = summary[(scenario.key, name)]
+            if "skipped" in entry:
+                lines.append(f"{scenario.title:<36} {name:<13} n/a ({entry['skipped']})")
+                continue
             if "msgPerSec" not in entry:
                 lines.append(
                     f"{scenario.title:<36} {name:<13} FAILED ({'; '.join(entry['errors'])[:80]})"
@@ -892,7 +1054,7 @@ def throughputTable(summary, scenarios, serverNames, unavailable):
             lines.append(
                 f"{scenario.title:<36} {name:<13} {entry['msgPerSec']:>9.0f} "
                 f"{entry['mbPerSec']:>8.1f} {entry['cpuUsPerMsg']:>10.0f} "
-                f"{entry['spread']:>6.0%} {entry['other']:>5.0%} "
+                f"{entry['clientShare']:>6.0%} {entry['spread']:>6.0%} {entry['other']:>5.0%} "
                 f"{formatRatio(ratio(summary, scenario.key, name, 'twisted.mail')):>13} "
                 f"{formatRatio(ratio(summary, scenario.key, name, 'aiosmtpd')):>9}{failed}"
             )
@@ -1019,11 +1181,14 @@ def machineInfo(repo):
         "cpus": os.cpu_count(),
         "loadavg": os.getloadavg(),
     }
-    for module in ("twisted", "aiosmtpd"):
+    for module in ("twisted", "aiosmtpd", "uvloop"):
         try:
             info[module] = __import__(module).__version__
         except Exception:
             info[module] = None
+    import ssl
+
+    info["openssl"] = ssl.OPENSSL_VERSION
     info["txsmtpSourceHash"] = sourceHash(repo)
     try:
         rev = subprocess.run(
@@ -1074,6 +1239,28 @@ def parseArgs(argv):
     )
     parser.add_argument("--n-large", type=int, help="messages, 1 MiB scenario (default 400)")
     parser.add_argument(
+        "--n-tls", type=int, help="messages, 1 KiB STARTTLS-per-connection scenario (default 2000)"
+    )
+    parser.add_argument(
+        "--tls-sessions",
+        type=int,
+        default=20,
+        help="concurrent sessions of the STARTTLS scenario (default %(default)s)",
+    )
+    parser.add_argument(
+        "--tls-key-type",
+        choices=("ec", "rsa"),
+        default="ec",
+        help="the servers' certificate key: ECDSA P-256 or RSA 2048 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        help="comma-separated throughput scenarios to run: "
+        + ",".join(SCENARIO_KEYS)
+        + " (default: all)",
+    )
+    parser.add_argument("--no-tls", action="store_true", help="skip the STARTTLS scenario")
+    parser.add_argument(
         "--big-mib", type=int, help="size of the single large message in MiB (default 100)"
     )
     parser.add_argument("--idle", type=int, help="idle connections to hold (default 5000)")
@@ -1106,18 +1293,40 @@ def parseArgs(argv):
     )
     args = parser.parse_args(argv)
 
-    quick = {"reps": 1, "n_new": 500, "n_reuse": 2000, "n_large": 20, "big_mib": 10, "idle": 500}
+    quick = {
+        "reps": 1,
+        "n_new": 500,
+        "n_reuse": 2000,
+        "n_large": 20,
+        "n_tls": 300,
+        "big_mib": 10,
+        "idle": 500,
+    }
     full = {
         "reps": 3,
         "n_new": 5000,
         "n_reuse": 20000,
         "n_large": 400,
+        "n_tls": 2000,
         "big_mib": 100,
         "idle": 5000,
     }
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+
+    if args.scenarios:
+        keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in SCENARIO_KEYS]
+        if unknown:
+            parser.error(
+                f"unknown scenario(s): {', '.join(unknown)}; choose from {', '.join(SCENARIO_KEYS)}"
+            )
+        args.scenarios = [k for k in SCENARIO_KEYS if k in keys]
+    else:
+        args.scenarios = list(SCENARIO_KEYS)
+    if args.no_tls and "tls-new" in args.scenarios:
+        args.scenarios.remove("tls-new")
 
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -1155,22 +1364,34 @@ def measureQuietly(server, scenario, rep, args):
 
 
 def runThroughput(args, kinds, available, tmp):
-    """Start every available server once, then run the interleaved scenarios."""
+    """
+    Start every available server once, then run the interleaved scenarios.
+
+    Servers that offer STARTTLS get a second process, started with a
+    certificate, for the TLS scenario, so that the plain scenarios measure
+    the servers exactly as before.
+    """
     scenarios = makeScenarios(args)
     results = []
     servers = {}
+    tlsFiles = None
+    if any(s.tls for s in scenarios):
+        tlsFiles = makeCertificate(tmp, args.tls_key_type)
     try:
         for name in available:
-            server = ServerProcess(kinds[name], os.path.join(tmp, "throughput", name))
-            try:
-                server.start()
-                progress(f"started {name} (pid {server.pid}, port {server.port})")
-            except BenchError as e:
-                progress(f"could not start {name}: {e}")
-            servers[name] = server
-        for name, server in servers.items():
+            for tls in sorted({s.tls for s in scenarios if runsOn(s, kinds[name])}):
+                label = f"{name} (STARTTLS)" if tls else name
+                workdir = os.path.join(tmp, "throughput", name + ("-tls" if tls else ""))
+                server = ServerProcess(kinds[name], workdir, tls=tlsFiles if tls else None)
+                try:
+                    server.start()
+                    progress(f"started {label} (pid {server.pid}, port {server.port})")
+                except BenchError as e:
+                    progress(f"could not start {label}: {e}")
+                servers[(name, tls)] = server
+        for (name, tls), server in servers.items():
             if server.alive():
-                problem = warmUp(server, scenarios, args.run_timeout)
+                problem = warmUp(server, [s for s in scenarios if s.tls == tls], args.run_timeout)
                 if problem:
                     progress(f"{name}: {problem}")
 
@@ -1179,11 +1400,14 @@ def runThroughput(args, kinds, available, tmp):
         for rep in range(1, args.reps + 1):
             for scenario in scenarios:
                 for name in order:
-                    server = servers[name]
-                    if server.process is not None and not server.alive() and name not in restarted:
+                    if not runsOn(scenario, kinds[name]):
+                        continue
+                    key = (name, scenario.tls)
+                    server = servers[key]
+                    if server.process is not None and not server.alive() and key not in restarted:
                         # A server that died gets one fresh start; its failed
                         # run has been recorded already.
-                        restarted.add(name)
+                        restarted.add(key)
                         server.stop()
                         try:
                             server.start()
@@ -1197,7 +1421,9 @@ def runThroughput(args, kinds, available, tmp):
                             f"[rep {rep}/{args.reps}] {scenario.title:<34} {name:<13} "
                             f"{result.messages} msgs in {result.seconds:6.2f} s = "
                             f"{result.msgPerSec:8.0f} msg/s {result.mbPerSec:7.1f} MB/s "
-                            f"(other load {result.otherShare:.0%}, attempts {result.attempts})"
+                            f"(server CPU {result.serverCpuSeconds / result.seconds:.0%}, "
+                            f"client CPU {result.clientShare:.0%}, "
+                            f"other load {result.otherShare:.0%}, attempts {result.attempts})"
                         )
                     else:
                         progress(
@@ -1288,6 +1514,16 @@ def main(argv=None):
         f"Twisted {report['machine']['twisted']}, aiosmtpd {report['machine']['aiosmtpd']}; "
         f"txsmtp at {report['machine']['repoRevision']} (sources {report['machine']['txsmtpSourceHash']})"
     )
+    if any(s.tls for s in scenarios):
+        loop = (
+            f"uvloop {report['machine']['uvloop']}"
+            if report["machine"]["uvloop"]
+            else "asyncio (no uvloop)"
+        )
+        out.append(
+            f"STARTTLS scenario: tls_load.py on {loop}, {report['machine']['openssl']}, "
+            f"{args.tls_key_type.upper()} certificate, {args.tls_sessions} sessions"
+        )
     for name, reason in unavailable.items():
         out.append(f"{name}: unavailable ({reason})")
     noisy = [r for r in results if r.ok and r.otherShare > BUSY_WARNING]
@@ -1302,9 +1538,11 @@ def main(argv=None):
         out.append(throughputTable(summary, scenarios, args.servers, unavailable))
         out.append(
             "msg/s, MB/s (10^6 bytes of message payload) and the server's CPU time per message\n"
-            "are medians over the repetitions; 'spread' is (max-min)/median of msg/s; 'other' is\n"
-            "the median share of the machine's CPU time that went to anything but the server and\n"
-            "smtp-source, hypervisor steal included (high = noisy figure);\n"
+            "are medians over the repetitions; 'client' is the load client's CPU time over the\n"
+            "run's time (near 100% = the client set the pace, not the server); 'spread' is\n"
+            "(max-min)/median of msg/s; 'other' is the median share of the machine's CPU time\n"
+            "that went to anything but the server and the load client (smtp-source, or\n"
+            "tls_load.py for STARTTLS), hypervisor steal included (high = noisy figure);\n"
             "ratios are this row's median msg/s over the anchor's."
         )
         out.append("")

@@ -661,7 +661,7 @@ class OptionsTests(unittest.TestCase):
         """--auth memory:U:P: the checker matches the bytes credentials the mechanisms make."""
         from twisted.cred.credentials import UsernamePassword
 
-        options = self.parse("--auth", f"memory:{USER}:{PASSWORD}")
+        options = self.parse("--auth", f"memory:{USER}:{PASSWORD}", "--allow-insecure-auth")
         [checker] = options["credCheckers"]
         avatarId = self.successResultOf(
             checker.requestAvatarId(UsernamePassword(USER.encode(), PASSWORD.encode()))

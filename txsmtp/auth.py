@@ -30,7 +30,7 @@ from zope.interface import implementer
 from txsmtp.interfaces import IDelivery, IDeliverySession
 from txsmtp.sasl import IScramCredentials, IScramKeyStore, ScramKeys, saslprep
 
-__all__ = ["DeliveryRealm", "ScramKeyChecker", "makePortal"]
+__all__ = ["CheckerChain", "DeliveryRealm", "ScramKeyChecker", "makePortal"]
 
 
 @implementer(IRealm)
@@ -59,9 +59,43 @@ class DeliveryRealm:
         return d.addCallback(avatar)
 
 
+@implementer(ICredentialsChecker)
+class CheckerChain:
+    """
+    Several checkers for the same kind of credentials, tried in turn until
+    one accepts (a Portal keeps only one checker per interface).
+    """
+
+    def __init__(self, checkers: Iterable[ICredentialsChecker], interface: Any) -> None:
+        self.checkers = list(checkers)
+        self.credentialInterfaces = (interface,)
+
+    async def _check(self, credentials: Any) -> Any:
+        for checker in self.checkers:
+            try:
+                return await defer.maybeDeferred(checker.requestAvatarId, credentials)
+            except error.UnauthorizedLogin:
+                continue
+        raise error.UnauthorizedLogin()
+
+    def requestAvatarId(self, credentials: Any) -> Any:
+        return defer.ensureDeferred(self._check(credentials))
+
+
 def makePortal(delivery: IDelivery, checkers: Iterable[ICredentialsChecker]) -> Portal:
-    """A :class:`~twisted.cred.portal.Portal` over a :class:`DeliveryRealm`."""
-    return Portal(DeliveryRealm(delivery), list(checkers))
+    """
+    A :class:`~twisted.cred.portal.Portal` over a :class:`DeliveryRealm`.
+    When several checkers handle the same credentials (``--auth`` given
+    twice), each is tried in turn.
+    """
+    byInterface: dict[Any, list[ICredentialsChecker]] = {}
+    for checker in checkers:
+        for interface in checker.credentialInterfaces:
+            byInterface.setdefault(interface, []).append(checker)
+    portal = Portal(DeliveryRealm(delivery))
+    for interface, group in byInterface.items():
+        portal.checkers[interface] = group[0] if len(group) == 1 else CheckerChain(group, interface)
+    return portal
 
 
 @implementer(ICredentialsChecker, IScramKeyStore)

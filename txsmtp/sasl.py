@@ -55,6 +55,7 @@ from typing import Any
 from twisted.cred.credentials import (
     CramMD5Credentials,
     ICredentials,
+    IUsernameHashedPassword,
     IUsernamePassword,
     UsernamePassword,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "MECHANISMS",
     "saslprep",
     "scramKeys",
+    "usableMechanism",
 ]
 
 
@@ -513,6 +515,23 @@ class ScramSHA256(Mechanism):
         if creds is None or creds.serverSignature is None:
             raise SASLError("SCRAM exchange not verified")
         return b"v=" + base64.b64encode(creds.serverSignature)
+
+
+def usableMechanism(name: str, portal: Any) -> bool:
+    """
+    Whether the checkers of ``portal`` can verify what mechanism ``name``
+    produces: PLAIN and LOGIN need ``IUsernamePassword``, CRAM-MD5
+    ``IUsernameHashedPassword``, SCRAM-SHA-256 either ``IUsernamePassword``
+    (plaintext passwords) or :class:`IScramCredentials` (a key store).
+    """
+    interfaces = set(portal.listCredentialsInterfaces())
+    if name in ("PLAIN", "LOGIN"):
+        return IUsernamePassword in interfaces
+    if name == "CRAM-MD5":
+        return IUsernameHashedPassword in interfaces
+    if name == "SCRAM-SHA-256":
+        return IUsernamePassword in interfaces or IScramCredentials in interfaces
+    return False
 
 
 #: Mechanisms by name, strongest first (the order they are advertised in).

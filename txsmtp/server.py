@@ -64,6 +64,7 @@ from txsmtp.sasl import (
     NeedKeys,
     SASLError,
     ScramSHA256,
+    usableMechanism,
 )
 from txsmtp.tls import tlsInfo
 from txsmtp.wire.address import parsePath, splitPathAndParameters
@@ -275,6 +276,15 @@ class ESMTPServer(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._disconnected = True
+        if self._handshakePending:
+            # Worth seeing for an MX: a sender that cannot do TLS with us.
+            _log.info(
+                "{text}",
+                text=f"TLS handshake with {self.connection.peerHost} did not complete: "
+                f"{reason.getErrorMessage() if reason is not None else 'connection closed'}",
+                peer=self.connection.peerHost,
+                session=self.connection.sessionId,
+            )
         self._cancelTimeouts()
         if self._receiver is not None:
             self._abortReceiver("client disconnected")
@@ -370,6 +380,8 @@ class ESMTPServer(Protocol):
             text = f"Send EHLO or HELO first (before {name})"
         elif name == "MAIL":
             text = "Sender already given; send RSET to start over"
+        elif state in (State.MAIL, State.RCPT):
+            text = f"{name} is not allowed during a mail transaction; send RSET first"
         else:
             text = f"Bad sequence of commands: {name} needs MAIL first"
         self._commandError(503, "5.5.1", text)
@@ -932,6 +944,8 @@ class ESMTPServer(Protocol):
         "QUIT": "QUIT -- close the session",
         "VRFY": "VRFY <address> -- verify an address (answered 252 here)",
         "HELP": "HELP [command] -- this text",
+        "STARTTLS": "STARTTLS -- switch to TLS (RFC 3207), then EHLO again",
+        "AUTH": "AUTH <mechanism> [initial-response] -- authenticate (RFC 4954), under TLS",
     }
 
     def do_HELP(self, argument: bytes) -> None:
@@ -1128,6 +1142,11 @@ class ESMTPServer(Protocol):
                 self.connection.authenticated = None
                 if failure.check(UnauthorizedLogin, UnhandledCredentials):
                     self._authFailed(credentials)
+                elif failure.check(SMTPError):
+                    # The delivery refused this user its session (say, a
+                    # disabled account): its own words reach the client.
+                    self._authDone()
+                    self.replyError(failure.value)  # type: ignore[arg-type]
                 else:
                     self._authDone()
                     self._errorFromFailure(failure, "login")
@@ -1485,6 +1504,9 @@ class SMTPFactory(Factory):
         unknown = [m for m in authMechanisms if m not in MECHANISMS]
         if unknown:
             raise ValueError(f"unknown SASL mechanisms: {', '.join(unknown)} (known: {', '.join(MECHANISMS)})")
+        if portal is not None:
+            # Offer only what the portal's checkers can verify.
+            authMechanisms = tuple(m for m in authMechanisms if usableMechanism(m, portal))
         self.authMechanisms = tuple(authMechanisms)
         self.authFailureDelay = authFailureDelay
         self.maxAuthFailures = maxAuthFailures

@@ -165,6 +165,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--require-tls needs --tls-cert (and --tls-key) to offer STARTTLS")
         if self["require-auth"] and not self.get("credCheckers"):
             raise usage.UsageError("--require-auth needs at least one --auth checker")
+        tlsListener = any(d.split(":", 1)[0] in ("ssl", "tls") for d in self["listen"])
+        if self.get("credCheckers") and self["tls"] is None and not tlsListener and not self["allow-insecure-auth"]:
+            raise usage.UsageError(
+                "AUTH is offered only under TLS: give --tls-cert (and --tls-key) or an ssl: listener, "
+                "or --allow-insecure-auth for a trusted transport such as loopback or a UNIX socket"
+            )
         for checker in self.get("credCheckers") or []:
             _bytesUsers(checker)
 

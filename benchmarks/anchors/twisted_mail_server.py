@@ -8,9 +8,14 @@ message line is dropped as it arrives.
 
 Only the benchmarks import twisted.mail; the txsmtp library itself must not.
 
+With ``--tls-cert`` (and ``--tls-key``) it offers STARTTLS: ``ESMTP``
+takes a context factory as its ``ctx`` attribute (here a
+``twisted.internet.ssl.CertificateOptions`` limited to TLS 1.2 and later,
+like txsmtp's) and advertises STARTTLS when the transport can start TLS.
+
 Usage::
 
-    python3 twisted_mail_server.py --port 0 [--logfile FILE]
+    python3 twisted_mail_server.py --port 0 [--logfile FILE] [--tls-cert cert.pem --tls-key key.pem]
 
 Once the port is listening, ``LISTENING <port>`` is printed on stdout.
 """
@@ -18,7 +23,8 @@ Once the port is listening, ``LISTENING <port>`` is printed on stdout.
 import argparse
 import sys
 
-from twisted.internet import defer
+from OpenSSL import crypto
+from twisted.internet import defer, ssl
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.mail import smtp
 from zope.interface import implementer
@@ -62,15 +68,31 @@ class DiscardESMTPFactory(smtp.SMTPFactory):
     protocol = smtp.ESMTP
     domain = b"twisted-mail.bench.invalid"
 
-    def __init__(self):
+    def __init__(self, contextFactory=None):
         super().__init__()
         self.delivery = DiscardDelivery()
+        self.contextFactory = contextFactory
 
     def buildProtocol(self, addr):
         """Build an ESMTP protocol wired to the discarding delivery."""
         proto = super().buildProtocol(addr)
         proto.delivery = self.delivery
+        # ESMTP offers STARTTLS when ctx is set before connectionMade.
+        proto.ctx = self.contextFactory
         return proto
+
+
+def loadContextFactory(certPath, keyPath):
+    """Twisted server TLS options from PEM files (TLS 1.2 and later)."""
+    with open(certPath, "rb") as f:
+        certData = f.read()
+    with open(keyPath, "rb") as f:
+        keyData = f.read()
+    return ssl.CertificateOptions(
+        privateKey=crypto.load_privatekey(crypto.FILETYPE_PEM, keyData),
+        certificate=crypto.load_certificate(crypto.FILETYPE_PEM, certData),
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
 
 
 def main(argv=None):
@@ -82,7 +104,14 @@ def main(argv=None):
         help="write Twisted's log here (as twistd would); default: discard it",
     )
     parser.add_argument("--backlog", type=int, default=1024, help="listen(2) backlog")
+    parser.add_argument("--tls-cert", help="PEM certificate: offer STARTTLS")
+    parser.add_argument("--tls-key", help="PEM private key (default: the --tls-cert file)")
     args = parser.parse_args(argv)
+    contextFactory = None
+    if args.tls_cert:
+        contextFactory = loadContextFactory(args.tls_cert, args.tls_key or args.tls_cert)
+    elif args.tls_key:
+        parser.error("--tls-key needs --tls-cert")
 
     if args.logfile:
         logFile = open(args.logfile, "a", encoding="utf-8")
@@ -94,7 +123,7 @@ def main(argv=None):
     from twisted.internet import reactor
 
     port = reactor.listenTCP(
-        args.port, DiscardESMTPFactory(), backlog=args.backlog, interface="127.0.0.1"
+        args.port, DiscardESMTPFactory(contextFactory), backlog=args.backlog, interface="127.0.0.1"
     )
     sys.stdout.write(f"LISTENING {port.getHost().port}\n")
     sys.stdout.flush()
