@@ -60,7 +60,7 @@ class ConnectionInfo:
     :ivar sessionId: a short identifier for this connection, used in logs.
     """
 
-    __slots__ = ("peer", "host", "heloName", "esmtp", "tls", "authenticated", "protocol", "sessionId")
+    __slots__ = ("peer", "_host", "_hostSource", "heloName", "esmtp", "tls", "authenticated", "protocol", "sessionId")
 
     def __init__(
         self,
@@ -68,15 +68,30 @@ class ConnectionInfo:
         host: IAddress | None = None,
         protocol: str = "SMTP",
         sessionId: str = "",
+        transport: Any = None,
     ) -> None:
         self.peer = peer
-        self.host = host
+        # The local address is rarely needed: with a transport, its getHost()
+        # is only called when it is, which keeps idle sessions small.
+        self._host = host
+        self._hostSource = transport if host is None else None
         self.heloName: str | None = None
         self.esmtp = False
         self.tls: TLSInfo | None = None
         self.authenticated: str | None = None
         self.protocol = protocol
         self.sessionId = sessionId
+
+    @property
+    def host(self) -> IAddress | None:
+        """The local address the client connected to."""
+        if self._host is None and self._hostSource is not None:
+            self._host, self._hostSource = self._hostSource.getHost(), None
+        return self._host
+
+    @host.setter
+    def host(self, value: IAddress | None) -> None:
+        self._host, self._hostSource = value, None
 
     @property
     def peerHost(self) -> str:

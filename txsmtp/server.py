@@ -238,7 +238,7 @@ class ESMTPServer(Protocol):
         self._lines = LineReader(f.maxLineLength)
         self._clock = f.clock
         self.connection = ConnectionInfo(
-            self.transport.getPeer(), self.transport.getHost(), self.receivedProtocol[-4:], f.queueIds.next()
+            self.transport.getPeer(), None, self.receivedProtocol[-4:], f.queueIds.next(), self.transport
         )
         if interfaces.ISSLTransport.providedBy(self.transport):
             # Implicit TLS (port 465): the facts arrive with handshakeCompleted.
