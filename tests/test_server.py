@@ -17,22 +17,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from tests.chunks import SMUGGLING
 from txsmtp.delivery import BaseDelivery, BaseDeliverySession
 from txsmtp.errors import SMTPError
 from txsmtp.server import SMTPFactory, State
 from txsmtp.testing import MemoryDelivery, ServerHarness
 from txsmtp.wire.data import DataEncoder
-
-SMUGGLING = [
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r.\r",
-    b"\n.\r",
-    b"\r\n.\rX",
-]
 
 SMUGGLED = (
     b"MAIL FROM:<evil@attacker.example>\r\n"

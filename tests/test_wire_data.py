@@ -10,34 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
+from tests.chunks import SMUGGLING, split
 from txsmtp.wire.data import NORMALIZE, REJECT, DataDecoder, DataEncoder
-
-#: Near misses of CRLF "." CRLF that some servers took for the end of data.
-SMUGGLING = [
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r.\r",
-    b"\n.\r",
-    b"\r\n.\rX",
-    b"\r.\n",
-    b"\n.\n\r\n",
-]
 
 SMUGGLED = b"MAIL FROM:<evil@attacker.example>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nForged\r\n"
 
 
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces = []
-    start = 0
-    for p in points:
-        pieces.append(data[start:p])
-        start = p
-    pieces.append(data[start:])
-    return pieces
 
 
 def decode(pieces: list[bytes], mode: str = REJECT) -> tuple[DataDecoder, bytes]:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
+from tests.chunks import split as chunked
 from txsmtp.wire.lines import TOO_LONG, LineReader
 
 
@@ -24,16 +25,6 @@ def readAll(reader: LineReader) -> list:
         out.append(line)
 
 
-def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
-    """Split ``data`` at the (sorted, de-duplicated) offsets in ``cuts``."""
-    points = sorted({c % (len(data) + 1) for c in cuts}) if data else []
-    pieces = []
-    start = 0
-    for p in points:
-        pieces.append(data[start:p])
-        start = p
-    pieces.append(data[start:])
-    return pieces
 
 
 class LineEndTests(unittest.TestCase):

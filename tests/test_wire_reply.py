@@ -11,19 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
+from tests.chunks import split
 from txsmtp.errors import SMTPProtocolError
 from txsmtp.wire.reply import ENHANCED_RE, Reply, ReplyParser, formatReply
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces = []
-    start = 0
-    for p in points:
-        pieces.append(data[start:p])
-        start = p
-    pieces.append(data[start:])
-    return pieces
 
 
 class FormatTests(unittest.TestCase):
