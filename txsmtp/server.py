@@ -107,6 +107,7 @@ class State(enum.Enum):
 
 _PAUSE_INPUT = 1
 _PAUSE_RECEIVER = 2
+_PAUSE_OUTPUT = 4
 
 _ANY = frozenset({State.INITIAL, State.READY, State.MAIL, State.RCPT, State.REFUSED})
 _GREETED = frozenset({State.READY, State.MAIL, State.RCPT})
@@ -143,7 +144,7 @@ class _QueueIds:
         return f"{self._prefix}{self._n:06X}"
 
 
-@implementer(interfaces.IHandshakeListener)
+@implementer(interfaces.IHandshakeListener, interfaces.IPushProducer)
 class ESMTPServer(Protocol):
     """
     One ESMTP server session.
@@ -245,6 +246,13 @@ class ESMTPServer(Protocol):
             self.connection.tls = TLSInfo()
             self._handshakePending = True
         f._register(self)
+        if self._directWrites:
+            # On plain TCP the session is the producer of its own replies: a
+            # client that pipelines commands but never reads the answers
+            # fills the transport's buffer, and Twisted then pauses us (we
+            # stop reading).  Not under TLS, where a paused reader would
+            # stall the handshake.
+            self.transport.registerProducer(self, True)
         self._setTimeout(f.commandTimeout)
         self._hook("openSession", f.delivery.openSession, (self.connection,), self._sessionOpened)
         if not self._blocked:
@@ -441,6 +449,10 @@ class ESMTPServer(Protocol):
         self.state = State.CLOSED
         self._cancelTimeouts()
         self._closingSince = self._clock.seconds()
+        if getattr(self.transport, "producer", None) is self:
+            # A registered producer would keep Twisted from closing once the
+            # buffer drains.
+            self.transport.unregisterProducer()
         if self._handshakePending:
             # A TLS handshake that never finished: nothing can be said to
             # this client, and a graceful close would wait for it forever.
@@ -514,8 +526,22 @@ class ESMTPServer(Protocol):
 
     def _resume(self, reason: int) -> None:
         self._paused &= ~reason
-        if not self._paused and not self._disconnected:
+        if not self._paused and not self._disconnected and self.state is not State.CLOSED:
             self.transport.resumeProducing()
+
+    # IPushProducer, for the transport's output buffer.
+
+    def pauseProducing(self) -> None:
+        """The client is not reading its replies: stop reading its commands."""
+        self._pause(_PAUSE_OUTPUT)
+
+    def resumeProducing(self) -> None:
+        """The replies have drained: read commands again."""
+        if self._paused & _PAUSE_OUTPUT:
+            self._resume(_PAUSE_OUTPUT)
+
+    def stopProducing(self) -> None:
+        """The connection is going away; connectionLost does the rest."""
 
     # -- timeouts --------------------------------------------------------------
 
@@ -995,6 +1021,10 @@ class ESMTPServer(Protocol):
         self._forgetClient()
         self.connection.tls = TLSInfo()
         self._handshakePending = True
+        if getattr(self.transport, "producer", None) is self:
+            self.transport.unregisterProducer()
+        if self._paused & _PAUSE_OUTPUT:
+            self._resume(_PAUSE_OUTPUT)
         self.transport.startTLS(f.tls)
 
     def _forgetClient(self) -> None:
