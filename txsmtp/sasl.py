@@ -166,8 +166,9 @@ class Mechanism:
     One SASL exchange.
 
     :cvar name: the mechanism name as advertised.
-    :cvar plaintext: ``True`` when the password crosses the wire in clear
-        (such mechanisms are offered only under TLS by default).
+    :cvar plaintext: ``True`` when the password crosses the wire in clear.
+        Informational: the server offers every mechanism only under TLS
+        unless told otherwise (``allowInsecureAuth``).
     """
 
     name = ""

@@ -109,8 +109,6 @@ _PAUSE_INPUT = 1
 _PAUSE_RECEIVER = 2
 _PAUSE_OUTPUT = 4
 
-_ANY = frozenset({State.INITIAL, State.READY, State.MAIL, State.RCPT, State.REFUSED})
-_GREETED = frozenset({State.READY, State.MAIL, State.RCPT})
 
 
 def _callQuietly(function: Callable[[], Any], what: str) -> None:
