@@ -126,8 +126,13 @@ def _canWriteDirectly(transport: object) -> bool:
     )
 
 
-def _isAwaitable(result: object) -> bool:
-    return isinstance(result, Deferred) or inspect.iscoroutine(result)
+def _asDeferred(result: object) -> Deferred[Any] | None:
+    """A hook's Deferred or coroutine as a Deferred; ``None`` for a plain value."""
+    if isinstance(result, Deferred):
+        return result
+    if inspect.iscoroutine(result):
+        return defer.ensureDeferred(result)
+    return None
 
 
 class _QueueIds:
@@ -482,10 +487,10 @@ class ESMTPServer(Protocol):
         except Exception:
             then(None, Failure())
             return
-        if not _isAwaitable(result):
+        d = _asDeferred(result)
+        if d is None:
             then(result, None)
             return
-        d = defer.ensureDeferred(result) if inspect.iscoroutine(result) else result
         self._block()
         sync = []
 
@@ -667,7 +672,7 @@ class ESMTPServer(Protocol):
             self._logRefusal("MAIL", e)
             return
         if params.size is not None and params.size > f.maxMessageSize:
-            e = SMTPError(552, "5.3.4", f"Message too big: this server accepts at most {f.maxMessageSize} octets")
+            e = self._tooBig()
             self.replyError(e)
             self._logRefusal("MAIL", e)
             return
@@ -782,28 +787,32 @@ class ESMTPServer(Protocol):
         except Exception:
             self._receiverFailed(Failure())
             return
-        if result is not None and _isAwaitable(result):
-            d = defer.ensureDeferred(result) if inspect.iscoroutine(result) else result
-            if d.called and not isinstance(d.result, Failure):  # type: ignore[attr-defined]
-                return
-            self._writesPending += 1
-            self._pause(_PAUSE_RECEIVER)
+        d = _asDeferred(result)
+        if d is None or (d.called and not isinstance(d.result, Failure)):  # type: ignore[attr-defined]
+            return
+        self._writesPending += 1
+        self._pause(_PAUSE_RECEIVER)
 
-            def written(value: Any) -> None:
-                self._writesPending -= 1
-                if isinstance(value, Failure):
-                    self._receiverFailed(value)
-                if not self._writesPending:
-                    # Time spent paused is ours: restart the idle and rate clocks.
-                    self._lastActivity = self._dataStarted = self._clock.seconds()
-                    self._rateBytes = 0
-                    self._resume(_PAUSE_RECEIVER)
-                    if self._blockedOnWrites and not self._disconnected:
-                        # The end of data was seen while writes were pending.
-                        self._finishMessage()
-                        self._process()
+        def written(value: Any) -> None:
+            self._writesPending -= 1
+            if isinstance(value, Failure):
+                self._receiverFailed(value)
+            if not self._writesPending:
+                # Time spent paused is ours: restart the idle and rate clocks.
+                self._lastActivity = self._dataStarted = self._clock.seconds()
+                self._rateBytes = 0
+                self._resume(_PAUSE_RECEIVER)
+                if self._blockedOnWrites and not self._disconnected:
+                    # The end of data was seen while writes were pending.
+                    self._finishMessage()
+                    self._process()
 
-            d.addBoth(written)
+        d.addBoth(written)
+
+    def _tooBig(self) -> SMTPError:
+        """RFC 1870: 552 5.3.4, for a declared SIZE or a body over the limit."""
+        limit = self.factory.maxMessageSize
+        return SMTPError(552, "5.3.4", f"Message too big: this server accepts at most {limit} octets")
 
     def _receiverFailed(self, failure: Failure) -> None:
         if self._dataError is None:
@@ -821,7 +830,6 @@ class ESMTPServer(Protocol):
     def _dataChunk(self, data: bytes) -> None:
         decoder = self._decoder
         assert decoder is not None
-        before = decoder.size
         body = decoder.feed(data)
         self._rateBytes += len(data)
         if body and self._dataError is None:
@@ -832,11 +840,9 @@ class ESMTPServer(Protocol):
                 )
                 self._abortReceiver("bare line end")
             elif decoder.size > f.maxMessageSize:
-                self._dataError = SMTPError(
-                    552, "5.3.4", f"Message too big: this server accepts at most {f.maxMessageSize} octets"
-                )
+                self._dataError = self._tooBig()
                 self._abortReceiver("too big")
-            elif before < decoder.size:
+            else:
                 self._write(body)
         if decoder.done:
             self._decoder = None
