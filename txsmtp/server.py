@@ -46,13 +46,13 @@ from typing import Any, ClassVar
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer, interfaces
-from twisted.internet import tcp as _tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txsmtp._io import canWriteDirectly, writeNow
 from txsmtp.envelope import ConnectionInfo, Envelope, Recipient, TLSInfo
 from txsmtp.errors import SMTPError
 from txsmtp.interfaces import IDelivery, IDeliverySession
@@ -117,13 +117,6 @@ def _callQuietly(function: Callable[[], Any], what: str) -> None:
         function()
     except Exception:
         _log.failure("{what} failed", what=what)
-
-
-def _canWriteDirectly(transport: object) -> bool:
-    """Whether ``transport`` is a Twisted TCP connection whose write path we know."""
-    return isinstance(transport, _tcp.Connection) and all(
-        hasattr(transport, name) for name in ("socket", "TLS", "dataBuffer", "_tempDataLen", "_writeDisconnected")
-    )
 
 
 def _asDeferred(result: object) -> Deferred[Any] | None:
@@ -238,7 +231,7 @@ class ESMTPServer(Protocol):
 
     def connectionMade(self) -> None:
         f = self.factory
-        self._directWrites = self.directWrites and _canWriteDirectly(self.transport)
+        self._directWrites = self.directWrites and canWriteDirectly(self.transport)
         self._lines = LineReader(f.maxLineLength)
         self._clock = f.clock
         self.connection = ConnectionInfo(
@@ -430,21 +423,11 @@ class ESMTPServer(Protocol):
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         self._out = []
-        t = self.transport
-        if self._directWrites and not t.TLS and not t._tempDataLen and not t.dataBuffer:
-            # Nothing is queued in the transport, so sending now keeps the
-            # byte order and saves the reactor a writability round trip
-            # (two epoll_ctl calls and a wake-up) per reply.  What the
-            # kernel does not take goes through the transport as usual.
-            if t.connected and not t.disconnecting and not t._writeDisconnected:
-                try:
-                    sent = t.socket.send(data)
-                except OSError:
-                    sent = 0
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        t.write(data)
+        if self._directWrites:
+            # Saves the reactor a writability round trip per reply batch.
+            writeNow(self.transport, data)
+        else:
+            self.transport.write(data)
 
     def _close(self) -> None:
         """Write what is queued and close once it is sent."""
