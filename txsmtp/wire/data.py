@@ -149,13 +149,22 @@ class DataEncoder:
     Line ends are normalised to CRLF (a bare CR or LF becomes CRLF), a dot
     that starts a line is doubled, a missing final CRLF is added, and
     :meth:`finish` returns the terminator.
+
+    The state (are we at the start of a line? did the last chunk end in CR?)
+    is carried from one chunk to the next, so a dot that starts a line is
+    stuffed wherever the chunk boundaries fall.
+
+    :param dotStuffing: ``False`` for BDAT (RFC 3030), which sends octets as
+        they are: line ends are still normalised and a final CRLF still
+        added, but no dot is doubled and :meth:`finish` returns no ``.CRLF``.
     """
 
-    __slots__ = ("_atLineStart", "_pendingCR")
+    __slots__ = ("_atLineStart", "_pendingCR", "_stuff")
 
-    def __init__(self) -> None:
+    def __init__(self, dotStuffing: bool = True) -> None:
         self._atLineStart = True
         self._pendingCR = False
+        self._stuff = dotStuffing
 
     def encode(self, chunk: bytes) -> bytes:
         """Return the wire form of the next piece of the message."""
@@ -172,15 +181,18 @@ class DataEncoder:
             crlf = chunk.count(b"\r\n")
             if crlf != chunk.count(b"\r") or crlf != chunk.count(b"\n"):
                 chunk = _normalize(chunk)
-            if b"\r\n." in chunk:
+            if self._stuff and b"\r\n." in chunk:
                 chunk = chunk.replace(b"\r\n.", b"\r\n..")
-        if self._atLineStart and chunk[:1] == b".":
+        if self._atLineStart and self._stuff and chunk[:1] == b".":
             chunk = b"." + chunk
         self._atLineStart = chunk.endswith(b"\r\n")
         return chunk
 
     def finish(self) -> bytes:
-        """Return the bytes that end the message: a final CRLF if needed, then ``.CRLF``."""
+        """
+        Return the bytes that end the message: a final CRLF if needed, then
+        ``.CRLF`` (only the CRLF when not dot-stuffing).
+        """
         out = b""
         if self._pendingCR:
             self._pendingCR = False
@@ -188,4 +200,4 @@ class DataEncoder:
         elif not self._atLineStart:
             out = b"\r\n"
         self._atLineStart = True
-        return out + b".\r\n"
+        return out + b".\r\n" if self._stuff else out

@@ -10,7 +10,7 @@ start of the text of every line once ENHANCEDSTATUSCODES is advertised.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from txsmtp.errors import SMTPProtocolError
 
@@ -58,10 +58,9 @@ def formatReply(code: int, text: str | list[str] = "", enhanced: str | None = No
     return "".join(parts).encode("utf-8", "replace")
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """
-    A parsed reply.
+    A parsed reply (a named tuple: cheap to make, immutable, comparable).
 
     :ivar code: the reply code as an integer.
     :ivar lines: the text of each line, with the enhanced code removed.
@@ -69,7 +68,7 @@ class Reply:
     """
 
     code: int
-    lines: tuple[str, ...] = field(default=())
+    lines: tuple[str, ...] = ()
     enhanced: str | None = None
 
     @property
@@ -85,6 +84,12 @@ class Reply:
     def __str__(self) -> str:
         head = f"{self.code} {self.enhanced} " if self.enhanced else f"{self.code} "
         return head + " / ".join(self.lines)
+
+
+# Replies are immutable, and a server says the same few one-line replies
+# over and over: parsed ones are kept, a bounded number of them.
+_recent: dict[bytes, Reply] = {}
+_RECENT_MAX = 256
 
 
 class ReplyParser:
@@ -110,22 +115,41 @@ class ReplyParser:
 
     def feed(self, data: bytes) -> list[Reply]:
         """Parse ``data`` and return the replies it completes."""
-        buf = self._buf + data if self._buf else data
+        lines = (self._buf + data if self._buf else data).split(b"\r\n")
+        self._buf = rest = lines.pop()
         replies = []
-        pos = 0
-        while True:
-            i = buf.find(b"\r\n", pos)
-            if i < 0:
-                break
-            line = buf[pos:i]
-            pos = i + 2
+        append = replies.append
+        maxLine = self.maxLineLength - 2
+        cache = _recent
+        for line in lines:
+            if not self._lines:
+                # The common case, inline: a one-line reply, quite likely one
+                # seen before ("250 2.1.5 Ok").
+                reply = cache.get(line)
+                if reply is not None and len(line) <= maxLine:
+                    append(reply)
+                    continue
+                if line[3:4] == b" " and len(line) <= maxLine and line[:3].isdigit():
+                    code = int(line[:3])
+                    if 200 <= code <= 599:
+                        body = line[4:]
+                        m = _ENHANCED_PREFIX.match(body)
+                        if m is not None and body[0] - 48 == code // 100:
+                            text = body[m.end() :].decode("utf-8", "replace")
+                            reply = Reply(code, (text,), m.group(1).decode("ascii"))
+                        else:
+                            reply = Reply(code, (body.decode("utf-8", "replace"),), None)
+                        if len(cache) >= _RECENT_MAX:
+                            cache.clear()
+                        cache[line] = reply
+                        append(reply)
+                        continue
             reply = self._line(line)
             if reply is not None:
-                replies.append(reply)
-        self._buf = buf[pos:]
-        if len(self._buf) > self.maxLineLength:
+                append(reply)
+        if len(rest) > self.maxLineLength:
             raise SMTPProtocolError("reply line too long")
-        if self._replySize + len(self._buf) > self.maxReplyLength:
+        if self._replySize + len(rest) > self.maxReplyLength:
             raise SMTPProtocolError("reply too long")
         return replies
 
