@@ -1307,3 +1307,48 @@ class SendmailTests(unittest.TestCase):
     def test_badArguments(self) -> None:
         d = sendmail("server.example", "a@example.com", ["b@exa\nmple.com"], b"x", tls=TLSPolicy.NONE)
         self.failureResultOf(d, SMTPAddressError)
+
+
+class LoopbackTests(unittest.TestCase):
+    """The client over real loopback connections to txsmtp's server."""
+
+    def listen(self, interface: str) -> tuple[Any, int]:
+        from twisted.internet import reactor
+
+        from txsmtp.server import SMTPFactory
+        from txsmtp.testing import MemoryDelivery
+
+        delivery = MemoryDelivery()
+        factory = SMTPFactory(delivery, "test.invalid")
+        port = reactor.listenTCP(0, factory, interface=interface)  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        return delivery, port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_ipv6(self) -> Any:
+        """An IPv6 address literal as the host (RFC 5321 MX hosts may be IPv6-only)."""
+        import socket
+
+        try:
+            socket.socket(socket.AF_INET6).bind(("::1", 0))
+        except OSError:
+            raise unittest.SkipTest("no IPv6 loopback on this machine") from None
+        delivery, port = self.listen("::1")
+        result = yield sendmail("::1", "a@example.com", ["b@example.com"], b"over v6\n", port=port, tls=TLSPolicy.NONE)
+        self.assertEqual(result.accepted, ["b@example.com"])
+        [stored] = delivery.messages
+        self.assertTrue(stored.data.endswith(b"over v6\r\n"))
+        self.assertIn("::1", str(stored.envelope.connection.peer))
+
+    @defer.inlineCallbacks
+    def test_connectionRefused(self) -> Any:
+        """Nobody listening: SMTPConnectError, transient, after one retry."""
+        from twisted.internet import reactor
+
+        port = reactor.listenTCP(0, SMTPClientFactory(ClientOptions()), interface="127.0.0.1")  # type: ignore[attr-defined]
+        number = port.getHost().port
+        yield port.stopListening()
+        with self.assertRaises(SMTPConnectError) as cm:
+            yield sendmail("127.0.0.1", "a@example.com", ["b@example.com"], b"x", port=number, tls=TLSPolicy.NONE)
+        self.assertFalse(cm.exception.permanent)
+        self.assertIn(str(number), str(cm.exception))

@@ -349,3 +349,29 @@ class EncoderTests(unittest.TestCase):
         # Only CRLF line ends on the wire.
         self.assertEqual(wire.count(b"\r"), wire.count(b"\r\n"))
         self.assertEqual(wire.count(b"\n"), wire.count(b"\r\n"))
+
+
+class BdatEncoderTests(unittest.TestCase):
+    """DataEncoder(dotStuffing=False): BDAT sends octets as they are (RFC 3030)."""
+
+    def encode(self, pieces):
+        e = DataEncoder(dotStuffing=False)
+        return b"".join(e.encode(p) for p in pieces) + e.finish()
+
+    def test_noStuffing(self):
+        self.assertEqual(self.encode([b".a\r\n.\r\n"]), b".a\r\n.\r\n")
+
+    def test_lineEndsNormalised(self):
+        self.assertEqual(self.encode([b"a\nb\r", b"\n.c\rd"]), b"a\r\nb\r\n.c\r\nd\r\n")
+
+    def test_emptyMessage(self):
+        self.assertEqual(self.encode([]), b"")
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=300), _cuts)
+    def test_sameAsDataWithoutStuffing(self, x, cuts):
+        """The BDAT form is the DATA form unstuffed, without the terminator."""
+        wire = encode(split(x, cuts))
+        d, unstuffed = decode([wire])
+        self.assertTrue(d.done)
+        self.assertEqual(self.encode(split(x, cuts)), unstuffed)
