@@ -706,6 +706,8 @@ class ESMTPClient(Protocol):
         self._out: list[bytes] = []
         self._headSince = 0.0
         self._timer: Any = None
+        t = self.options.timeouts
+        self._tick = min(t.greeting, t.command, t.mail, t.rcpt, t.data, t.block, t.final, t.quit)
         self._idleSince = 0.0
         self._idleTimeout: float | None = None
         self._discard = False
@@ -856,6 +858,8 @@ class ESMTPClient(Protocol):
     def setIdleTimeout(self, seconds: float | None) -> None:
         """Say QUIT after ``seconds`` idle (used by :class:`Mailer`)."""
         self._idleTimeout = seconds
+        if seconds is not None:
+            self._tick = min(self._tick, seconds)
         if self.state is _State.IDLE:
             self._becomeIdle()
 
@@ -924,13 +928,13 @@ class ESMTPClient(Protocol):
 
     def _expect(self, handler: Callable[..., None], timeout: float, txn: _Transaction | None = None) -> None:
         pending = self._pending
+        if not pending:
+            self._headSince = self.clock.seconds()
+            if self._timer is None:
+                self._arm(timeout)
         pending.append((handler, timeout, txn))
         if txn is not None:
             txn.outstanding += 1
-        if len(pending) == 1:
-            now = self.clock.seconds()
-            self._headSince = now
-            self._arm(now + timeout)
 
     def _reply(self, reply: Reply) -> None:
         if not self._pending:
@@ -941,9 +945,8 @@ class ESMTPClient(Protocol):
             return
         handler, _, txn = self._pending.popleft()
         if self._pending:
-            # The next reply's time starts now.
-            now = self._headSince = self.clock.seconds()
-            self._arm(now + self._pending[0][1])
+            # The next reply's time starts now (the timer finds out).
+            self._headSince = self.clock.seconds()
         if reply.code == 421 and self.state is not _State.QUIT:
             # RFC 5321 §3.8: the server is going away; whatever was pending
             # will not be answered.
@@ -967,14 +970,14 @@ class ESMTPClient(Protocol):
 
     # -- timer ----------------------------------------------------------------
 
-    def _arm(self, deadline: float) -> None:
-        timer = self._timer
-        if timer is not None and timer.active():
-            if timer.getTime() <= deadline:
-                # It will fire first and re-arm for what is left.
-                return
-            timer.cancel()
-        self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._timerFired)
+    # The timer is never armed for longer than the shortest timeout
+    # (``_tick``), and when it fires it works out the deadline of whatever
+    # the connection waits for and re-arms for what is left.  Since every
+    # deadline is at least ``_tick`` after the wait began, the timer never
+    # fires late, and replies never have to touch it.
+
+    def _arm(self, delay: float) -> None:
+        self._timer = self.clock.callLater(max(0.0, min(delay, self._tick)), self._timerFired)
 
     def _timerFired(self) -> None:
         self._timer = None
@@ -997,7 +1000,7 @@ class ESMTPClient(Protocol):
             waiting = "a reply" if self._pending else "the message to be taken"
             self._fatal(SMTPTimeoutError(f"timed out waiting for {waiting} from {self._peerName()}"))
             return
-        self._arm(deadline)
+        self._arm(deadline - now)
 
     # -- session setup ------------------------------------------------------
 
@@ -1198,8 +1201,8 @@ class ESMTPClient(Protocol):
     def _becomeIdle(self) -> None:
         self.state = _State.IDLE
         self._idleSince = self.clock.seconds()
-        if self._idleTimeout is not None:
-            self._arm(self._idleSince + self._idleTimeout)
+        if self._idleTimeout is not None and self._timer is None:
+            self._arm(self._idleTimeout)
 
     # -- transaction ------------------------------------------------------
 
@@ -1247,16 +1250,19 @@ class ESMTPClient(Protocol):
             return
         # RFC 2920 §3.1: MAIL, the RCPTs and DATA in one group; DATA ends it.
         # (With BDAT the chunks follow in the same group, RFC 3030 §4.2.)
-        self._write(mail)
         self._expect(self._onMail, timeouts.mail, txn)
-        for line in rcpts:
-            self._write(line)
-            self._expect(self._onRcpt, timeouts.rcpt, txn)
+        pending = self._pending
+        onRcpt = (self._onRcpt, timeouts.rcpt, txn)
+        for _ in rcpts:
+            pending.append(onRcpt)
+        txn.outstanding += len(rcpts)
         if txn.bdat:
+            self._out += (mail, *rcpts)
             self._startData(txn)
         else:
-            self._write(b"DATA\r\n")
-            self._expect(self._onData, timeouts.data, txn)
+            pending.append((self._onData, timeouts.data, txn))
+            txn.outstanding += 1
+            self._out += (mail, *rcpts, b"DATA\r\n")
 
     def _nextCommand(self, txn: _Transaction) -> None:
         # Without PIPELINING: the next RCPT, or DATA once they are all done.
@@ -1333,7 +1339,8 @@ class ESMTPClient(Protocol):
         txn.producer = _MessageProducer(self, txn, message)
         self._streaming = txn.producer
         self._progressAt = self.clock.seconds()
-        self._arm(self._progressAt + self.options.timeouts.block)
+        if self._timer is None:
+            self._arm(self.options.timeouts.block)
         self._flush()
         self.transport.registerProducer(txn.producer, False)
 
