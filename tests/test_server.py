@@ -290,7 +290,11 @@ class SequenceTests(unittest.TestCase):
         self.h.command(b"EHLO c.example")
         self.assertReply(b"MAIL FROM:<a@example.com> BODY=8BITMIME", 250)
         self.h.command(b"RSET")
-        self.assertReply(b"MAIL FROM:<a@example.com> BODY=BINARYMIME", 555)
+        # BINARYMIME is offered with CHUNKING (RFC 3030 §3), and then only
+        # BDAT can carry the message.
+        self.assertReply(b"MAIL FROM:<a@example.com> BODY=BINARYMIME", 250)
+        self.assertReply(b"RCPT TO:<b@example.com>", 250)
+        self.assertReply(b"DATA", 503, "5.5.1")
 
     def test_nullSender(self):
         self.h.command(b"EHLO c.example")

@@ -37,6 +37,7 @@ import base64
 import binascii
 import enum
 import inspect
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -68,7 +69,7 @@ from txsmtp.sasl import (
 )
 from txsmtp.tls import tlsInfo
 from txsmtp.wire.address import parsePath, splitPathAndParameters
-from txsmtp.wire.data import REJECT, DataDecoder
+from txsmtp.wire.data import REJECT, ChunkDecoder, DataDecoder
 from txsmtp.wire.lines import TOO_LONG, LineReader
 from txsmtp.wire.params import (
     MAIL_KEYWORDS,
@@ -97,6 +98,8 @@ class State(enum.Enum):
     RCPT = "rcpt"
     #: Reading the message after ``354``.
     DATA = "data"
+    #: BDAT chunks received, more to come (RFC 3030).
+    BDAT = "bdat"
     #: Inside an AUTH exchange: lines are SASL responses, not commands.
     AUTH = "auth"
     #: The delivery refused the connection; only QUIT is useful.
@@ -104,6 +107,9 @@ class State(enum.Enum):
     #: QUIT answered, or closing for another reason.
     CLOSED = "closed"
 
+
+#: ``BDAT chunk-size [LAST]`` (RFC 3030 §2); the size has at most 18 digits.
+_BDAT = re.compile(rb" *([0-9]{1,18})( +LAST)? *", re.IGNORECASE)
 
 _PAUSE_INPUT = 1
 _PAUSE_RECEIVER = 2
@@ -164,8 +170,10 @@ class ESMTPServer(Protocol):
     }
 
     #: MAIL and RCPT parameter keywords this protocol understands.
-    mailKeywords: ClassVar[frozenset[str]] = MAIL_KEYWORDS - {"AUTH", "RET", "ENVID"}
-    rcptKeywords: ClassVar[frozenset[str]] = RCPT_KEYWORDS - {"NOTIFY", "ORCPT"}
+    #: (AUTH= only when a portal is configured; DSN's RET, ENVID, NOTIFY and
+    #: ORCPT always, RFC 3461.)
+    mailKeywords: ClassVar[frozenset[str]] = MAIL_KEYWORDS - {"AUTH"}
+    rcptKeywords: ClassVar[frozenset[str]] = RCPT_KEYWORDS
 
     #: The word in ``Received: ... with`` (RFC 3848), before S/A suffixes.
     receivedProtocol = "ESMTP"
@@ -192,6 +200,7 @@ class ESMTPServer(Protocol):
         "_blockedOnWrites", "_messageSize", "_timeoutValue", "_lastActivity", "_dataStarted", "_rateBytes",
         "_shuttingDown", "_disconnected", "_closeDeferreds", "_directWrites", "_mechanism", "_pendingLogin",
         "_authFailures", "_anonymousSession", "_logout", "_lines", "_clock", "_handshakePending", "_closingSince",
+        "_chunkLeft", "_chunkLast", "_chunkSize", "_chunkDecoder", "_chunkError",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -226,6 +235,14 @@ class ESMTPServer(Protocol):
         self._authFailures = 0
         self._anonymousSession: Any = None
         self._logout: Any = None
+        # BDAT: octets of the current chunk still to read, whether it is the
+        # last, its size, the checker of the transaction's octets, and the
+        # reply owed for a chunk that is read only to be thrown away.
+        self._chunkLeft = 0
+        self._chunkLast = False
+        self._chunkSize = 0
+        self._chunkDecoder: ChunkDecoder | None = None
+        self._chunkError: SMTPError | None = None
 
     # -- connection life -----------------------------------------------------
 
@@ -272,8 +289,12 @@ class ESMTPServer(Protocol):
         if self.state is State.CLOSED:
             return
         self._lastActivity = self._clock.seconds()
-        if self._decoder is not None and not self._blocked:
+        if self._blocked:
+            self._lines.feed(data)
+        elif self._decoder is not None:
             self._dataChunk(data)
+        elif self._chunkLeft:
+            self._bdatOctets(data)
         else:
             self._lines.feed(data)
         self._process()
@@ -324,6 +345,12 @@ class ESMTPServer(Protocol):
                 if not rest:
                     break
                 self._dataChunk(rest)
+                continue
+            if self._chunkLeft:
+                rest = lines.takeRest()
+                if not rest:
+                    break
+                self._bdatOctets(rest)
                 continue
             line = lines.readLine()
             if line is None:
@@ -563,7 +590,7 @@ class ESMTPServer(Protocol):
             self.timeoutConnection()
             return
         f = self.factory
-        if self._decoder is not None and f.minDataRate:
+        if (self._decoder is not None or self._chunkLeft) and f.minDataRate:
             # RFC 5321 gives a data block 3 minutes; a client trickling a few
             # octets a minute could hold a session for days.  Ask for an
             # average rate once the first window has passed.
@@ -596,7 +623,17 @@ class ESMTPServer(Protocol):
         in a subclass to add an extension.
         """
         f = self.factory
-        extensions = ["PIPELINING", f"SIZE {f.maxMessageSize}", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "HELP"]
+        extensions = [
+            "PIPELINING",
+            f"SIZE {f.maxMessageSize}",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+            "CHUNKING",
+            "BINARYMIME",
+            "DSN",
+            "HELP",
+        ]
         if f.tls is not None and self.connection.tls is None:
             extensions.append("STARTTLS")
         mechanisms = self.authMechanisms()
@@ -730,6 +767,10 @@ class ESMTPServer(Protocol):
             # RFC 5321 §3.3: 503 or 554 when no recipient was accepted; 554
             # tells a pipelining client exactly what happened.
             self._commandError(554, "5.5.1", "No valid recipients")
+            return
+        if envelope.parameters.body == "BINARYMIME":
+            # RFC 3030 §3: a binary body cannot be dot-stuffed; BDAT only.
+            self._commandError(503, "5.5.1", "BODY=BINARYMIME requires BDAT, not DATA")
             return
         envelope.queueId = self.factory.queueIds.next()
         envelope.receivedHeader = self.receivedHeader(envelope)
@@ -884,6 +925,140 @@ class ESMTPServer(Protocol):
         self.reply(250, "2.0.0", f"OK: queued as {envelope.queueId}")
         self._logTransaction("accepted", None, size)
 
+    # -- BDAT (RFC 3030) -------------------------------------------------------
+    #
+    # ``BDAT n [LAST]`` is followed by exactly n octets, which are read
+    # whatever happens to them: a chunk refused (no transaction, no
+    # recipient, the message already too big) is still consumed, so the
+    # next command is read where the client put it.  The octets go through
+    # a ChunkDecoder (the bare CR/LF policy of DATA) to the same receiver
+    # DATA uses.  Each chunk gets its reply once its octets are in; the
+    # last one gets the reply to the message.
+
+    def do_BDAT(self, argument: bytes) -> None:
+        m = _BDAT.fullmatch(argument)
+        if m is None:
+            # Without a size the octets that follow cannot be told from
+            # commands: the session cannot go on in step.
+            self.reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]; closing the connection")
+            self._logRefusal("BDAT", SMTPError(501, "5.5.4", "malformed BDAT"))
+            self._close()
+            return
+        size = int(m.group(1))
+        last = m.group(2) is not None
+        state = self.state
+        envelope = self.envelope
+        if state not in (State.MAIL, State.RCPT, State.BDAT) or envelope is None:
+            self._skipChunk(size, SMTPError(503, "5.5.1", "Bad sequence of commands: MAIL first"))
+            return
+        if not envelope.recipients:
+            self._skipChunk(size, SMTPError(554, "5.5.1", "No valid recipients"))
+            return
+        if state is State.BDAT:
+            self._readChunk(size, last)
+            return
+        # The first chunk: open the message as DATA would.
+        envelope.queueId = self.factory.queueIds.next()
+        envelope.receivedHeader = self.receivedHeader(envelope)
+
+        def then(receiver: Any, failure: Failure | None) -> None:
+            if failure is not None:
+                err = self._errorFromFailure(failure, "openMessage")
+                self._logTransaction("refused", err)
+                self.resetTransaction()
+                self._skipChunk(size, err)
+                return
+            self._receiver = receiver
+            self._dataError = None
+            self._chunkDecoder = ChunkDecoder(
+                self.factory.bareLineEnds, binary=envelope.parameters.body == "BINARYMIME"
+            )
+            self.state = State.BDAT
+            self._write(envelope.receivedHeader)
+            self._readChunk(size, last)
+
+        self._hook("openMessage", self.session.openMessage, (envelope,), then)
+
+    def _skipChunk(self, size: int, error: SMTPError) -> None:
+        """Read and throw away ``size`` octets, then answer ``error``."""
+        self._chunkError = error
+        self._chunkLast = False
+        self._startChunk(size)
+
+    def _readChunk(self, size: int, last: bool) -> None:
+        self._chunkError = None
+        self._chunkLast = last
+        self._startChunk(size)
+
+    def _startChunk(self, size: int) -> None:
+        self._chunkSize = size
+        self._chunkLeft = size
+        self._setTimeout(self.factory.dataTimeout)
+        self._rateBytes = 0
+        self._dataStarted = self._lastActivity
+        if not size:
+            self._chunkDone()
+
+    def _bdatOctets(self, data: bytes) -> None:
+        left = self._chunkLeft
+        if len(data) > left:
+            # The rest is the next command (pipelined): back to the reader.
+            self._lines.feed(data[left:])
+            data = data[:left]
+        self._chunkLeft = left - len(data)
+        self._rateBytes += len(data)
+        decoder = self._chunkDecoder
+        if decoder is not None and self._chunkError is None:
+            self._chunkBody(decoder, decoder.feed(data))
+        if not self._chunkLeft:
+            self._chunkDone()
+
+    def _chunkBody(self, decoder: ChunkDecoder, body: bytes) -> None:
+        if not body or self._dataError is not None:
+            return
+        if decoder.bareLineEnd:
+            self._dataError = SMTPError(
+                550, "5.6.0", "Message refused: bare CR or LF in the body (lines must end with CRLF)"
+            )
+            self._abortReceiver("bare line end")
+        elif decoder.size > self.factory.maxMessageSize:
+            self._dataError = self._tooBig()
+            self._abortReceiver("too big")
+        else:
+            self._write(body)
+
+    def _chunkDone(self) -> None:
+        self._setTimeout(self.factory.commandTimeout)
+        error, self._chunkError = self._chunkError, None
+        if error is not None:
+            self.replyError(error)
+            self._logRefusal("BDAT", error)
+            return
+        decoder = self._chunkDecoder
+        assert decoder is not None
+        if self._chunkLast:
+            self._chunkBody(decoder, decoder.finish())
+        if self._dataError is not None:
+            # RFC 3030 §2: the transaction fails with this chunk; later
+            # chunks meet no transaction and are consumed and refused.
+            err = self._dataError
+            self.replyError(err)
+            self._logTransaction("refused", err, decoder.size)
+            self.resetTransaction()
+            self._afterTransaction()
+            return
+        if not self._chunkLast:
+            self.reply(250, "2.0.0", f"{self._chunkSize} octets received")
+            return
+        self._chunkDecoder = None
+        self._messageSize = decoder.size
+        if self._writesPending:
+            # finish() only after the receiver has taken every chunk.
+            self._block()
+            self._blockedOnWrites = True
+        else:
+            self._finishMessage()
+
     def _afterTransaction(self) -> None:
         if self._shuttingDown:
             self.reply(421, "4.3.2", f"{self.factory.hostname} Service shutting down, closing connection")
@@ -895,14 +1070,15 @@ class ESMTPServer(Protocol):
             self._abortReceiver("transaction reset")
         self._decoder = None
         self._dataError = None
-        if self.envelope is not None or self.state in (State.MAIL, State.RCPT, State.DATA):
+        if self.envelope is not None or self.state in (State.MAIL, State.RCPT, State.DATA, State.BDAT):
             self.envelope = None
             if self.session is not None:
                 try:
                     self.session.reset()
                 except Exception:
                     _log.failure("delivery session reset() failed")
-        if self.state in (State.MAIL, State.RCPT, State.DATA):
+        self._chunkDecoder = None
+        if self.state in (State.MAIL, State.RCPT, State.DATA, State.BDAT):
             self.state = State.READY
 
     def do_RSET(self, argument: bytes) -> None:
@@ -949,8 +1125,9 @@ class ESMTPServer(Protocol):
     _HELP: ClassVar[dict[str, str]] = {
         "EHLO": "EHLO <hostname> -- introduce yourself and list extensions",
         "HELO": "HELO <hostname> -- introduce yourself (no extensions)",
-        "MAIL": "MAIL FROM:<sender> [SIZE=n] [BODY=8BITMIME] [SMTPUTF8] -- start a message",
-        "RCPT": "RCPT TO:<recipient> -- add a recipient",
+        "MAIL": "MAIL FROM:<sender> [SIZE=n] [BODY=8BITMIME|BINARYMIME] [SMTPUTF8] [RET=FULL|HDRS]"
+        " [ENVID=id] -- start a message",
+        "RCPT": "RCPT TO:<recipient> [NOTIFY=NEVER|SUCCESS,FAILURE,DELAY] [ORCPT=rfc822;address] -- add a recipient",
         "DATA": "DATA -- send the message, end it with a line holding a single dot",
         "RSET": "RSET -- abandon the current message",
         "NOOP": "NOOP -- do nothing",
@@ -959,6 +1136,7 @@ class ESMTPServer(Protocol):
         "HELP": "HELP [command] -- this text",
         "STARTTLS": "STARTTLS -- switch to TLS (RFC 3207), then EHLO again",
         "AUTH": "AUTH <mechanism> [initial-response] -- authenticate (RFC 4954), under TLS",
+        "BDAT": "BDAT <size> [LAST] -- send the next <size> octets of the message (RFC 3030)",
     }
 
     def do_HELP(self, argument: bytes) -> None:

@@ -37,7 +37,7 @@ at a chunk boundary is stuffed like any other.
 
 from __future__ import annotations
 
-__all__ = ["DataDecoder", "DataEncoder", "REJECT", "NORMALIZE"]
+__all__ = ["ChunkDecoder", "DataDecoder", "DataEncoder", "REJECT", "NORMALIZE"]
 
 #: Bare CR or LF in a body makes the message refused.
 REJECT = "reject"
@@ -140,6 +140,67 @@ class DataDecoder:
             self._skip -= skip
         self.size += len(segment)
         return segment
+
+
+class ChunkDecoder:
+    """
+    Incremental checker for the octets of BDAT chunks (RFC 3030).
+
+    BDAT has no dot-stuffing and no terminator: the octets are the message.
+    What stays is the bare CR/LF policy of DATA (RFC 5321 §2.3.8, the
+    smuggling defence): :data:`REJECT` records a bare line end in
+    :attr:`bareLineEnd`, :data:`NORMALIZE` rewrites it as CRLF.  With
+    ``binary=True`` (``BODY=BINARYMIME``) octets pass untouched, since a
+    binary body has no lines.
+
+    A CRLF pair may straddle chunks (and BDAT commands), so a CR at the end
+    of a feed waits for the next one; :meth:`finish` settles it at the end
+    of the message.  :attr:`size` counts the octets returned.
+    """
+
+    __slots__ = ("bareLineEnds", "binary", "bareLineEnd", "size", "_pendingCR")
+
+    def __init__(self, bareLineEnds: str = REJECT, binary: bool = False) -> None:
+        if bareLineEnds not in (REJECT, NORMALIZE):
+            raise ValueError(f"bareLineEnds must be {REJECT!r} or {NORMALIZE!r}")
+        self.bareLineEnds = bareLineEnds
+        self.binary = binary
+        self.bareLineEnd = False
+        self.size = 0
+        self._pendingCR = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Check ``data`` and return the octets to store (possibly fewer, or more)."""
+        if self.binary:
+            self.size += len(data)
+            return data
+        if self._pendingCR:
+            data = b"\r" + data
+            self._pendingCR = False
+        if data.endswith(b"\r"):
+            data = data[:-1]
+            self._pendingCR = True
+        size = len(data)
+        crlf = data.count(b"\r\n")
+        if crlf != size - len(data.replace(b"\r", b"")) or crlf != size - len(data.replace(b"\n", b"")):
+            if self.bareLineEnds == NORMALIZE:
+                data = _normalize(data)
+            else:
+                self.bareLineEnd = True
+        self.size += len(data)
+        return data
+
+    def finish(self) -> bytes:
+        """The octets still held back at the end of the message (a final lone CR)."""
+        if not self._pendingCR:
+            return b""
+        self._pendingCR = False
+        if self.bareLineEnds == NORMALIZE:
+            self.size += 2
+            return b"\r\n"
+        self.bareLineEnd = True
+        self.size += 1
+        return b"\r"
 
 
 class DataEncoder:
