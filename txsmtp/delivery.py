@@ -244,28 +244,60 @@ class MaildirReceiver:
     :param envelope: the message's envelope.
     :param sync: ``fsync`` file and directory before answering (keep it on
         unless losing mail on a power cut is acceptable).
+    :param perRecipient: report each Maildir's fate separately (LMTP,
+        RFC 2033 §4.2): a storage error fails only the recipients of that
+        Maildir, and :meth:`finish` returns one result per recipient.
+        Otherwise a message is stored everywhere or nowhere.
     """
 
-    def __init__(self, targets: list[tuple[Maildir, list[Recipient]]], envelope: Envelope, sync: bool = True) -> None:
+    def __init__(
+        self,
+        targets: list[tuple[Maildir, list[Recipient]]],
+        envelope: Envelope,
+        sync: bool = True,
+        perRecipient: bool = False,
+    ) -> None:
         self.envelope = envelope
         self.sync = sync
+        self.perRecipient = perRecipient
         self._files: list[_MaildirFile] = []
         self._error: OSError | None = None
-        try:
-            for maildir, recipients in targets:
-                self._files.append(_MaildirFile(maildir, _traceHeaders(envelope, recipients)))
-        except OSError as e:
-            self._fail(e, "create")
-            raise self._smtpError() from e
+        # perRecipient: each file's recipients, and the recipients whose
+        # copy failed.
+        self._recipientsOf: dict[int, list[Recipient]] = {}
+        self._failed: set[int] = set()
+        for maildir, recipients in targets:
+            try:
+                f = _MaildirFile(maildir, _traceHeaders(envelope, recipients))
+            except OSError as e:
+                if not perRecipient:
+                    self._fail(e, "create")
+                    raise self._smtpError() from e
+                self._logError(e, "create")
+                self._failed.update(id(r) for r in recipients)
+                continue
+            self._files.append(f)
+            self._recipientsOf[id(f)] = recipients
+        if perRecipient and not self._files:
+            raise self._smtpError()
 
-    def _fail(self, error: OSError, what: str) -> None:
-        self._error = error
+    def _logError(self, error: OSError, what: str) -> None:
         _log.error(
             "Maildir {what} failed for message {queueId}: {error}; answering 451",
             what=what,
             queueId=self.envelope.queueId,
             error=f"{error.strerror or error} ({getattr(error, 'filename', '') or ''})",
         )
+
+    def _failOne(self, f: _MaildirFile, error: OSError, what: str) -> None:
+        self._logError(error, what)
+        f.discard()
+        self._files.remove(f)
+        self._failed.update(id(r) for r in self._recipientsOf.pop(id(f), []))
+
+    def _fail(self, error: OSError, what: str) -> None:
+        self._error = error
+        self._logError(error, what)
         for f in self._files:
             f.discard()
         self._files = []
@@ -277,15 +309,31 @@ class MaildirReceiver:
     def write(self, chunk: bytes) -> None:
         if self._error is not None:
             return
+        if self.perRecipient:
+            for f in list(self._files):
+                try:
+                    f.file.write(chunk)
+                except OSError as e:
+                    self._failOne(f, e, "write")
+            return
         try:
             for f in self._files:
                 f.file.write(chunk)
         except OSError as e:
             self._fail(e, "write")
 
-    def finish(self) -> None:
+    def finish(self) -> list[SMTPError | None] | None:
         if self._error is not None:
             raise self._smtpError()
+        if self.perRecipient:
+            for f in list(self._files):
+                try:
+                    f.commit(self.sync)
+                except OSError as e:
+                    self._failOne(f, e, "commit")
+            self._files = []
+            error = self._smtpError()
+            return [error if id(r) in self._failed else None for r in self.envelope.recipients]
         done: list[str] = []
         try:
             for f in self._files:
@@ -347,7 +395,9 @@ class _VirtualSession(BaseDeliverySession):
         for r in envelope.recipients:
             maildir = r.data
             byMaildir.setdefault(maildir.path, (maildir, []))[1].append(r)
-        return MaildirReceiver(list(byMaildir.values()), envelope, self.delivery.sync)
+        # Under LMTP each mailbox's fate is reported on its own.
+        perRecipient = envelope.connection.protocol == "LMTP"
+        return MaildirReceiver(list(byMaildir.values()), envelope, self.delivery.sync, perRecipient)
 
 
 class VirtualMaildirDelivery(BaseDelivery):

@@ -178,6 +178,10 @@ class ESMTPServer(Protocol):
     #: The word in ``Received: ... with`` (RFC 3848), before S/A suffixes.
     receivedProtocol = "ESMTP"
 
+    #: The reply to DATA or BDAT when no recipient was accepted (RFC 5321
+    #: §3.3 allows 503 or 554; LMTP asks for 503).
+    noRecipientsCode = 554
+
     #: Pause reading when this many octets of pipelined input wait unprocessed.
     maxPendingInput = 256 * 1024
 
@@ -766,7 +770,7 @@ class ESMTPServer(Protocol):
         if not envelope.recipients:
             # RFC 5321 §3.3: 503 or 554 when no recipient was accepted; 554
             # tells a pipelining client exactly what happened.
-            self._commandError(554, "5.5.1", "No valid recipients")
+            self._commandError(self.noRecipientsCode, "5.5.1", "No valid recipients")
             return
         if envelope.parameters.body == "BINARYMIME":
             # RFC 3030 §3: a binary body cannot be dot-stuffed; BDAT only.
@@ -890,9 +894,7 @@ class ESMTPServer(Protocol):
         assert envelope is not None
         size = self._messageSize
         if self._dataError is not None:
-            err = self._dataError
-            self.replyError(err)
-            self._logTransaction("refused", err, size)
+            self.messageRefused(envelope, self._dataError, size)
             self.resetTransaction()
             self._afterTransaction()
             return
@@ -900,9 +902,7 @@ class ESMTPServer(Protocol):
 
         def then(result: Any, failure: Failure | None) -> None:
             if failure is not None:
-                err = self._errorFromFailure(failure, "finish")
-                self.replyError(err)
-                self._logTransaction("refused", err, size)
+                self.messageRefused(envelope, self._errorFromFailure(failure, "finish"), size)
             else:
                 self.messageStored(envelope, result, size)
             self.resetTransaction()
@@ -952,7 +952,7 @@ class ESMTPServer(Protocol):
             self._skipChunk(size, SMTPError(503, "5.5.1", "Bad sequence of commands: MAIL first"))
             return
         if not envelope.recipients:
-            self._skipChunk(size, SMTPError(554, "5.5.1", "No valid recipients"))
+            self._skipChunk(size, SMTPError(self.noRecipientsCode, "5.5.1", "No valid recipients"))
             return
         if state is State.BDAT:
             self._readChunk(size, last)
@@ -1038,7 +1038,7 @@ class ESMTPServer(Protocol):
         assert decoder is not None
         if self._chunkLast:
             self._chunkBody(decoder, decoder.finish())
-        if self._dataError is not None:
+        if self._dataError is not None and not self._chunkLast:
             # RFC 3030 §2: the transaction fails with this chunk; later
             # chunks meet no transaction and are consumed and refused.
             err = self._dataError
@@ -1058,6 +1058,14 @@ class ESMTPServer(Protocol):
             self._blockedOnWrites = True
         else:
             self._finishMessage()
+
+    def messageRefused(self, envelope: Envelope, error: SMTPError, size: int) -> None:
+        """
+        Answer the end of a message refused as a whole (too big, bare line
+        ends, the delivery's ``finish`` failed): one reply for SMTP.
+        """
+        self.replyError(error)
+        self._logTransaction("refused", error, size)
 
     def _afterTransaction(self) -> None:
         if self._shuttingDown:
