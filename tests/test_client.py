@@ -1352,3 +1352,128 @@ class LoopbackTests(unittest.TestCase):
             yield sendmail("127.0.0.1", "a@example.com", ["b@example.com"], b"x", port=number, tls=TLSPolicy.NONE)
         self.assertFalse(cm.exception.permanent)
         self.assertIn(str(number), str(cm.exception))
+
+    @defer.inlineCallbacks
+    def test_fileAndLargeMessageOverTCP(self) -> Any:
+        """
+        A file, and bytes over 1 MiB, are streamed by a pull producer; on a
+        real TCP transport the producer must keep being asked for more.
+        """
+        delivery, port = self.listen("127.0.0.1")
+        line = b"x" * 998 + b"\r\n"
+        big = line * 2000  # 2 MB
+        result = yield sendmail("127.0.0.1", "a@example.com", ["b@example.com"], big, port=port, tls=TLSPolicy.NONE)
+        self.assertEqual(result.accepted, ["b@example.com"])
+        f = io.BytesIO(b".starts with a dot\r\n" + line * 300)
+        result = yield sendmail("127.0.0.1", "a@example.com", ["b@example.com"], f, port=port, tls=TLSPolicy.NONE)
+        self.assertEqual(result.accepted, ["b@example.com"])
+        first, second = delivery.messages
+        self.assertTrue(first.data.endswith(big))
+        self.assertTrue(second.data.endswith(b"\r\n.starts with a dot\r\n" + line * 300))
+
+
+class FixesTests(unittest.TestCase):
+    """Behaviours found in review."""
+
+    def test_unreachableWithSeveralQueued(self) -> None:
+        """Every connection attempt fails: every message fails, and close() fires."""
+        from twisted.internet.error import ConnectionRefusedError
+
+        clock = Clock()
+        endpoint = FakeEndpoint(clock)
+        endpoint.fail = [ConnectionRefusedError() for _ in range(20)]
+        m = Mailer("server.example", poolSize=4, endpoint=endpoint, reactor=clock, tls=TLSPolicy.NONE)
+        ds = [m.send("a@example.com", ["b@example.com"], b"x") for _ in range(3)]
+        for d in ds:
+            self.failureResultOf(d, SMTPConnectError)
+        self.assertIsNone(self.successResultOf(m.close()))
+
+    def test_unseekableReaderNotRetried(self) -> None:
+        """A reader with only read() is not sent twice, and its failure is reported."""
+
+        class Reader:
+            def __init__(self) -> None:
+                self.data = io.BytesIO(b"hello\r\n")
+
+            def read(self, n: int = -1) -> bytes:
+                return self.data.read(n)
+
+        clock = Clock()
+        endpoint = FakeEndpoint(clock)
+        m = Mailer("server.example", poolSize=1, endpoint=endpoint, reactor=clock, tls=TLSPolicy.NONE, heloName="client.example")
+        d = m.send("a@example.com", ["b@example.com"], Reader())
+        [h] = endpoint.connections
+        h.setUp()
+        h.lose(ConnectionLost("reset"))
+        self.failureResultOf(d, SMTPConnectionLost)
+        self.assertEqual(len(endpoint.connections), 1)
+
+    def test_factoryClassSubclass(self) -> None:
+        """Mailer.factoryClass is the factory (its endpoint() is used), not just its protocol."""
+        clock = Clock()
+        endpoint = FakeEndpoint(clock)
+
+        class MyFactory(SMTPClientFactory):
+            def endpoint(self) -> Any:
+                return endpoint
+
+        class MyMailer(Mailer):
+            factoryClass = MyFactory
+
+        m = MyMailer("server.example", poolSize=1, reactor=clock, tls=TLSPolicy.NONE)
+        m.send("a@example.com", ["b@example.com"], b"x")
+        self.assertEqual(len(endpoint.connections), 1)
+
+    def test_timeoutAfterDataSaysSo(self) -> None:
+        h = Harness()
+        h.setUp()
+        d = h.protocol.sendMessage("a@example.com", ["b@example.com"], b"x")
+        h.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        h.clock.advance(600)
+        h.lose()
+        f = self.failureResultOf(d, SMTPTimeoutError)
+        self.assertTrue(f.value.afterData)
+        self.assertIn("may have been delivered", str(f.value))
+
+    def test_opportunisticHandshakeFailureIsTransient(self) -> None:
+        for policy, permanent in ((TLSPolicy.OPPORTUNISTIC, False), (TLSPolicy.VERIFY, True)):
+            h = Harness(tls=policy)
+            h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n220 go\r\n")
+            h.lose(ConnectionLost("handshake failure"))
+            f = self.failureResultOf(h.protocol.ready, SMTPTLSError)
+            self.assertEqual(f.value.permanent, permanent, policy)
+
+    def test_lmtpAllRefusedListsEveryone(self) -> None:
+        h = Harness(LMTPClient)
+        h.server(b"220 x\r\n250-x\r\n250 PIPELINING\r\n")
+        d = h.protocol.sendMessage("a@example.com", ["b@x", "c@x"], b"x")
+        h.server(b"250 ok\r\n250 ok\r\n550 no c\r\n354 go\r\n452 b full\r\n")
+        f = self.failureResultOf(d, SMTPRecipientsRefused)
+        self.assertEqual({r: reply.code for r, reply in f.value.recipients.items()}, {"b@x": 452, "c@x": 550})
+
+    def test_lmtpNeedsLMTPProtocol(self) -> None:
+        class Custom(ESMTPClient):
+            pass
+
+        class F(SMTPClientFactory):
+            protocol = Custom
+
+        with self.assertRaises(TypeError):
+            F(ClientOptions(lmtp=True))
+
+    def test_utf8Headers(self) -> None:
+        """UTF-8 headers (RFC 6532): SMTPUTF8 when offered, plain 8-bit otherwise."""
+        message = "Subject: caf\u00e9\r\n\r\nbody\r\n".encode()
+        h = Harness()
+        h.setUp(b"250-x\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+        h.sent()
+        h.protocol.sendMessage("a@example.com", ["b@example.com"], message)
+        self.assertEqual(h.sent().split(b"\r\n")[0], b"MAIL FROM:<a@example.com> BODY=8BITMIME SMTPUTF8")
+        h = Harness()
+        h.setUp(b"250-x\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        h.sent()
+        d = h.protocol.sendMessage("a@example.com", ["b@example.com"], message)
+        self.assertEqual(h.sent().split(b"\r\n")[0], b"MAIL FROM:<a@example.com> BODY=8BITMIME")
+        self.assertNoResult(d)
+        # 8-bit only in the body: no SMTPUTF8.
+        self.assertFalse(OutgoingMessage.prepare("a@x.org", ["b@x.org"], "S: x\r\n\r\n\u00e9".encode()).utf8Headers)

@@ -172,6 +172,9 @@ class SMTPClientError(Exception):
     """
 
     permanent: bool = False
+    #: Whether the end of the message had been sent (see
+    #: :class:`SMTPConnectionLost` and :class:`SMTPTimeoutError`).
+    afterData: bool = False
 
     def __init__(self, message: str, *, permanent: bool | None = None) -> None:
         super().__init__(message)
@@ -198,7 +201,16 @@ class SMTPConnectionLost(SMTPClientError):
 
 
 class SMTPTimeoutError(SMTPClientError):
-    """The server did not reply within the time RFC 5321 §4.5.3.2 allows."""
+    """
+    The server did not reply within the time RFC 5321 §4.5.3.2 allows.
+
+    :ivar afterData: ``True`` when it was the reply to the end of the
+        message that never came: the server may have the message.
+    """
+
+    def __init__(self, message: str, *, afterData: bool = False) -> None:
+        super().__init__(message)
+        self.afterData = afterData
 
 
 class SMTPTLSError(SMTPClientError):
@@ -426,7 +438,13 @@ class ClientOptions:
         from twisted.internet import ssl
 
         if self.tls is TLSPolicy.OPPORTUNISTIC:
-            return ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+            extra = {}
+            if self.clientCertificate is not None:
+                extra = {
+                    "privateKey": self.clientCertificate.privateKey.original,
+                    "certificate": self.clientCertificate.original,
+                }
+            return ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2, **extra)
         name = self.tlsHostname or self.host
         return ssl.optionsForClientTLS(
             name,
@@ -515,6 +533,9 @@ class OutgoingMessage:
     mailDSN: bytes = b""
     rcptDSN: list[bytes] = field(default_factory=list)
     start: int = 0
+    #: UTF-8 in the header section (RFC 6532): SMTPUTF8 is declared when
+    #: the server offers it (without it the message still goes, as 8-bit).
+    utf8Headers: bool = False
     #: How many times this message has been tried (by :class:`Mailer`).
     attempts: int = 0
     deferred: defer.Deferred[SendResult] | None = None
@@ -564,7 +585,9 @@ class OutgoingMessage:
             rcpt += _notifyParam(notify)
         if orcpt is not None:
             rcpt += _orcptParam(orcpt)
-        size, eightBit, start = _measure(message)
+        if isinstance(message, (bytearray, memoryview)):
+            message = bytes(message)
+        size, eightBit, start, utf8Headers = _measure(message)
         return cls(
             sender=sender,
             recipients=recipients,
@@ -577,6 +600,7 @@ class OutgoingMessage:
             mailDSN=mailDSN,
             rcptDSN=[rcpt] * len(recipients) if rcpt else [],
             start=start,
+            utf8Headers=utf8Headers,
         )
 
     def rewind(self) -> None:
@@ -585,21 +609,31 @@ class OutgoingMessage:
             self.message.seek(self.start)
 
 
-def _measure(message: bytes | BinaryIO) -> tuple[int | None, bool | None, int]:
-    if isinstance(message, (bytes, bytearray, memoryview)):
-        message = bytes(message)
-        return len(message), not message.isascii(), 0
+def _nonASCIIHeaders(head: bytes) -> bool:
+    """Whether the header section at the start of ``head`` has non-ASCII octets (RFC 6532)."""
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        end = head.find(b"\n\n")
+    return not (head if end < 0 else head[:end]).isascii()
+
+
+def _measure(message: bytes | BinaryIO) -> tuple[int | None, bool | None, int, bool]:
+    """The size, whether there are 8-bit octets, the start and whether the headers are UTF-8."""
+    if isinstance(message, bytes):
+        eightBit = not message.isascii()
+        return len(message), eightBit, 0, eightBit and _nonASCIIHeaders(message)
     if not hasattr(message, "read"):
         raise TypeError(f"message must be bytes or a binary file, not {type(message).__name__}")
     try:
         start = message.tell()
         end = message.seek(0, os.SEEK_END)
     except (OSError, AttributeError, io.UnsupportedOperation):
-        return None, None, 0
+        return None, None, 0, False
     # One pass to learn whether the body needs 8BITMIME (RFC 6152), then
     # back to where the caller left the file.
     message.seek(start)
-    eightBit = False
+    eightBit = utf8Headers = False
+    first = True
     while True:
         chunk = message.read(CHUNK_SIZE)
         if not chunk:
@@ -608,9 +642,11 @@ def _measure(message: bytes | BinaryIO) -> tuple[int | None, bool | None, int]:
             raise TypeError("message must be opened in binary mode")
         if not chunk.isascii():
             eightBit = True
+            utf8Headers = first and _nonASCIIHeaders(chunk)
             break
+        first = False
     message.seek(start)
-    return end - start, eightBit, start
+    return end - start, eightBit, start, utf8Headers
 
 
 # ---------------------------------------------------------------------------
@@ -769,7 +805,12 @@ class ESMTPClient(Protocol):
         elif self._timedOut:
             err = SMTPTimeoutError(f"{self._peerName()} did not reply in time")
         elif self._tlsStarting:
-            err = SMTPTLSError(f"TLS with {self._peerName()} failed: {_reasonText(reason)}")
+            # Under OPPORTUNISTIC a failed handshake is no verdict on the
+            # message: another server (the next MX) may do better.
+            err = SMTPTLSError(
+                f"TLS with {self._peerName()} failed: {_reasonText(reason)}",
+                permanent=self.options.tls is not TLSPolicy.OPPORTUNISTIC,
+            )
         elif previous in (_State.CONNECTING, _State.GREETING):
             err = SMTPConnectError(f"{self._peerName()} closed the connection before its greeting")
         else:
@@ -778,13 +819,12 @@ class ESMTPClient(Protocol):
             self.ready.errback(err)
         txns, self._txns = self._txns, deque()
         for txn in txns:
-            if txn.finalSent and isinstance(err, SMTPConnectionLost):
+            if txn.finalSent and isinstance(err, (SMTPConnectionLost, SMTPTimeoutError)):
+                # The server may have the message: say so, so that nobody
+                # sends it again blindly.
                 self._messageDone(
                     txn.job,
-                    SMTPConnectionLost(
-                        f"{err} after the end of the message was sent: it may have been delivered",
-                        afterData=True,
-                    ),
+                    type(err)(f"{err} after the end of the message was sent: it may have been delivered", afterData=True),
                 )
             else:
                 self._messageDone(txn.job, err)
@@ -902,7 +942,7 @@ class ESMTPClient(Protocol):
             params += b" SIZE=%d" % job.size
         if job.eightBit is not False and "8BITMIME" in ext:
             params += b" BODY=8BITMIME"
-        if job.utf8:
+        if job.utf8 or (job.utf8Headers and "SMTPUTF8" in ext):
             params += b" SMTPUTF8"
         if job.mailDSN and "DSN" in ext:
             params += job.mailDSN
@@ -921,9 +961,12 @@ class ESMTPClient(Protocol):
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         self._out = []
-        if self._direct:
+        if self._direct and self._streaming is None:
             writeNow(self.transport, data)
         else:
+            # A pull producer is asked for more only when the transport's
+            # buffer drains, so while one streams, everything goes through
+            # that buffer.
             self.transport.write(data)
 
     def _expect(self, handler: Callable[..., None], timeout: float, txn: _Transaction | None = None) -> None:
@@ -1407,8 +1450,7 @@ class ESMTPClient(Protocol):
         if all(r.code >= 400 for r in txn.finalReplies):
             if self.perRecipientReplies:
                 err: SMTPClientError = SMTPRecipientsRefused(
-                    f"{self._peerName()} refused the message for every recipient",
-                    {r: results[r] for r in txn.accepted},
+                    f"{self._peerName()} refused the message for every recipient", ordered
                 )
             else:
                 err = SMTPMessageRefused(f"{self._peerName()} refused the message", first)
@@ -1561,6 +1603,8 @@ class SMTPClientFactory(ClientFactory):
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
         if options.lmtp and not issubclass(self.protocol, LMTPClient):
+            if self.protocol is not ESMTPClient:
+                raise TypeError(f"lmtp=True needs an LMTPClient subclass, not {self.protocol.__name__}")
             self.protocol = LMTPClient
 
     def buildProtocol(self, addr: Any) -> ESMTPClient:
@@ -1649,7 +1693,9 @@ class Mailer:
         self.options = ClientOptions(host=host, port=port, **options)
         self.poolSize = poolSize
         self.idleTimeout = idleTimeout
-        self._factory = _MailerFactory(self, self.options)
+        factoryClass = type(f"Mailer{self.factoryClass.__name__}", (_MailerHooks, self.factoryClass), {})
+        self._factory = factoryClass(self.options)
+        self._factory.mailer = self
         self._queue: deque[OutgoingMessage] = deque()
         self._idle: list[ESMTPClient] = []
         self._busy: set[ESMTPClient] = set()
@@ -1772,7 +1818,9 @@ class Mailer:
             # A refused session, TLS or AUTH: every message would meet it.
             while self._queue:
                 _fire(self._queue.popleft(), err)
-        elif self.connections:
+        elif self._idle or self._busy:
+            # The server may limit connections per client: the open ones
+            # carry on, and no new attempt until one of them closes.
             self._holdConnects = True
         elif self._queue:
             job = self._queue.popleft()
@@ -1812,11 +1860,12 @@ class Mailer:
         if isinstance(err, SMTPConnectionLost):
             retry = not err.afterData
         elif isinstance(err, SMTPServerRefused):
-            # A 421 before the end of the message.
+            # A 421: the server is going away and has not accepted the
+            # message (a 4xx reply, even to the final dot, says so).
             retry = not err.permanent
         else:
             return False
-        return retry and (isinstance(job.message, bytes) or job.message.seekable())
+        return retry and (isinstance(job.message, bytes) or _seekable(job.message))
 
     def _protocolIdle(self, proto: ESMTPClient) -> None:
         self._busy.discard(proto)
@@ -1840,11 +1889,14 @@ class Mailer:
             d.callback(None)
 
 
-class _MailerFactory(SMTPClientFactory):
-    def __init__(self, mailer: Mailer, options: ClientOptions) -> None:
-        self.protocol = mailer.factoryClass.protocol
-        super().__init__(options)
-        self.mailer = mailer
+class _MailerHooks:
+    """
+    Mixed into :attr:`Mailer.factoryClass`: the factory reports to its
+    Mailer.  (A subclass may still override :meth:`SMTPClientFactory.endpoint`,
+    ``buildProtocol`` or ``protocol``.)
+    """
+
+    mailer: Mailer
 
     def messageDone(self, protocol: ESMTPClient, job: OutgoingMessage, outcome: SendResult | SMTPClientError) -> None:
         self.mailer._messageDone(protocol, job, outcome)
@@ -1902,6 +1954,13 @@ def sendmail(
 
 
 # ---------------------------------------------------------------------------
+
+
+def _seekable(f: Any) -> bool:
+    try:
+        return bool(f.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _b64(data: bytes) -> bytes:
