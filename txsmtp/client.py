@@ -67,7 +67,8 @@ from typing import Any, BinaryIO, ClassVar
 
 from twisted.internet import defer
 from twisted.internet import error as ineterror
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener, IPullProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
@@ -1637,6 +1638,12 @@ class SMTPClientFactory(ClientFactory):
         o = self.options
         if o.endpoint is not None:
             return o.endpoint
+        # An address literal needs no resolver (HostnameEndpoint would use
+        # a thread for it).
+        if isIPAddress(o.host):
+            return TCP4ClientEndpoint(o.reactor, o.host, o.port, timeout=o.timeouts.connect)
+        if isIPv6Address(o.host):
+            return TCP6ClientEndpoint(o.reactor, o.host, o.port, timeout=o.timeouts.connect)
         return HostnameEndpoint(o.reactor, o.host, o.port, timeout=o.timeouts.connect)
 
     def connect(self) -> defer.Deferred[ESMTPClient]:
