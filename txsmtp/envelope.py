@@ -133,6 +133,28 @@ class Recipient:
     def __repr__(self) -> str:
         return f"Recipient(<{self.address}>)"
 
+    def toDict(self) -> dict[str, Any]:
+        """The recipient as JSON-ready data (see :meth:`Envelope.toDict`)."""
+        p = self.parameters
+        return {
+            "address": _addressText(self.address),
+            "notify": list(p.notify) if p.notify is not None else None,
+            "orcpt": list(p.orcpt) if p.orcpt is not None else None,
+            "extra": dict(p.extra),
+        }
+
+    @classmethod
+    def fromDict(cls, data: dict[str, Any]) -> Recipient:
+        """The inverse of :meth:`toDict`."""
+        address = _parseAddress(data["address"])
+        assert address is not None
+        params = RecipientParameters(
+            notify=tuple(data["notify"]) if data.get("notify") is not None else None,
+            orcpt=tuple(data["orcpt"]) if data.get("orcpt") is not None else None,  # type: ignore[arg-type]
+            extra=dict(data.get("extra") or {}),
+        )
+        return cls(address, params)
+
 
 class Envelope:
     """
@@ -174,3 +196,86 @@ class Envelope:
 
     def __repr__(self) -> str:
         return f"Envelope(sender={self.returnPath}, recipients={self.recipients!r}, queueId={self.queueId!r})"
+
+    def toDict(self) -> dict[str, Any]:
+        """
+        The envelope as JSON-ready data, for a store or a queue to keep with
+        the message: the sender, every MAIL parameter (SIZE, BODY, SMTPUTF8,
+        AUTH, and DSN's RET and ENVID, RFC 3461), each recipient with its
+        NOTIFY and ORCPT, the queue id, and the facts about the connection
+        that a Received: header or a delivery status notification (RFC 3464)
+        needs.  :meth:`fromDict` reads it back.
+        """
+        p = self.parameters
+        c = self.connection
+        return {
+            "sender": _addressText(self.sender) if self.sender is not None else None,
+            "parameters": {
+                "size": p.size,
+                "body": p.body,
+                "smtputf8": p.smtputf8,
+                "auth": p.auth,
+                "ret": p.ret,
+                "envid": p.envid,
+                "extra": dict(p.extra),
+            },
+            "recipients": [r.toDict() for r in self.recipients],
+            "queueId": self.queueId,
+            "connection": {
+                "peer": c.peerHost,
+                "heloName": c.heloName,
+                "esmtp": c.esmtp,
+                "protocol": c.protocol,
+                "tls": {"version": c.tls.version, "cipher": c.tls.cipher} if c.tls is not None else None,
+                "authenticated": c.authenticated,
+                "sessionId": c.sessionId,
+            },
+        }
+
+    @classmethod
+    def fromDict(cls, data: dict[str, Any]) -> Envelope:
+        """
+        The inverse of :meth:`toDict`.  The connection comes back as a
+        :class:`ConnectionInfo` whose peer is an
+        :class:`~twisted.internet.address.IPv4Address` or ``IPv6Address``
+        when the text was an IP address.
+        """
+        from twisted.internet.abstract import isIPv6Address
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        p = data.get("parameters") or {}
+        params = MailParameters(
+            size=p.get("size"),
+            body=p.get("body"),
+            smtputf8=bool(p.get("smtputf8")),
+            auth=p.get("auth"),
+            ret=p.get("ret"),
+            envid=p.get("envid"),
+            extra=dict(p.get("extra") or {}),
+        )
+        c = data.get("connection") or {}
+        peerText = c.get("peer")
+        peer: Any = None
+        if peerText and peerText != "local":
+            peer = IPv6Address("TCP", peerText, 0) if isIPv6Address(peerText) else IPv4Address("TCP", peerText, 0)
+        connection = ConnectionInfo(peer, protocol=c.get("protocol", "SMTP"), sessionId=c.get("sessionId", ""))
+        connection.heloName = c.get("heloName")
+        connection.esmtp = bool(c.get("esmtp"))
+        tls = c.get("tls")
+        connection.tls = TLSInfo(tls.get("version"), tls.get("cipher")) if tls else None
+        connection.authenticated = c.get("authenticated")
+        sender = data.get("sender")
+        envelope = cls(_parseAddress(sender) if sender is not None else None, params, connection, data.get("queueId", ""))
+        envelope.recipients = [Recipient.fromDict(r) for r in data.get("recipients", [])]
+        return envelope
+
+
+def _addressText(address: Address) -> str:
+    return str(address)
+
+
+def _parseAddress(text: str) -> Address | None:
+    """An address written by :meth:`Envelope.toDict` (UTF-8 allowed, Postmaster too)."""
+    from txsmtp.wire.address import parsePath
+
+    return parsePath(b"<" + text.encode("utf-8") + b">", utf8=True, nullOK=True, postmasterOK=True)
