@@ -1686,7 +1686,9 @@ class Mailer:
 
     A connection that breaks is replaced, and the message it carried is
     sent again once, unless the end of the message had already gone out (the
-    server may have taken it; sending again could deliver it twice).
+    server may have taken it; sending again could deliver it twice).  A
+    ``421`` (the server going away) is retried once too, even as the reply
+    to the end of the message: a 4xx reply means the message was not taken.
     """
 
     #: The factory class; subclass it (or its ``protocol``) to customise.

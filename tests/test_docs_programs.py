@@ -1,5 +1,5 @@
 """
-The examples of docs/sending.rst run.
+The programs in docs/sending.rst and docs/extensions.rst run.
 
 Every ``.. code-block:: python`` block of the chapter compiles (snippets
 may use ``await`` at top level: they stand for the body of an async
@@ -33,27 +33,30 @@ def rstExamples(name: str) -> list[tuple[str, str | None]]:
     return [(textwrap.dedent(code), textwrap.dedent(out) if out else None) for code, out in found]
 
 
-_SENDING = rstExamples("sending.rst")
+class _ChapterTests:
+    """Mixed into a TestCase per chapter (so trial does not collect it alone)."""
 
+    chapter = ""
+    minimumPrograms = 1
 
-class SendingChapterTests(unittest.TestCase):
-    """docs/sending.rst."""
+    def examples(self) -> list[tuple[str, str | None]]:
+        return rstExamples(self.chapter)
 
     def test_allCompile(self) -> None:
-        for code, _ in _SENDING:
-            compile(code, "sending.rst", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        for code, _ in self.examples():
+            compile(code, self.chapter, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
     def test_programsFound(self) -> None:
-        programs = [code for code, _ in _SENDING if "async def main(reactor)" in code]
-        self.assertGreaterEqual(len(programs), 6)
+        programs = [code for code, _ in self.examples() if "async def main(reactor)" in code]
+        self.assertGreaterEqual(len(programs), self.minimumPrograms)
 
 
-def _makeTest(index: int, code: str, expected: str | None):
+def _makeTest(chapter: str, index: int, code: str, expected: str | None):
     async def test(self: unittest.TestCase) -> None:
         from twisted.internet import reactor
 
-        namespace: dict = {"__name__": f"sending_example_{index}"}
-        exec(compile(code, f"sending.rst[{index}]", "exec"), namespace)
+        namespace: dict = {"__name__": f"docs_example_{index}"}
+        exec(compile(code, f"{chapter}[{index}]", "exec"), namespace)
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             await namespace["main"](reactor)
@@ -63,6 +66,13 @@ def _makeTest(index: int, code: str, expected: str | None):
     return test
 
 
-for _i, (_code, _out) in enumerate(_SENDING):
-    if "async def main(reactor)" in _code:
-        setattr(SendingChapterTests, f"test_program_{_i}", _makeTest(_i, _code, _out))
+def _chapter(name: str, chapter: str, minimumPrograms: int) -> type:
+    cls = type(name, (_ChapterTests, unittest.TestCase), {"chapter": chapter, "minimumPrograms": minimumPrograms})
+    for i, (code, out) in enumerate(rstExamples(chapter)):
+        if "async def main(reactor)" in code:
+            setattr(cls, f"test_program_{i}", _makeTest(chapter, i, code, out))
+    return cls
+
+
+SendingChapterTests = _chapter("SendingChapterTests", "sending.rst", 6)
+ExtensionsChapterTests = _chapter("ExtensionsChapterTests", "extensions.rst", 1)
