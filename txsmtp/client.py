@@ -55,6 +55,8 @@ Security rules the code keeps:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import functools
 import io
@@ -749,7 +751,9 @@ class ESMTPClient(Protocol):
         self._idleTimeout: float | None = None
         self._discard = False
         self._mechanism: saslclient.ClientMechanism | None = None
-        self._serverFinal: bytes | None = None
+        # AUTH: an initial response too long for the AUTH line, sent after
+        # the first 334 (RFC 4954 §4).
+        self._pendingInitial: bytes | None = None
         self._txns: deque[_Transaction] = deque()
         self._streaming: _MessageProducer | None = None
         self._progressAt = 0.0
@@ -1169,7 +1173,6 @@ class ESMTPClient(Protocol):
             return
         self.state = _State.AUTH
         self._mechanism = mechanism
-        self._serverFinal = None
         try:
             initial = mechanism.initialResponse()
         except saslclient.SASLClientError as e:
@@ -1196,8 +1199,6 @@ class ESMTPClient(Protocol):
                 self._pendingInitial = None
                 response = initial
             else:
-                import binascii
-
                 try:
                     challenge = _unb64(reply.lines[0].strip() if reply.lines else "")
                     response = mechanism.respond(challenge)
@@ -1973,15 +1974,10 @@ def _seekable(f: Any) -> bool:
 
 
 def _b64(data: bytes) -> bytes:
-    import base64
-
     return base64.b64encode(data) if data else b"="
 
 
 def _unb64(text: str) -> bytes:
-    import base64
-    import binascii
-
     if text in ("", "="):
         return b""
     try:
