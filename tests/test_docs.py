@@ -73,6 +73,17 @@ class DeliveryExampleTests(unittest.TestCase):
         exec(markdownBlocks("README.md")[0], namespace)
         _spoolTransaction(self, namespace)
 
+    def test_readmeSending(self) -> None:
+        """The README's sending example compiles and names real API."""
+        import txsmtp
+
+        code = markdownBlocks("README.md")[1]
+        namespace: dict = {}
+        exec(compile(code, "README.md", "exec"), namespace)
+        self.assertIs(namespace["sendmail"], txsmtp.sendmail)
+        self.assertIs(namespace["Mailer"], txsmtp.Mailer)
+        self.assertTrue(callable(namespace["notify"]))
+
     def test_protocolExtension(self) -> None:
         namespace: dict = {"__name__": "xstatus"}
         exec(rstBlocks("delivery.rst")[-1], namespace)
