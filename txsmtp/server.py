@@ -54,6 +54,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsmtp._io import canWriteDirectly, writeNow
+from txsmtp._proxy import compactPeer, forwardHandshake, pendingProxyHeader, whenProxyHeaderRead
 from txsmtp.envelope import ConnectionInfo, Envelope, Recipient, TLSInfo
 from txsmtp.errors import SMTPError
 from txsmtp.interfaces import IDelivery, IDeliverySession
@@ -271,7 +272,20 @@ class ESMTPServer(Protocol):
             # stall the handshake.
             self.transport.registerProducer(self, True)
         self._setTimeout(f.commandTimeout)
+        proxy = pendingProxyHeader(self.transport)
+        if proxy is not None:
+            # Behind a PROXY-protocol listener: no greeting and no session
+            # before the header names the client.
+            whenProxyHeaderRead(proxy, self._proxyHeaderRead)
+            return
         self._hook("openSession", f.delivery.openSession, (self.connection,), self._sessionOpened)
+        if not self._blocked:
+            self._flush()
+
+    def _proxyHeaderRead(self) -> None:
+        self.connection.peer = compactPeer(self.transport.getPeer())
+        self._lastActivity = self._clock.seconds()
+        self._hook("openSession", self.factory.delivery.openSession, (self.connection,), self._sessionOpened)
         if not self._blocked:
             self._flush()
 
@@ -1198,6 +1212,7 @@ class ESMTPServer(Protocol):
             self.transport.unregisterProducer()
         if self._paused & _PAUSE_OUTPUT:
             self._resume(_PAUSE_OUTPUT)
+        forwardHandshake(self.transport, self)
         self.transport.startTLS(f.tls)
 
     def _forgetClient(self) -> None:
