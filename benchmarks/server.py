@@ -14,6 +14,11 @@ upgraded with STARTTLS (a full TLS handshake each time), with load from
 cannot offer STARTTLS (smtp-sink) sit it out.  The servers get a
 self-signed certificate made for the run.
 
+Two more measure LMTP (``smtp-source -L``, 1 KiB messages, reused
+connections) against each server's LMTP listener, over TCP and over a UNIX
+socket: txsmtp's ``twistd smtp --lmtp``, aiosmtpd's ``aiosmtpd.lmtp.LMTP``
+and ``smtp-sink -L``.  twisted.mail has no LMTP server and sits them out.
+
 Two memory measurements follow, on fresh server processes:
 
 - one 100 MiB message, delivered by txsmtp into a Maildir (the anchors
@@ -74,7 +79,7 @@ MB = 1_000_000
 
 SERVER_ORDER = ("txsmtp", "twisted.mail", "aiosmtpd", "smtp-sink")
 #: The throughput scenarios, in the order they run (see makeScenarios).
-SCENARIO_KEYS = ("1k-new", "1k-reuse", "1m", "tls-new")
+SCENARIO_KEYS = ("1k-new", "1k-reuse", "1m", "tls-new", "lmtp", "lmtp-unix")
 #: Servers for which the memory measurements are made.
 MEMORY_SERVERS = ("txsmtp", "twisted.mail", "aiosmtpd")
 
@@ -277,12 +282,14 @@ class ServerKind:
     description = ""
     #: Whether the server can offer STARTTLS (the TLS scenario).
     supportsTLS = False
+    #: Whether the server can speak LMTP (the LMTP scenarios).
+    supportsLMTP = False
 
     def unavailable(self):
         """Return C{None} when the server can run, else the reason it cannot."""
         return None
 
-    def command(self, port, workdir, deliver, tls=None):
+    def command(self, port, workdir, deliver, tls=None, lmtp=None):
         """
         The argv that starts the server listening on C{HOST}:C{port}.
 
@@ -290,6 +297,9 @@ class ServerKind:
         @param deliver: C{None} to discard messages, or a Maildir path.
         @param tls: C{None}, or C{(certificate path, key path)} to offer
             STARTTLS with (only when L{supportsTLS}).
+        @param lmtp: C{None} for SMTP; C{"tcp"} for LMTP on C{HOST}:C{port}
+            instead; or C{"unix:PATH"} for LMTP on that UNIX socket (only
+            when L{supportsLMTP}).
         """
         raise NotImplementedError
 
@@ -304,6 +314,7 @@ class TxsmtpKind(ServerKind):
     name = "txsmtp"
     description = "twistd smtp (this checkout)"
     supportsTLS = True
+    supportsLMTP = True
 
     def __init__(self, repo):
         self.repo = repo
@@ -341,9 +352,14 @@ class TxsmtpKind(ServerKind):
             )
         return None
 
-    def command(self, port, workdir, deliver, tls=None):
+    def command(self, port, workdir, deliver, tls=None, lmtp=None):
         target = "discard" if deliver is None else f"maildir:{deliver}"
         tlsArgs = [] if tls is None else ["--tls-cert", tls[0], "--tls-key", tls[1]]
+        listen = ["--listen", f"tcp:{port}:interface={HOST}:backlog={LISTEN_BACKLOG}"]
+        if lmtp == "tcp":
+            listen = ["--lmtp", f"tcp:{port}:interface={HOST}:backlog={LISTEN_BACKLOG}"]
+        elif lmtp is not None:
+            listen = ["--lmtp", f"{lmtp}:backlog={LISTEN_BACKLOG}"]
         return (
             self._twistd()
             + [
@@ -353,8 +369,7 @@ class TxsmtpKind(ServerKind):
                 "smtp",
                 "--hostname",
                 "txsmtp.bench.invalid",
-                "--listen",
-                f"tcp:{port}:interface={HOST}:backlog={LISTEN_BACKLOG}",
+                *listen,
                 "--deliver",
                 target,
                 "--max-size",
@@ -376,7 +391,7 @@ class TwistedMailKind(ServerKind):
             return "twisted.mail is not importable"
         return None
 
-    def command(self, port, workdir, deliver, tls=None):
+    def command(self, port, workdir, deliver, tls=None, lmtp=None):
         tlsArgs = [] if tls is None else ["--tls-cert", tls[0], "--tls-key", tls[1]]
         return [
             sys.executable,
@@ -397,13 +412,25 @@ class AiosmtpdKind(ServerKind):
     name = "aiosmtpd"
     description = "aiosmtpd SMTP + Sink handler"
     supportsTLS = True
+    supportsLMTP = True
 
     def unavailable(self):
         if importlib.util.find_spec("aiosmtpd") is None:
             return "aiosmtpd is not installed (pip install aiosmtpd)"
         return None
 
-    def command(self, port, workdir, deliver, tls=None):
+    def command(self, port, workdir, deliver, tls=None, lmtp=None):
+        if lmtp is not None:
+            # aiosmtpd.lmtp.LMTP, run by this script (see aiosmtpdLMTPMain).
+            where = ["--port", str(port)] if lmtp == "tcp" else ["--unix", lmtp[len("unix:") :]]
+            return [
+                sys.executable,
+                os.path.abspath(__file__),
+                AIOSMTPD_LMTP,
+                *where,
+                "--backlog",
+                str(LISTEN_BACKLOG),
+            ]
         tlsArgs = [] if tls is None else ["--tls-cert", tls[0], "--tls-key", tls[1]]
         return [
             sys.executable,
@@ -420,28 +447,39 @@ class SmtpSinkKind(ServerKind):
 
     name = "smtp-sink"
     description = "Postfix smtp-sink (C, reference)"
+    supportsLMTP = True
 
     def unavailable(self):
         if not os.access(SMTP_SINK, os.X_OK):
             return f"{SMTP_SINK} not found (apt-get install postfix)"
         return None
 
-    def command(self, port, workdir, deliver, tls=None):
+    def command(self, port, workdir, deliver, tls=None, lmtp=None):
         argv = [SMTP_SINK]
         if os.geteuid() == 0:
             # smtp-sink refuses to keep running as root.
             argv += ["-u", "nobody"]
-        return argv + [f"{HOST}:{port}", str(LISTEN_BACKLOG)]
+        if lmtp is not None:
+            argv.append("-L")
+        where = f"{HOST}:{port}" if lmtp in (None, "tcp") else lmtp
+        return argv + [where, str(LISTEN_BACKLOG)]
 
 
 class ServerProcess:
     """A running server under test, started on a free port of 127.0.0.1."""
 
-    def __init__(self, kind, workdir, deliver=None, tls=None):
+    def __init__(self, kind, workdir, deliver=None, tls=None, lmtp=None):
+        """
+        @param lmtp: C{None} (SMTP), C{"tcp"} (LMTP on the port) or
+            C{"unix"} (LMTP on a UNIX socket in C{workdir}).
+        """
         self.kind = kind
         self.workdir = workdir
         self.deliver = deliver
         self.tls = tls
+        self.lmtp = lmtp
+        #: The UNIX socket the server listens on (lmtp="unix"), else None.
+        self.socketPath = os.path.join(workdir, "lmtp.sock") if lmtp == "unix" else None
         self.port = None
         self.process = None
         self._output = None
@@ -460,8 +498,9 @@ class ServerProcess:
         os.makedirs(self.workdir, exist_ok=True)
         self.port = freePort()
         self._output = open(os.path.join(self.workdir, "output.txt"), "ab")
+        lmtp = self.lmtp if self.socketPath is None else f"unix:{self.socketPath}"
         self.process = subprocess.Popen(
-            self.kind.command(self.port, self.workdir, self.deliver, self.tls),
+            self.kind.command(self.port, self.workdir, self.deliver, self.tls, lmtp),
             cwd=self.workdir,
             env=self.kind.environment(),
             stdin=subprocess.DEVNULL,
@@ -476,6 +515,25 @@ class ServerProcess:
             self.stop()
             raise
 
+    @property
+    def target(self):
+        """Where load clients connect: C{HOST:PORT} or C{unix:PATH} (smtp-source syntax)."""
+        if self.socketPath is not None:
+            return f"unix:{self.socketPath}"
+        return f"{HOST}:{self.port}"
+
+    def _connect(self):
+        if self.socketPath is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(2)
+            try:
+                sock.connect(self.socketPath)
+            except OSError:
+                sock.close()
+                raise
+            return sock
+        return socket.create_connection((HOST, self.port), timeout=2)
+
     def _waitReady(self, timeout):
         """Poll-connect until the server greets us (bounded by C{timeout})."""
         deadline = time.monotonic() + timeout
@@ -487,7 +545,7 @@ class ServerProcess:
                     + self.outputTail()
                 )
             try:
-                with socket.create_connection((HOST, self.port), timeout=2) as sock:
+                with self._connect() as sock:
                     greeting = sock.recv(512)
                     if greeting.startswith(b"220"):
                         sock.sendall(b"QUIT\r\n")
@@ -497,7 +555,7 @@ class ServerProcess:
                 lastError = str(e)
             time.sleep(0.05)
         raise BenchError(
-            f"{self.kind.name} not ready on port {self.port} after {timeout:.0f} s "
+            f"{self.kind.name} not ready on {self.target} after {timeout:.0f} s "
             f"({lastError}): {self.outputTail()}"
         )
 
@@ -549,6 +607,19 @@ class Scenario:
     reuse: bool
     #: STARTTLS on every connection, load from tls_load.py.
     tls: bool = False
+    #: LMTP (smtp-source -L): C{"tcp"} or C{"unix"} (a UNIX socket); None for SMTP.
+    lmtp: str | None = None
+    #: Recipients per message (smtp-source -r).
+    recipients: int = 1
+
+    @property
+    def variant(self):
+        """Which server process the scenario runs against (see runThroughput)."""
+        if self.tls:
+            return "tls"
+        if self.lmtp:
+            return "lmtp-" + self.lmtp
+        return "plain"
 
     def tlsLoadArgs(self, port, messages=None):
         """The tls_load.py command line for this scenario against C{port}."""
@@ -566,19 +637,24 @@ class Scenario:
             "--json",
         ]
 
-    def runOnce(self, port, timeout, messages=None):
+    def runOnce(self, server, timeout, messages=None):
         """
-        Run the load once against C{port}.
+        Run the load once against C{server} (a L{ServerProcess}, or a port).
 
         @return: C{(elapsed seconds, details)}: details is what tls_load.py
             reported, or C{{}} for smtp-source.
         """
+        port = server if isinstance(server, int) else server.port
         if self.tls:
             return runTlsLoad(self.tlsLoadArgs(port, messages), timeout)
-        return runSmtpSource(self.smtpSourceArgs(port, messages), timeout), {}
+        target = f"{HOST}:{port}" if isinstance(server, int) else server.target
+        return runSmtpSource(self.smtpSourceArgs(port, messages, target), timeout), {}
 
-    def smtpSourceArgs(self, port, messages=None):
-        """The smtp-source command line for this scenario against C{port}."""
+    def smtpSourceArgs(self, port, messages=None, target=None):
+        """
+        The smtp-source command line for this scenario against C{port} (or
+        C{target}: C{HOST:PORT} or C{unix:PATH}).
+        """
         argv = [
             SMTP_SOURCE,
             "-s",
@@ -596,7 +672,12 @@ class Scenario:
         ]
         if self.reuse:
             argv.append("-d")
-        return argv + [f"{HOST}:{port}"]
+        if self.lmtp:
+            argv.append("-L")
+        if self.recipients > 1:
+            # RCPT TO <Nrecipient@...> ... <2recipient@...>, <recipient@...>
+            argv += ["-r", str(self.recipients)]
+        return argv + [target or f"{HOST}:{port}"]
 
 
 def makeScenarios(args):
@@ -614,13 +695,46 @@ def makeScenarios(args):
             False,
             tls=True,
         ),
+        Scenario(
+            "lmtp",
+            f"1 KiB LMTP over TCP{rcptTitle(args)}",
+            1024,
+            args.n_lmtp,
+            20,
+            True,
+            lmtp="tcp",
+            recipients=args.lmtp_rcpts,
+        ),
+        Scenario(
+            "lmtp-unix",
+            f"1 KiB LMTP, UNIX socket{rcptTitle(args)}",
+            1024,
+            args.n_lmtp,
+            20,
+            True,
+            lmtp="unix",
+            recipients=args.lmtp_rcpts,
+        ),
     ]
     return [s for s in scenarios if s.key in args.scenarios]
 
 
+def rcptTitle(args):
+    """The LMTP scenarios' titles mention more than one recipient."""
+    return "" if args.lmtp_rcpts == 1 else f", {args.lmtp_rcpts} rcpts"
+
+
 def runsOn(scenario, kind):
     """Whether C{kind} of server takes part in C{scenario}."""
-    return kind.supportsTLS or not scenario.tls
+    if scenario.tls:
+        return kind.supportsTLS
+    if scenario.lmtp:
+        return kind.supportsLMTP
+    return True
+
+
+#: Why a server sits a scenario out, by what the scenario needs.
+SKIPPED = {"tls": "offers no STARTTLS", "lmtp": "has no LMTP server"}
 
 
 @dataclass
@@ -700,7 +814,7 @@ def measureThroughput(server, scenario, rep, timeout):
         serverBefore = server.cpuSeconds()
         clientBefore = childrenCpuSeconds()
         machineBefore = MachineTime.now()
-        elapsed, details = scenario.runOnce(server.port, timeout)
+        elapsed, details = scenario.runOnce(server, timeout)
         machine = MachineTime.now() - machineBefore
         result.serverCpuSeconds = server.cpuSeconds() - serverBefore
         result.clientCpuSeconds = childrenCpuSeconds() - clientBefore
@@ -725,7 +839,7 @@ def warmUp(server, scenarios, timeout):
     for scenario in scenarios:
         count = max(scenario.sessions, min(200, scenario.messages // 10))
         try:
-            scenario.runOnce(server.port, timeout, messages=count)
+            scenario.runOnce(server, timeout, messages=count)
         except BenchError as e:
             return f"warm-up {scenario.key}: {e}"
     return None
@@ -983,8 +1097,8 @@ def summarise(results, scenarios, serverNames):
                 "ok": len(good),
                 "errors": sorted({r.error for r in runs if not r.ok}),
             }
-            if not runs and scenario.tls:
-                entry["skipped"] = "offers no STARTTLS"
+            if not runs and (scenario.tls or scenario.lmtp):
+                entry["skipped"] = SKIPPED["tls" if scenario.tls else "lmtp"]
             if good:
                 entry["clientShare"] = statistics.median(r.clientShare for r in good)
                 entry["msgPerSec"] = statistics.median(r.msgPerSec for r in good)
@@ -1147,6 +1261,61 @@ def evaluateTargets(summary, largeRecords, idleRecords, bigSize, idleCount):
     return targets
 
 
+def lmtpComparison(summary, scenarios):
+    """
+    txsmtp's LMTP figures side by side: against aiosmtpd and smtp-sink on
+    each transport, the UNIX socket against TCP, and LMTP against SMTP on
+    1 KiB reused connections (the same smtp-source load but for -L).
+
+    @return: a dict of ratios (C{None} where a figure is missing).
+    """
+    keys = {s.key for s in scenarios}
+    result = {}
+    for key in ("lmtp", "lmtp-unix"):
+        if key in keys:
+            result[key] = {
+                anchor: {
+                    "throughput": ratio(summary, key, "txsmtp", anchor),
+                    "cpuPerMessage": cpuRatio(summary, key, "txsmtp", anchor),
+                }
+                for anchor in ("aiosmtpd", "smtp-sink")
+            }
+    if {"lmtp", "lmtp-unix"} <= keys:
+        mine = summary.get(("lmtp-unix", "txsmtp"), {}).get("msgPerSec")
+        tcp = summary.get(("lmtp", "txsmtp"), {}).get("msgPerSec")
+        result["txsmtpUnixOverTcp"] = mine / tcp if mine and tcp else None
+    if {"lmtp", "1k-reuse"} <= keys:
+        lmtp = summary.get(("lmtp", "txsmtp"), {}).get("msgPerSec")
+        smtp = summary.get(("1k-reuse", "txsmtp"), {}).get("msgPerSec")
+        result["txsmtpLmtpOverSmtp"] = lmtp / smtp if lmtp and smtp else None
+    return result
+
+
+def lmtpText(comparison):
+    """The LMTP comparison, as text."""
+    lines = ["txsmtp's LMTP listener:"]
+    for key, where in (("lmtp", "over TCP"), ("lmtp-unix", "over a UNIX socket")):
+        if key in comparison:
+            parts = []
+            for anchor in ("aiosmtpd", "smtp-sink"):
+                r = comparison[key][anchor]
+                parts.append(
+                    f"{formatRatio(r['throughput'])} {anchor}'s msg/s "
+                    f"(by server CPU per message {formatRatio(r['cpuPerMessage'])})"
+                )
+            lines.append(f"  {where:<19} " + "; ".join(parts))
+    if "txsmtpUnixOverTcp" in comparison:
+        lines.append(
+            f"  UNIX socket / TCP:  {formatRatio(comparison['txsmtpUnixOverTcp'])} (msg/s)"
+        )
+    if "txsmtpLmtpOverSmtp" in comparison:
+        lines.append(
+            "  LMTP / SMTP, 1 KiB reused connections, over TCP: "
+            f"{formatRatio(comparison['txsmtpLmtpOverSmtp'])} (msg/s)"
+        )
+    return "\n".join(lines)
+
+
 def targetsTable(targets):
     """The targets, as text."""
     lines = ["txsmtp against its targets:"]
@@ -1242,6 +1411,18 @@ def parseArgs(argv):
         "--n-tls", type=int, help="messages, 1 KiB STARTTLS-per-connection scenario (default 2000)"
     )
     parser.add_argument(
+        "--n-lmtp", type=int, help="messages, each 1 KiB LMTP scenario (default 20000)"
+    )
+    parser.add_argument(
+        "--lmtp-rcpts",
+        type=int,
+        default=1,
+        help="recipients per message in the LMTP scenarios (smtp-source -r; default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-lmtp", action="store_true", help="skip the LMTP scenarios (lmtp, lmtp-unix)"
+    )
+    parser.add_argument(
         "--tls-sessions",
         type=int,
         default=20,
@@ -1299,6 +1480,7 @@ def parseArgs(argv):
         "n_reuse": 2000,
         "n_large": 20,
         "n_tls": 300,
+        "n_lmtp": 2000,
         "big_mib": 10,
         "idle": 500,
     }
@@ -1308,6 +1490,7 @@ def parseArgs(argv):
         "n_reuse": 20000,
         "n_large": 400,
         "n_tls": 2000,
+        "n_lmtp": 20000,
         "big_mib": 100,
         "idle": 5000,
     }
@@ -1327,6 +1510,10 @@ def parseArgs(argv):
         args.scenarios = list(SCENARIO_KEYS)
     if args.no_tls and "tls-new" in args.scenarios:
         args.scenarios.remove("tls-new")
+    if args.no_lmtp:
+        args.scenarios = [k for k in args.scenarios if not k.startswith("lmtp")]
+    if args.lmtp_rcpts < 1:
+        parser.error("--lmtp-rcpts must be at least 1")
 
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -1378,20 +1565,36 @@ def runThroughput(args, kinds, available, tmp):
     if any(s.tls for s in scenarios):
         tlsFiles = makeCertificate(tmp, args.tls_key_type)
     try:
+        labels = {
+            "plain": "",
+            "tls": " (STARTTLS)",
+            "lmtp-tcp": " (LMTP)",
+            "lmtp-unix": " (LMTP, UNIX)",
+        }
         for name in available:
-            for tls in sorted({s.tls for s in scenarios if runsOn(s, kinds[name])}):
-                label = f"{name} (STARTTLS)" if tls else name
-                workdir = os.path.join(tmp, "throughput", name + ("-tls" if tls else ""))
-                server = ServerProcess(kinds[name], workdir, tls=tlsFiles if tls else None)
+            variants = {s.variant: s for s in scenarios if runsOn(s, kinds[name])}
+            for variant in sorted(variants):
+                scenario = variants[variant]
+                label = name + labels[variant]
+                suffix = "" if variant == "plain" else "-" + variant
+                workdir = os.path.join(tmp, "throughput", name + suffix)
+                server = ServerProcess(
+                    kinds[name],
+                    workdir,
+                    tls=tlsFiles if scenario.tls else None,
+                    lmtp=scenario.lmtp,
+                )
                 try:
                     server.start()
-                    progress(f"started {label} (pid {server.pid}, port {server.port})")
+                    progress(f"started {label} (pid {server.pid}, {server.target})")
                 except BenchError as e:
                     progress(f"could not start {label}: {e}")
-                servers[(name, tls)] = server
-        for (name, tls), server in servers.items():
+                servers[(name, variant)] = server
+        for (name, variant), server in servers.items():
             if server.alive():
-                problem = warmUp(server, [s for s in scenarios if s.tls == tls], args.run_timeout)
+                problem = warmUp(
+                    server, [s for s in scenarios if s.variant == variant], args.run_timeout
+                )
                 if problem:
                     progress(f"{name}: {problem}")
 
@@ -1402,7 +1605,7 @@ def runThroughput(args, kinds, available, tmp):
                 for name in order:
                     if not runsOn(scenario, kinds[name]):
                         continue
-                    key = (name, scenario.tls)
+                    key = (name, scenario.variant)
                     server = servers[key]
                     if server.process is not None and not server.alive() and key not in restarted:
                         # A server that died gets one fresh start; its failed
@@ -1411,7 +1614,7 @@ def runThroughput(args, kinds, available, tmp):
                         server.stop()
                         try:
                             server.start()
-                            progress(f"restarted {name} (pid {server.pid}, port {server.port})")
+                            progress(f"restarted {name} (pid {server.pid}, {server.target})")
                         except BenchError as e:
                             progress(f"could not restart {name}: {e}")
                     result = measureQuietly(server, scenario, rep, args)
@@ -1459,8 +1662,76 @@ def runMemory(args, kinds, available, tmp):
     return largeRecords, idleRecords
 
 
+#: The first argument that makes this script the aiosmtpd LMTP anchor.
+AIOSMTPD_LMTP = "--aiosmtpd-lmtp-anchor"
+
+
+def aiosmtpdLMTPMain(argv):
+    """
+    The LMTP anchor: C{aiosmtpd.lmtp.LMTP} on a plain asyncio server (no
+    Controller thread), like anchors/aiosmtpd_server.py does for SMTP, with
+    a handler that drops every message.
+
+    aiosmtpd's LMTP class changes only the greeting commands: the replies
+    after the data are the handler's to give, and its default is a single
+    C{250 OK}.  The handler here answers once per recipient (RFC 2033
+    §4.2), as smtp-source -L expects.  Listens on C{HOST}:C{--port} or on
+    the UNIX socket C{--unix} and prints C{LISTENING <where>}.
+    """
+    import asyncio
+
+    from aiosmtpd.lmtp import LMTP
+
+    parser = argparse.ArgumentParser(prog=f"server.py {AIOSMTPD_LMTP}")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--unix", help="listen on this UNIX socket instead")
+    parser.add_argument("--backlog", type=int, default=LISTEN_BACKLOG)
+    args = parser.parse_args(argv)
+
+    class LMTPSink:
+        async def handle_DATA(self, server, session, envelope):
+            return "\r\n".join(["250 2.0.0 OK"] * len(envelope.rcpt_tos))
+
+    async def serve():
+        loop = asyncio.get_running_loop()
+        handler = LMTPSink()
+
+        def protocolFactory():
+            return LMTP(
+                handler,
+                data_size_limit=MAX_MESSAGE_SIZE,
+                hostname="aiosmtpd.bench.invalid",
+                loop=loop,
+            )
+
+        if args.unix:
+            server = await loop.create_unix_server(
+                protocolFactory, path=args.unix, backlog=args.backlog
+            )
+            where = f"unix:{args.unix}"
+        else:
+            server = await loop.create_server(
+                protocolFactory, host=HOST, port=args.port, backlog=args.backlog
+            )
+            where = str(server.sockets[0].getsockname()[1])
+        sys.stdout.write(f"LISTENING {where}\n")
+        sys.stdout.flush()
+        async with server:
+            await server.serve_forever()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
 def main(argv=None):
     """Run the benchmarks and print the report."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == [AIOSMTPD_LMTP]:
+        aiosmtpdLMTPMain(argv[1:])
+        return
     args = parseArgs(argv)
     if not os.access(SMTP_SOURCE, os.X_OK):
         sys.exit(f"{SMTP_SOURCE} not found: apt-get install postfix (see benchmarks/README.md)")
@@ -1524,6 +1795,12 @@ def main(argv=None):
             f"STARTTLS scenario: tls_load.py on {loop}, {report['machine']['openssl']}, "
             f"{args.tls_key_type.upper()} certificate, {args.tls_sessions} sessions"
         )
+    if any(s.lmtp for s in scenarios):
+        out.append(
+            f"LMTP scenarios: smtp-source -L -s 20 -d, {args.lmtp_rcpts} recipient(s) per "
+            "message; txsmtp twistd smtp --lmtp, aiosmtpd.lmtp.LMTP, smtp-sink -L "
+            "(twisted.mail has no LMTP server)"
+        )
     for name, reason in unavailable.items():
         out.append(f"{name}: unavailable ({reason})")
     noisy = [r for r in results if r.ok and r.otherShare > BUSY_WARNING]
@@ -1545,6 +1822,10 @@ def main(argv=None):
             "tls_load.py for STARTTLS), hypervisor steal included (high = noisy figure);\n"
             "ratios are this row's median msg/s over the anchor's."
         )
+        out.append("")
+    lmtp = lmtpComparison(summary, scenarios) if summary else {}
+    if lmtp and "txsmtp" in available:
+        out.append(lmtpText(lmtp))
         out.append("")
     if largeRecords or idleRecords:
         out.append(memoryTable(largeRecords, idleRecords, bigSize, args.idle))
@@ -1570,6 +1851,7 @@ def main(argv=None):
                 }
                 for s in scenarios
             },
+            lmtp=lmtp,
             largeMessage=largeRecords,
             idleConnections=idleRecords,
             targets=targets,

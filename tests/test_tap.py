@@ -18,6 +18,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker
 from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
+from twisted.logger import LogLevel, formatEvent
 from twisted.plugin import CachedDropin, getPlugins
 from twisted.python import usage
 from twisted.trial import unittest
@@ -28,6 +29,7 @@ from tests.twistd_helpers import (
     REPO_ROOT,
     TWISTD,
     LogEvents,
+    RawSMTPClient,
     childEnv,
     connectClient,
     maildirFiles,
@@ -500,3 +502,349 @@ class TwistdTests(unittest.TestCase):
         self.assertEqual(result.code, 0, result.describe())
         for name in (b"maildir:", b"virtual:", b"discard:"):
             self.assertIn(name, result.out)
+
+
+# -- --lmtp ---------------------------------------------------------------------------------------
+
+
+def _shortDirectory(testCase: unittest.TestCase) -> str:
+    """A new directory with a short path: a UNIX socket path must fit in 108 octets."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="txlmtp-")
+    testCase.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+async def _connectUNIX(testCase: unittest.TestCase, path: str) -> RawSMTPClient:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+
+    client = await connectProtocol(UNIXClientEndpoint(reactor, path, timeout=10), RawSMTPClient())
+    testCase.addCleanup(client.close)
+    await client.waitReplies(1)
+    return client
+
+
+class LMTPOptionsTests(_InScratchDirectory, unittest.TestCase):
+    """--lmtp in txsmtp.tap.Options."""
+
+    def test_default_none(self) -> None:
+        """Without --lmtp there is no LMTP listener."""
+        self.assertEqual(parse("--deliver", "discard")["lmtp"], [])
+
+    def test_lmtp_only(self) -> None:
+        """--lmtp alone: no SMTP listener at all (the default applies only without either)."""
+        options = parse("--lmtp", "unix:/run/txsmtp/lmtp.sock", "--deliver", "discard")
+        self.assertEqual(options["lmtp"], ["unix:/run/txsmtp/lmtp.sock"])
+        self.assertEqual(options["listen"], [])
+        self.assertEqual(options["listen-tls"], [])
+
+    def test_repeatable_beside_listen(self) -> None:
+        """--lmtp repeated, in order, beside --listen (which is then kept as given)."""
+        options = parse(
+            "--listen", LOOPBACK, "--lmtp", "unix:lmtp.sock", "--lmtp=tcp:24:interface=127.0.0.1",
+            "--lmtp", "tcp6:24:interface=\\:\\:1", "--deliver", "discard",
+        )  # fmt: skip
+        self.assertEqual(
+            options["lmtp"],
+            ["unix:lmtp.sock", "tcp:24:interface=127.0.0.1", "tcp6:24:interface=\\:\\:1"],
+        )
+        self.assertEqual(options["listen"], [LOOPBACK])
+
+    def test_bad_endpoints(self) -> None:
+        """Bad --lmtp descriptions are UsageErrors naming the option and the value."""
+        cases = [
+            (["--lmtp=bogus:1"], ["bad --lmtp 'bogus:1'", "bogus"]),
+            (["--lmtp=tcp:notaport:interface=127.0.0.1"], ["bad --lmtp", "notaport"]),
+            (["--lmtp=unix:"], ["bad --lmtp 'unix:'", "needs a path"]),
+            (["--lmtp=unix:/x.sock:mode=999"], ["bad --lmtp", "999"]),
+            (["--lmtp="], ["bad --lmtp ''"]),
+        ]
+        for args, words in cases:
+            with self.assertRaises(usage.UsageError, msg=args) as cm:
+                parse(*args, "--deliver", "discard")
+            message = str(cm.exception)
+            for word in words:
+                self.assertIn(word, message, f"{args}: {message!r}")
+
+    def test_every_address_refused(self) -> None:
+        """
+        LMTP over TCP without interface= (every address) and without
+        required AUTH is refused: it would let anyone fill the mailboxes.
+        """
+        for description in ("tcp:24", "tcp6:24", "tcp:24:backlog=5"):
+            with self.assertRaises(usage.UsageError, msg=description) as cm:
+                parse("--lmtp", description, "--deliver", "discard")
+            message = str(cm.exception)
+            for word in (
+                repr(description),
+                "every network address",
+                "interface=127.0.0.1",
+                "unix:",
+            ):
+                self.assertIn(word, message, f"{description}: {message!r}")
+
+    def test_explicit_interface_or_auth_accepted(self) -> None:
+        """An explicit interface (even 0.0.0.0), or --require-auth, is taken as meant."""
+        for args in (
+            ["--lmtp", "tcp:24:interface=0.0.0.0"],
+            ["--lmtp", "tcp:24:interface=192.0.2.1"],
+            ["--lmtp", "tcp6:24:interface=\\:\\:"],
+            ["--lmtp", "tcp:24", "--require-auth", "--auth", "memory:u:p", "--allow-insecure-auth"],
+        ):
+            self.assertEqual(parse(*args, "--deliver", "discard")["lmtp"], [args[1]])
+
+    def test_shared_checks(self) -> None:
+        """The TLS and AUTH checks cover LMTP listeners too."""
+        with self.assertRaises(usage.UsageError) as cm:
+            parse("--lmtp", "unix:lmtp.sock", "--auth", "memory:u:p", "--deliver", "discard")
+        self.assertIn("AUTH is offered only under TLS", str(cm.exception))
+        with self.assertRaises(usage.UsageError) as cm:
+            parse("--lmtp", "unix:lmtp.sock", "--require-tls", "--deliver", "discard")
+        self.assertIn("--require-tls needs --tls-cert", str(cm.exception))
+
+
+class LMTPServiceTests(_InScratchDirectory, unittest.TestCase):
+    """makeService() and SMTPService with --lmtp listeners, on real sockets."""
+
+    timeout = 30
+
+    def test_makeService_shares_configuration(self) -> None:
+        """One LMTPFactory for the --lmtp children, configured exactly like the SMTP one."""
+        from txsmtp.lmtp import LMTPFactory
+
+        options = parse(
+            "--listen", LOOPBACK, "--lmtp", "unix:lmtp.sock", "--lmtp", LOOPBACK,
+            "--deliver", "discard", "--max-size", "1000", "--max-recipients", "7",
+            "--timeout", "42", "--bare-lf", "normalize", "--hostname", "mx.test.invalid",
+            "--shutdown-grace", "3", "--auth", "memory:u:p", "--allow-insecure-auth",
+        )  # fmt: skip
+        service = makeService(options)
+        smtp, lmtp = service.factory, service.lmtpFactory
+        self.assertIsInstance(lmtp, LMTPFactory)
+        self.assertNotIsInstance(smtp, LMTPFactory)
+        children = list(service)
+        self.assertEqual([child.factory for child in children], [smtp, lmtp, lmtp])
+        # The same objects ...
+        for name in ("delivery", "tls", "portal", "queueIds"):
+            self.assertIs(getattr(lmtp, name), getattr(smtp, name), name)
+        # ... and the same settings.
+        for name in (
+            "hostname", "maxMessageSize", "maxRecipients", "commandTimeout", "dataTimeout",
+            "bareLineEnds", "requireTLS", "requireAuth", "allowInsecureAuth", "authMechanisms",
+        ):  # fmt: skip
+            self.assertEqual(getattr(lmtp, name), getattr(smtp, name), name)
+        self.assertIs(lmtp.delivery, options["delivery"])
+        self.assertEqual(
+            (lmtp.hostname, lmtp.maxMessageSize, lmtp.maxRecipients, lmtp.commandTimeout),
+            ("mx.test.invalid", 1000, 7, 42),
+        )
+        self.assertIsNotNone(lmtp.portal)
+        self.assertTrue(lmtp.allowInsecureAuth)
+
+    def test_makeService_lmtp_only(self) -> None:
+        """--lmtp alone: only LMTP children."""
+        service = makeService(parse("--lmtp", "unix:lmtp.sock", "--deliver", "discard"))
+        self.assertEqual([child.factory for child in service], [service.lmtpFactory])
+
+    def test_makeService_without_lmtp(self) -> None:
+        service = makeService(parse("--listen", LOOPBACK, "--deliver", "discard"))
+        self.assertIsNone(service.lmtpFactory)
+        self.assertEqual(len(list(service)), 1)
+
+    def test_lmtpListen_needs_factory(self) -> None:
+        with self.assertRaises(ValueError):
+            SMTPService(SMTPFactory(DiscardDelivery(), "t.invalid"), [], lmtpListen=[LOOPBACK])
+
+    async def test_listens_and_logs(self) -> None:
+        """
+        LMTP on a UNIX socket and on loopback TCP beside SMTP: each logs
+        "txsmtp LMTP listening on", greets as LMTP and takes LHLO; the SMTP
+        listener still speaks ESMTP.  Loopback and UNIX sockets get no warning.
+        """
+        from twisted.internet.address import IPv4Address, UNIXAddress
+
+        events = LogEvents(self)
+        sock = os.path.join(_shortDirectory(self), "lmtp.sock")
+        options = parse(
+            "--listen", LOOPBACK, "--lmtp", "unix:" + sock, "--lmtp", LOOPBACK,
+            "--deliver", "discard", "--hostname", "lmtp.test.invalid",
+        )  # fmt: skip
+        service = makeService(options)
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+
+        def isLMTP(event: dict[str, Any]) -> bool:
+            return _isListening(event) and event.get("protocol") == "LMTP"
+
+        await events.waitForCount(isLMTP, 2)
+        await events.waitForCount(_isListening, 3)
+        lmtp = [e for e in events.events if isLMTP(e)]
+        texts = [formatEvent(e) for e in lmtp]
+        self.assertTrue(all(t.startswith("txsmtp LMTP listening on ") for t in texts), texts)
+        [unixEvent] = [e for e in lmtp if isinstance(e["address"], UNIXAddress)]
+        [tcpEvent] = [e for e in lmtp if isinstance(e["address"], IPv4Address)]
+        self.assertEqual(os.fsdecode(unixEvent["address"].name), sock)
+        tcpPort = tcpEvent["address"].port
+        [smtpEvent] = [e for e in events.events if _isListening(e) and not isLMTP(e)]
+        self.assertTrue(formatEvent(smtpEvent).startswith("txsmtp listening on "))
+        self.assertEqual([e for e in events.events if e.get("log_level") == LogLevel.warn], [])
+
+        unixClient = await _connectUNIX(self, sock)
+        tcpClient = await connectClient(self, tcpPort)
+        for client in (unixClient, tcpClient):
+            self.assertEqual(client.replies[0].code, 220)
+            self.assertIn("LMTP", client.replies[0].text)
+            [refused] = await client.command(b"EHLO client.test.invalid")
+            self.assertEqual(refused.code, 500)
+            [lhlo] = await client.command(b"LHLO client.test.invalid")
+            self.assertEqual(lhlo.code, 250)
+            self.assertIn("PIPELINING", lhlo.lines)
+        smtpClient = await connectClient(self, smtpEvent["address"].port)
+        self.assertNotIn("LMTP", smtpClient.replies[0].text)
+        [ehlo] = await smtpClient.command(b"EHLO client.test.invalid")
+        self.assertEqual(ehlo.code, 250)
+
+    async def test_open_to_network_warns(self) -> None:
+        """
+        LMTP listening on a non-loopback address without --require-auth logs
+        a warning that names the address; loopback, UNIX sockets, SMTP
+        listeners and --require-auth do not.
+        """
+        from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+        from txsmtp.tap import _AnnouncingEndpoint
+
+        class FakePort:
+            def __init__(self, address: Any) -> None:
+                self.address = address
+
+            def getHost(self) -> Any:
+                return self.address
+
+        class FakeEndpoint:
+            def __init__(self, address: Any) -> None:
+                self.address = address
+
+            def listen(self, factory: Any) -> Any:
+                from twisted.internet import defer
+
+                return defer.succeed(FakePort(self.address))
+
+        class Factory:
+            def __init__(self, requireAuth: bool) -> None:
+                self.requireAuth = requireAuth
+
+        cases = [
+            (IPv4Address("TCP", "0.0.0.0", 24), "LMTP", False, True),
+            (IPv4Address("TCP", "192.0.2.7", 24), "LMTP", False, True),
+            (IPv6Address("TCP", "::", 24), "LMTP", False, True),
+            (IPv6Address("TCP", "2001:db8::1", 24), "LMTP", False, True),
+            (IPv4Address("TCP", "0.0.0.0", 24), "LMTP", True, False),
+            (IPv4Address("TCP", "0.0.0.0", 25), "SMTP", False, False),
+            (IPv4Address("TCP", "127.0.0.1", 24), "LMTP", False, False),
+            (IPv4Address("TCP", "127.0.0.2", 24), "LMTP", False, False),
+            (IPv6Address("TCP", "::1", 24), "LMTP", False, False),
+            (IPv6Address("TCP", "::ffff:127.0.0.1", 24), "LMTP", False, False),
+            (UNIXAddress("/run/txsmtp/lmtp.sock"), "LMTP", False, False),
+        ]
+        for address, protocol, requireAuth, warns in cases:
+            events = LogEvents(self)
+            endpoint = _AnnouncingEndpoint(FakeEndpoint(address), "the-description", protocol)
+            await endpoint.listen(Factory(requireAuth))
+            warnings = [
+                formatEvent(e) for e in events.events if e.get("log_level") == LogLevel.warn
+            ]
+            if warns:
+                self.assertEqual(len(warnings), 1, (address, warnings))
+                self.assertIn(address.host, warnings[0])
+                self.assertIn("the-description", warnings[0])
+                self.assertIn("any mailbox", warnings[0])
+            else:
+                self.assertEqual(warnings, [], (address, protocol, requireAuth))
+
+    async def test_stop_covers_lmtp_sessions(self) -> None:
+        """
+        stopService(): an idle LMTP client gets 421 4.3.2, and an LMTP
+        transaction in progress is finished (one reply per recipient)
+        before its client gets 421; the UNIX socket file is removed.
+        """
+        delivery = MemoryDelivery()
+        sock = os.path.join(_shortDirectory(self), "lmtp.sock")
+        from txsmtp.lmtp import LMTPFactory
+
+        events = LogEvents(self)
+        service = SMTPService(
+            SMTPFactory(delivery, "test.invalid"),
+            [],
+            10.0,
+            lmtpFactory=LMTPFactory(delivery, "test.invalid"),
+            lmtpListen=["unix:" + sock],
+        )
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        await events.waitFor(_isListening)
+        idle = await _connectUNIX(self, sock)
+        busy = await _connectUNIX(self, sock)
+        await idle.command(b"LHLO client.test.invalid")
+        await busy.command(b"LHLO client.test.invalid")
+        for line in (
+            b"MAIL FROM:<a@example.com>",
+            b"RCPT TO:<b@example.com>",
+            b"RCPT TO:<c@example.com>",
+        ):
+            [reply] = await busy.command(line)
+            self.assertEqual(reply.code, 250)
+        [go] = await busy.command(b"DATA")
+        self.assertEqual(go.code, 354)
+        busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        stopped = service.stopService()
+        [bye] = (await idle.waitReplies(3))[2:]
+        self.assertEqual((bye.code, bye.enhanced), (421, "4.3.2"))
+        await idle.whenLost()
+        start = len(busy.replies)
+        busy.send(b"second half\r\n.\r\n")
+        replies = (await busy.waitReplies(start + 3))[start:]
+        self.assertEqual([r.code for r in replies], [250, 250, 421])
+        await busy.whenLost()
+        await stopped
+        [message] = delivery.messages
+        self.assertEqual(message.recipients, ["b@example.com", "c@example.com"])
+        self.assertFalse(os.path.exists(sock))
+
+
+class LMTPTwistdUsageTests(unittest.TestCase):
+    """``twistd smtp --lmtp`` with bad values: exit non-zero, say why, start nothing."""
+
+    timeout = 60
+
+    async def test_usage_errors(self) -> None:
+        for args, words in (
+            (["--lmtp=bogus:1"], "bad --lmtp 'bogus:1'"),
+            (["--lmtp=tcp:2424"], "would listen on every network address"),
+            (["--lmtp=unix:"], "unix: needs a path"),
+        ):
+            cwd = os.path.abspath(self.mktemp())
+            os.makedirs(cwd)
+            result = await runProcess(
+                sys.executable,
+                [
+                    *TWISTD[1:],
+                    "-n",
+                    "--pidfile=",
+                    "--logfile=-",
+                    "smtp",
+                    "--deliver",
+                    "discard",
+                    *args,
+                ],
+                cwd=cwd,
+                env=childEnv(),
+                timeout=30,
+            )
+            self.assertNotEqual(result.code, 0, result.describe())
+            self.assertIn(
+                words, (result.out + result.err).decode("utf-8", "replace"), result.describe()
+            )
+            self.assertEqual(os.listdir(cwd), [], result.describe())

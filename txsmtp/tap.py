@@ -2,11 +2,14 @@
 ``twistd smtp``: option parsing and service construction.
 
 A thin layer: every option maps onto an argument of
-:class:`~txsmtp.server.SMTPFactory` or a listening endpoint.
+:class:`~txsmtp.server.SMTPFactory` or a listening endpoint.  ``--lmtp``
+listeners get an :class:`~txsmtp.lmtp.LMTPFactory` made from the same
+arguments (the same delivery, TLS, AUTH, limits and host name).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import socket
 import sys
@@ -18,6 +21,7 @@ from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.internet import defer, endpoints
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -26,6 +30,7 @@ from zope.interface import implementer
 
 from txsmtp.auth import makePortal
 from txsmtp.deliveryplugins import deliveryFactories, makeDelivery
+from txsmtp.lmtp import LMTPFactory
 from txsmtp.server import SMTPFactory
 from txsmtp.tls import ServerTLS, TLSConfigurationError
 
@@ -33,8 +38,13 @@ __all__ = ["Options", "makeService", "SMTPService", "DEFAULT_LISTEN"]
 
 _log = Logger(namespace="txsmtp.tap")
 
-#: Where ``twistd smtp`` listens when no ``--listen`` is given.
+#: Where ``twistd smtp`` listens when neither ``--listen``, ``--listen-tls``
+#: nor ``--lmtp`` is given.
 DEFAULT_LISTEN = "tcp:8025:interface=127.0.0.1"
+
+#: Endpoint types that listen on a network address, with the address in
+#: ``interface=`` (every address when it is left out).
+_NETWORK_ENDPOINTS = ("tcp", "tcp6", "ssl")
 
 
 def _positiveInt(name: str) -> Any:
@@ -86,7 +96,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     longdesc = (
         "Run an ESMTP server. Without options it listens on 127.0.0.1:8025 and stores every "
         "message in ./Maildir. --listen takes Twisted endpoint descriptions (strports), e.g. "
-        "tcp:25, tcp6:25:interface=\\:\\:, unix:/run/txsmtp.sock."
+        "tcp:25, tcp6:25:interface=\\:\\:, unix:/run/txsmtp.sock. --lmtp listens for LMTP "
+        "(RFC 2033: final delivery, one reply per recipient) with the same delivery and "
+        "options, beside --listen or instead of it (then no SMTP listener is started); over "
+        "TCP it needs an explicit interface=."
     )
 
     optParameters = [
@@ -117,6 +130,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         super().__init__()
         self["listen"] = []
         self["listen-tls"] = []
+        self["lmtp"] = []
 
     def opt_listen(self, description: str) -> None:
         """Listen on this endpoint (strports syntax); repeat for several."""
@@ -125,6 +139,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def opt_listen_tls(self, description: str) -> None:
         """Listen with implicit TLS (port 465, "submissions") on this endpoint, using --tls-cert; repeatable."""
         self["listen-tls"].append(description)
+
+    def opt_lmtp(self, description: str) -> None:
+        """Listen for LMTP (RFC 2033) on this endpoint, e.g. unix:/run/lmtp.sock; repeatable."""
+        self["lmtp"].append(description)
 
     def opt_help_deliver(self) -> None:
         """List the delivery types for --deliver and exit."""
@@ -136,7 +154,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         sys.exit(0)
 
     def postOptions(self) -> None:
-        if not self["listen"] and not self["listen-tls"]:
+        if not self["listen"] and not self["listen-tls"] and not self["lmtp"]:
             self["listen"] = [DEFAULT_LISTEN]
         from twisted.internet import reactor
 
@@ -145,6 +163,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 endpoints.serverFromString(reactor, description)
             except Exception as e:
                 raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
+        for description in self["lmtp"]:
+            _checkLMTPEndpoint(reactor, description, bool(self["require-auth"]))
         try:
             self["delivery"] = makeDelivery(self["deliver"])
         except ValueError as e:
@@ -165,7 +185,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--require-tls needs --tls-cert (and --tls-key) to offer STARTTLS")
         if self["require-auth"] and not self.get("credCheckers"):
             raise usage.UsageError("--require-auth needs at least one --auth checker")
-        tlsListener = any(d.split(":", 1)[0] in ("ssl", "tls") for d in self["listen"])
+        tlsListener = any(
+            d.split(":", 1)[0] in ("ssl", "tls") for d in self["listen"] + self["lmtp"]
+        )
         if self.get("credCheckers") and self["tls"] is None and not tlsListener and not self["allow-insecure-auth"]:
             raise usage.UsageError(
                 "AUTH is offered only under TLS: give --tls-cert (and --tls-key) or an ssl: listener, "
@@ -173,6 +195,47 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             )
         for checker in self.get("credCheckers") or []:
             _bytesUsers(checker)
+
+
+def _checkLMTPEndpoint(reactor: Any, description: str, requireAuth: bool) -> None:
+    """
+    Refuse an ``--lmtp`` endpoint that does not parse, and one that would
+    listen on every network address only because no ``interface=`` was
+    given: LMTP is final delivery into the mail store, and without AUTH
+    whoever reaches the port can put mail into any mailbox.  An explicit
+    ``interface=`` (even ``0.0.0.0``) is taken as meant, and is warned
+    about in the log when it is not loopback (see :class:`SMTPService`).
+    """
+    try:
+        endpoints.serverFromString(reactor, description)
+        args, kwargs = endpoints._parse(description)
+    except Exception as e:
+        raise usage.UsageError(f"bad --lmtp {description!r}: {e}") from None
+    kind = args[0] if args else ""
+    if kind == "unix" and (len(args) < 2 or not args[1]):
+        raise usage.UsageError(
+            f"bad --lmtp {description!r}: unix: needs a path, e.g. unix:/run/txsmtp/lmtp.sock"
+        )
+    if kind in _NETWORK_ENDPOINTS and "interface" not in kwargs and not requireAuth:
+        raise usage.UsageError(
+            f"--lmtp {description!r} would listen on every network address: anyone who can "
+            "reach it could put mail into any mailbox. Use a unix: socket, or say where: "
+            "interface=127.0.0.1 (or an explicit address such as interface=0.0.0.0 behind a "
+            "firewall), or give --require-auth"
+        )
+
+
+def _isOpenToNetwork(address: Any) -> bool:
+    """Whether a listening address can be reached from other machines."""
+    if not isinstance(address, (IPv4Address, IPv6Address)):
+        return False  # UNIX sockets, and whatever else has no IP address
+    try:
+        ip = ipaddress.ip_address(address.host.split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_loopback
 
 
 def _bytesUsers(checker: Any) -> None:
@@ -190,17 +253,44 @@ def _bytesUsers(checker: Any) -> None:
 
 @implementer(IStreamServerEndpoint)
 class _AnnouncingEndpoint:
-    """Logs the address once the wrapped endpoint is listening."""
+    """
+    Logs the address once the wrapped endpoint is listening; for LMTP
+    without required AUTH, warns when that address is not loopback.
+    """
 
-    def __init__(self, endpoint: IStreamServerEndpoint, description: str) -> None:
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, description: str, protocol: str = "SMTP"
+    ) -> None:
         self._endpoint = endpoint
         self._description = description
+        self._protocol = protocol
 
     def listen(self, factory: Any) -> defer.Deferred[Any]:
         d = self._endpoint.listen(factory)
 
         def listening(port: Any) -> Any:
-            _log.info("txsmtp listening on {address} ({description})", address=port.getHost(), description=self._description)
+            address = port.getHost()
+            if self._protocol == "LMTP":
+                _log.info(
+                    "txsmtp LMTP listening on {address} ({description})",
+                    address=address,
+                    description=self._description,
+                    protocol="LMTP",
+                )
+                if _isOpenToNetwork(address) and not getattr(factory, "requireAuth", False):
+                    _log.warn(
+                        "LMTP on {address} ({description}) is reachable from the network and "
+                        "requires no AUTH: whoever can connect can put mail into any mailbox. "
+                        "Prefer a unix: socket or loopback, or firewall the port.",
+                        address=address,
+                        description=self._description,
+                    )
+            else:
+                _log.info(
+                    "txsmtp listening on {address} ({description})",
+                    address=address,
+                    description=self._description,
+                )
             return port
 
         d.addCallback(listening)
@@ -209,18 +299,29 @@ class _AnnouncingEndpoint:
 
 class SMTPService(service.MultiService):
     """
-    The listening endpoints of one factory, stopped gracefully: listeners
-    close first, then idle sessions get ``421`` and sessions in a
-    transaction are given ``grace`` seconds to finish.
+    The listening endpoints of one factory (and of an LMTP factory beside
+    it), stopped gracefully: listeners close first, then idle sessions get
+    ``421`` and sessions in a transaction are given ``grace`` seconds to
+    finish.
+
+    :param lmtpFactory: an :class:`~txsmtp.lmtp.LMTPFactory` for the
+        ``lmtpListen`` endpoints (needed when there are any).
     """
 
     def __init__(
-        self, factory: SMTPFactory, descriptions: list[str], grace: float = 30.0, tlsListen: list[str] | None = None
+        self,
+        factory: SMTPFactory,
+        descriptions: list[str],
+        grace: float = 30.0,
+        tlsListen: list[str] | None = None,
+        lmtpFactory: LMTPFactory | None = None,
+        lmtpListen: list[str] | None = None,
     ) -> None:
         super().__init__()
         from twisted.internet import reactor
 
         self.factory = factory
+        self.lmtpFactory = lmtpFactory
         self.grace = grace
         self._previousHUP: Any = None
         for description in descriptions:
@@ -233,9 +334,18 @@ class SMTPService(service.MultiService):
             tlsFactory = TLSMemoryBIOFactory(factory.tls, False, factory)
             for description in tlsListen:
                 self._listen(endpoints.serverFromString(reactor, description), description + " (implicit TLS)", tlsFactory)
+        if lmtpListen:
+            if lmtpFactory is None:
+                raise ValueError("LMTP listeners need an lmtpFactory")
+            for description in lmtpListen:
+                endpoint = endpoints.serverFromString(reactor, description)
+                self._listen(endpoint, description, lmtpFactory, "LMTP")
 
-    def _listen(self, endpoint: Any, description: str, factory: Any) -> None:
-        child = StreamServerEndpointService(_AnnouncingEndpoint(endpoint, description), factory)
+    def _listen(
+        self, endpoint: Any, description: str, factory: Any, protocol: str = "SMTP"
+    ) -> None:
+        announcing = _AnnouncingEndpoint(endpoint, description, protocol)
+        child = StreamServerEndpointService(announcing, factory)
         child._raiseSynchronously = True
         child.setServiceParent(self)
 
@@ -264,7 +374,13 @@ class SMTPService(service.MultiService):
             signal.signal(signal.SIGHUP, self._previousHUP)
             self._previousHUP = None
         d = defer.maybeDeferred(super().stopService)
-        d.addCallback(lambda _: self.factory.shutdown(self.grace))
+        factories = [f for f in (self.factory, self.lmtpFactory) if f is not None]
+
+        def shutdown(_: Any) -> Any:
+            waits = [f.shutdown(self.grace) for f in factories]
+            return defer.gatherResults(waits).addCallback(lambda _: None)
+
+        d.addCallback(shutdown)
         return d
 
 
@@ -272,9 +388,7 @@ def makeService(options: Options) -> SMTPService:
     """Build the service ``twistd smtp`` runs."""
     delivery = options["delivery"]
     checkers = options.get("credCheckers") or []
-    factory = SMTPFactory(
-        delivery,
-        options["hostname"],
+    arguments = dict(
         maxMessageSize=options["max-size"],
         maxRecipients=options["max-recipients"],
         commandTimeout=options["timeout"],
@@ -285,4 +399,17 @@ def makeService(options: Options) -> SMTPService:
         requireAuth=bool(options["require-auth"]),
         allowInsecureAuth=bool(options["allow-insecure-auth"]),
     )
-    return SMTPService(factory, options["listen"], options["shutdown-grace"], tlsListen=options["listen-tls"])
+    factory = SMTPFactory(delivery, options["hostname"], **arguments)
+    lmtpFactory = None
+    if options["lmtp"]:
+        lmtpFactory = LMTPFactory(delivery, options["hostname"], **arguments)
+        # One sequence of queue ids for the whole process.
+        lmtpFactory.queueIds = factory.queueIds
+    return SMTPService(
+        factory,
+        options["listen"],
+        options["shutdown-grace"],
+        tlsListen=options["listen-tls"],
+        lmtpFactory=lmtpFactory,
+        lmtpListen=options["lmtp"],
+    )
