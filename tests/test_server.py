@@ -959,10 +959,23 @@ class DeliveryHookTests(unittest.TestCase):
         self.assertEqual((replies[-1].code, replies[-1].enhanced, replies[-1].text), (550, "5.1.1", "gone"))
 
     def test_finishSomeRecipientsFail(self):
+        """
+        SMTP has one reply: 250 when any recipient got the message, and an
+        error in the log names the ones that did not (no reply can).
+        """
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         h = harness()
         h.delivery.results = lambda m: [SMTPError(550, "5.1.1", "gone"), None]
         replies = h.sendMessage(b"a@example.com", [b"r1@example.com", b"r2@example.com"], b"hi\r\n")
         self.assertEqual(replies[-1].code, 250)
+        [lost] = [e for e in events if "which no reply can report" in e.get("text", "")]
+        self.assertEqual(lost["log_level"].name, "error")
+        self.assertIn("<r1@example.com> (550 5.1.1 gone)", lost["text"])
+        self.assertNotIn("r2@example.com", lost["text"])
 
     def test_finishRaisesSMTPError(self):
         h = harness()

@@ -605,6 +605,15 @@ class LMTPOptionsTests(_InScratchDirectory, unittest.TestCase):
         self.assertIn("--require-tls needs --tls-cert", str(cm.exception))
 
 
+    def test_haproxyWrappedTLSListenerCounts(self) -> None:
+        """An implicit-TLS listener behind the PROXY wrapper counts as TLS for AUTH."""
+        from txsmtp.tap import _endpointKind
+
+        self.assertEqual(_endpointKind("haproxy:ssl:465:privateKey=k.pem"), "ssl")
+        self.assertEqual(_endpointKind("haproxy:tcp:25"), "tcp")
+        self.assertEqual(_endpointKind("unix:/run/x.sock"), "unix")
+
+
 class LMTPServiceTests(_InScratchDirectory, unittest.TestCase):
     """makeService() and SMTPService with --lmtp listeners, on real sockets."""
 

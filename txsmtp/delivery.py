@@ -332,8 +332,12 @@ class MaildirReceiver:
                 except OSError as e:
                     self._failOne(f, e, "commit")
             self._files = []
-            error = self._smtpError()
-            return [error if id(r) in self._failed else None for r in self.envelope.recipients]
+            return [
+                SMTPError(451, "4.3.0", f"<{r.address}>: mailbox temporarily unavailable (local storage error)")
+                if id(r) in self._failed
+                else None
+                for r in self.envelope.recipients
+            ]
         done: list[str] = []
         try:
             for f in self._files:

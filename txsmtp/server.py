@@ -936,6 +936,21 @@ class ESMTPServer(Protocol):
                 self.replyError(failures[0])
                 self._logTransaction("refused", failures[0], size)
                 return
+            if failures:
+                # One reply cannot refuse some recipients: once 250 is said,
+                # the others are the delivery's to bounce.  A delivery should
+                # store all or nothing under SMTP; say loudly that it did not.
+                lost = [
+                    f"<{r.address}> ({result})"
+                    for r, result in zip(envelope.recipients, results, strict=False)
+                    if isinstance(result, SMTPError)
+                ]
+                _log.error(
+                    "{text}",
+                    text=f"message {envelope.queueId} accepted over SMTP but the delivery failed for "
+                    f"{len(lost)} recipient(s), which no reply can report: {', '.join(lost)}",
+                    queueId=envelope.queueId,
+                )
         self.reply(250, "2.0.0", f"OK: queued as {envelope.queueId}")
         self._logTransaction("accepted", None, size)
 

@@ -185,9 +185,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--require-tls needs --tls-cert (and --tls-key) to offer STARTTLS")
         if self["require-auth"] and not self.get("credCheckers"):
             raise usage.UsageError("--require-auth needs at least one --auth checker")
-        tlsListener = any(
-            d.split(":", 1)[0] in ("ssl", "tls") for d in self["listen"] + self["lmtp"]
-        )
+        tlsListener = any(_endpointKind(d) in ("ssl", "tls") for d in self["listen"] + self["lmtp"])
         if self.get("credCheckers") and self["tls"] is None and not tlsListener and not self["allow-insecure-auth"]:
             raise usage.UsageError(
                 "AUTH is offered only under TLS: give --tls-cert (and --tls-key) or an ssl: listener, "
@@ -195,6 +193,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             )
         for checker in self.get("credCheckers") or []:
             _bytesUsers(checker)
+
+
+def _endpointKind(description: str) -> str:
+    """The endpoint type of a strports description, under any ``haproxy:`` wrapper."""
+    while description.startswith("haproxy:"):
+        description = description[len("haproxy:") :]
+    return description.split(":", 1)[0]
 
 
 def _checkLMTPEndpoint(reactor: Any, description: str, requireAuth: bool) -> None:
