@@ -363,8 +363,8 @@ class SmtpSourceLMTPTests(_Checks):
         self.assertEqual(
             warnings,
             [
-                "warning: end of data rejected: 451 4.3.0 Mailbox temporarily "
-                "unavailable (local storage error); try again later"
+                "warning: end of data rejected: 451 4.3.0 <2y@example.com>: mailbox "
+                "temporarily unavailable (local storage error); try again later"
             ]
             * 4,
             result.describe(),
@@ -427,7 +427,8 @@ class SwaksLMTPTests(_Checks):
         )
         self.assertEqual(
             after[1],
-            "<** 451 4.3.0 Mailbox temporarily unavailable (local storage error); try again later",
+            "<** 451 4.3.0 <carol@example.com>: mailbox temporarily unavailable"
+            " (local storage error); try again later",
         )
         self.assertRegex(
             after[2], r"^<-  250 2\.0\.0 <bob@example\.com> OK: delivered as [0-9A-F]+$"
@@ -490,7 +491,8 @@ class SwaksLMTPTests(_Checks):
         dot = lines.index(" -> .")
         self.assertEqual(
             lines[dot + 1],
-            "<** 451 4.3.0 Mailbox temporarily unavailable (local storage error); try again later",
+            "<** 451 4.3.0 <carol@example.com>: mailbox temporarily unavailable"
+            " (local storage error); try again later",
         )
         self.assertEqual(lines[dot + 2], " -> QUIT")
         self.assertNothingStored(target, "carol")
@@ -596,7 +598,10 @@ class TxsmtpClientLMTPTests(_Checks):
             replies[address("carol")],
             Reply(
                 451,
-                ("Mailbox temporarily unavailable (local storage error); try again later",),
+                (
+                    "<carol@example.com>: mailbox temporarily unavailable"
+                    " (local storage error); try again later",
+                ),
                 "4.3.0",
             ),
         )

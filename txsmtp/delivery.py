@@ -333,7 +333,7 @@ class MaildirReceiver:
                     self._failOne(f, e, "commit")
             self._files = []
             return [
-                SMTPError(451, "4.3.0", f"<{r.address}>: mailbox temporarily unavailable (local storage error)")
+                SMTPError(451, "4.3.0", f"<{r.address}>: mailbox temporarily unavailable (local storage error); try again later")
                 if id(r) in self._failed
                 else None
                 for r in self.envelope.recipients
