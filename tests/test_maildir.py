@@ -241,6 +241,29 @@ class MaildirServerTests(unittest.TestCase):
         bodies = [parseStored(data).body for data in readAll(paths)]
         self.assertIn(b"Subject: again\r\n\r\nok\r\n", bodies)
 
+    def test_bdatStoredByteExact(self) -> None:
+        """
+        BDAT (RFC 3030): the octets go to the Maildir exactly as sent, over
+        several chunks; lines starting with a dot stay as they are (there is
+        no dot-stuffing to undo).
+        """
+        h = self.harness
+        message = b"Subject: chunks\r\n\r\n.one dot\r\n..two dots\r\n.\r\nend\r\n"
+        first, second = message[:25], message[25:]
+        replies = h.send(
+            b"EHLO client.example\r\nMAIL FROM:<alice@example.com>\r\nRCPT TO:<bob@example.org>\r\n"
+            + b"BDAT %d\r\n" % len(first) + first
+        )
+        self.assertEqual([r.code for r in replies], [250, 250, 250, 250])
+        self.assertEqual(len(maildirFiles(self.path, "tmp")), 1)
+        self.assertEqual(maildirFiles(self.path), [])
+        [final] = h.send(b"BDAT %d LAST\r\n" % len(second) + second)
+        self.assertEqual((final.code, final.enhanced), (250, "2.0.0"))
+        [data] = readAll(maildirFiles(self.path))
+        stored = parseStored(data)
+        self.assertEqual(stored.body, message)
+        self.assertEqual(maildirFiles(self.path, "tmp"), [])
+
     def test_stored_after_final_dot_only(self) -> None:
         """
         The file is in tmp/ while the message arrives and in new/ once the
