@@ -23,7 +23,6 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -45,6 +44,7 @@ from tests.twistd_helpers import (
     Stored,
     _TwistdProcess,
     childEnv,
+    parseStored,
     readAll,
     runProcess,
     withTimeout,
@@ -183,45 +183,6 @@ async def startLMTP(
 
 
 # -- stored files ------------------------------------------------------------------------------
-
-
-_STORED = re.compile(
-    rb"Return-Path: <(?P<returnPath>[^<>\r\n]*)>\r\n"
-    rb"(?P<deliveredTo>(?:Delivered-To: [^\r\n]+\r\n)+)"
-    rb"Received: from (?P<helo>[^ \r\n]+) \((?P<peer>local|\[[^\]\r\n]+\])\)\r\n"
-    rb"\tby (?P<hostname>[^ \r\n]+) \(txsmtp\) with (?P<with>[A-Z0-9]+) id (?P<id>[0-9A-F]+)"
-    rb"(?:\r\n\tfor <(?P<for>[^<>\r\n]+)>)?; (?P<date>[^\r\n]+)\r\n",
-)
-
-
-def parseStored(data: bytes) -> Stored:
-    """
-    tests.twistd_helpers.parseStored, also for messages that came over a
-    UNIX socket: their ``Received:`` says ``from HELO (local)``.
-    """
-    m = _STORED.match(data)
-    if m is None:
-        raise AssertionError(f"not a txsmtp Maildir file (trace headers): {data[:600]!r}")
-    date = m.group("date")
-    try:
-        parsedate_to_datetime(date.decode("ascii"))
-    except (TypeError, ValueError) as e:
-        raise AssertionError(f"bad date in Received: {date!r}") from e
-    delivered = [
-        line[len(b"Delivered-To: ") :] for line in m.group("deliveredTo").split(b"\r\n") if line
-    ]
-    return Stored(
-        returnPath=m.group("returnPath"),
-        deliveredTo=delivered,
-        heloName=m.group("helo"),
-        peer=m.group("peer"),
-        hostname=m.group("hostname"),
-        withKeyword=m.group("with"),
-        queueId=m.group("id"),
-        forAddress=m.group("for"),
-        date=date,
-        body=data[m.end() :],
-    )
 
 
 class _Checks(unittest.TestCase):

@@ -559,7 +559,8 @@ class Stored:
 _STORED = re.compile(
     rb"Return-Path: <(?P<returnPath>[^<>\r\n]*)>\r\n"
     rb"(?P<deliveredTo>(?:Delivered-To: [^\r\n]+\r\n)+)"
-    rb"Received: from (?P<helo>[^ \r\n]+) \((?P<peer>\[[^\]\r\n]+\])\)\r\n"
+    # (local): a message that came over a UNIX socket.
+    rb"Received: from (?P<helo>[^ \r\n]+) \((?P<peer>local|\[[^\]\r\n]+\])\)\r\n"
     rb"\tby (?P<hostname>[^ \r\n]+) \(txsmtp\) with (?P<with>[A-Z0-9]+) id (?P<id>[0-9A-F]+)"
     rb"(?:\r\n\tfor <(?P<for>[^<>\r\n]+)>)?; (?P<date>[^\r\n]+)\r\n",
 )
