@@ -37,11 +37,9 @@ This is not part of the test suite.  Run ``python3 benchmarks/client.py
 
 import argparse
 import collections
-import hashlib
 import importlib.util
 import json
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -54,15 +52,36 @@ import time
 from dataclasses import asdict, dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in map(os.path.abspath, sys.path):
+    # `python3 benchmarks/client.py` (the driver and every worker) puts this
+    # directory first on sys.path already, but `python3 -P` and `-m` do not.
+    sys.path.insert(0, HERE)
+
+from _bench import (  # noqa: E402 (helpers shared with server.py)
+    BUSY_WARNING,
+    HOST,
+    BenchError,
+    MachineTime,
+    cpuRatio,
+    formatRatio,
+    freePort,
+    idleCheck,
+    machineInfo,
+    measureQuietly,
+    otherShare,
+    progress,
+    ratio,
+    readCpuSeconds,
+    sourceHash,
+    targetsTable,
+)
+
 DEFAULT_REPO = os.path.dirname(HERE)
 
-HOST = "127.0.0.1"
 #: listen(2) backlog of smtp-sink.
 LISTEN_BACKLOG = 1024
 #: smtp-sink's -m: the most connections it serves at once.
 SINK_MAX_CONCURRENCY = 1000
-#: Share of the machine's CPU time spent elsewhere above which we warn.
-BUSY_WARNING = 0.10
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 #: Identity every client uses in EHLO, MAIL FROM and RCPT TO.
@@ -79,15 +98,8 @@ TARGETS = (("aiosmtplib", 4.0), ("twisted.mail", 30.0), ("smtplib", None))
 SMALL_POOL = 4
 #: Distinct error texts kept per run.
 MAX_ERRORS = 5
-
-
-class BenchError(Exception):
-    """A measurement could not be made; the message says why."""
-
-
-def progress(message):
-    """Progress goes to stderr; the report goes to stdout."""
-    print(message, file=sys.stderr, flush=True)
+#: What sourceHash() hashes: the client's code is all in the txsmtp package.
+SOURCE_DIRECTORIES = ("txsmtp",)
 
 
 # ---------------------------------------------------------------------------
@@ -152,31 +164,6 @@ def makeMessage(size):
 # ---------------------------------------------------------------------------
 # Worker side: one client, one run, in its own process
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class MachineTime:
-    """CPU time of the whole machine, summed over all CPUs, in seconds."""
-
-    total: float
-    busy: float
-    steal: float
-
-    @classmethod
-    def now(cls):
-        """Read the counters from the first line of /proc/stat."""
-        with open("/proc/stat", encoding="ascii") as stat:
-            ticks = [int(v) for v in stat.readline().split()[1:9]]
-        # user nice system idle iowait irq softirq steal; guest time is
-        # already counted in user and nice.
-        hz = os.sysconf("SC_CLK_TCK")
-        idle = ticks[3] + ticks[4]
-        return cls(sum(ticks) / hz, (sum(ticks) - idle - ticks[7]) / hz, ticks[7] / hz)
-
-    def __sub__(self, other):
-        return MachineTime(
-            self.total - other.total, self.busy - other.busy, self.steal - other.steal
-        )
 
 
 class Tally:
@@ -524,54 +511,12 @@ def worker(args):
 # ---------------------------------------------------------------------------
 
 
-def freePort():
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def raiseFileLimit(wanted=4096):
     """Raise this process's soft RLIMIT_NOFILE towards C{wanted} (for smtp-sink)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
-
-
-def readCpuSeconds(pid):
-    """User plus system CPU time consumed so far by process C{pid}."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def otherShare(machine, ownSeconds):
-    """
-    The share of the machine's CPU time that went to neither the client nor
-    smtp-sink (C{ownSeconds}): other processes plus hypervisor steal.
-    """
-    if machine.total <= 0:
-        return 0.0
-    return max(0.0, machine.busy - ownSeconds + machine.steal) / machine.total
-
-
-def idleCheck(seconds=1.0):
-    """The share of CPU time used (or stolen) by others while we sleep."""
-    before = MachineTime.now()
-    time.sleep(seconds)
-    return otherShare(MachineTime.now() - before, 0.0)
-
-
-def waitForQuiet(limit, window=0.5):
-    """Wait (at most C{limit} s) until other load is below L{BUSY_WARNING}."""
-    deadline = time.monotonic() + limit
-    while True:
-        if idleCheck(window) <= BUSY_WARNING:
-            return True
-        if time.monotonic() >= deadline:
-            return False
 
 
 class Sink:
@@ -755,7 +700,7 @@ def runWorker(name, sink, args, rep, messages=None, profileOut=None):
     if not sink.alive():
         result.error = "smtp-sink not running"
         return result
-    result.sourceHash = sourceHash(args.repo)
+    result.sourceHash = sourceHash(args.repo, SOURCE_DIRECTORIES)
     sinkBefore = sink.cpuSeconds()
     process = subprocess.Popen(
         workerArgs(name, sink.port, args, messages, profileOut),
@@ -818,26 +763,6 @@ def runWorker(name, sink, args, rep, messages=None, profileOut=None):
     return result
 
 
-def measureQuietly(name, sink, args, rep):
-    """
-    One measurement, protected against other work on a shared machine: wait
-    (bounded) for quiet first, and repeat a disturbed run up to
-    C{args.noisy_retries} times, keeping the least disturbed attempt.
-    """
-    best = None
-    for attempt in range(1, args.noisy_retries + 2):
-        waitForQuiet(args.quiet_wait)
-        result = runWorker(name, sink, args, rep)
-        result.attempts = attempt
-        if not result.valid:
-            return result
-        if best is None or result.otherShare < best.otherShare:
-            best = result
-        if result.otherShare <= BUSY_WARNING:
-            break
-    return best
-
-
 def describeRun(result):
     """One progress line for a run."""
     if not result.ok:
@@ -878,29 +803,6 @@ def summarise(results, names):
             entry["details"] = good[0].details
         summary[name] = entry
     return summary
-
-
-def ratio(summary, name, anchor):
-    """C{name}'s median msg/s over C{anchor}'s, or C{None}."""
-    mine = summary.get(name, {}).get("msgPerSec")
-    theirs = summary.get(anchor, {}).get("msgPerSec")
-    if mine is None or not theirs:
-        return None
-    return mine / theirs
-
-
-def cpuRatio(summary, name, anchor):
-    """C{anchor}'s client CPU time per message over C{name}'s, or C{None}."""
-    mine = summary.get(name, {}).get("cpuUsPerMsg")
-    theirs = summary.get(anchor, {}).get("cpuUsPerMsg")
-    if not mine or theirs is None:
-        return None
-    return theirs / mine
-
-
-def formatRatio(value):
-    """A ratio as ``1.23x`` or ``-``."""
-    return "-" if value is None else f"{value:.2f}x"
 
 
 def resultsTable(summary, names, unavailableClients):
@@ -955,55 +857,6 @@ def evaluateTargets(summary, names):
                 }
             )
     return targets
-
-
-def targetsTable(targets):
-    """The targets, as text."""
-    lines = ["txsmtp against its targets (msg/s ratios):"]
-    for t in targets:
-        note = f"  ({t['note']})" if t["note"] else ""
-        lines.append(f"  {t['verdict']:<5} {t['target']:<34} {t['shown']:>9}{note}")
-    return "\n".join(lines)
-
-
-def sourceHash(repo):
-    """A short hash of txsmtp's Python sources, which tells apart uncommitted trees."""
-    digest = hashlib.sha256()
-    for directory, _, files in sorted(os.walk(os.path.join(repo, "txsmtp"))):
-        for name in sorted(files):
-            if name.endswith(".py"):
-                path = os.path.join(directory, name)
-                digest.update(os.path.relpath(path, repo).encode())
-                with open(path, "rb") as f:
-                    digest.update(f.read())
-    return digest.hexdigest()[:12]
-
-
-def machineInfo(repo):
-    """Versions and machine facts recorded alongside the results."""
-    info = {
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "loadavg": os.getloadavg(),
-    }
-    for module in ("twisted", "aiosmtplib"):
-        try:
-            info[module] = __import__(module).__version__
-        except Exception:
-            info[module] = None
-    info["txsmtpSourceHash"] = sourceHash(repo)
-    try:
-        rev = subprocess.run(
-            ["git", "-C", repo, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        info["repoRevision"] = rev.stdout.strip() if rev.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        info["repoRevision"] = None
-    return info
 
 
 def parseArgs(argv):
@@ -1168,7 +1021,7 @@ def runBenchmark(args, sink, tmp):
             f"warning: {busy:.0%} of the CPU time is in use before we start; figures will be noisy"
         )
     report = {
-        "machine": machineInfo(args.repo),
+        "machine": machineInfo(args.repo, ("twisted", "aiosmtplib"), SOURCE_DIRECTORIES),
         "config": {k: v for k, v in vars(args).items() if k not in ("json", "worker", "port")},
         "unavailable": unavailableClients,
         "busyBeforeStart": busy,
@@ -1195,7 +1048,9 @@ def runBenchmark(args, sink, tmp):
                     progress(f"restarted smtp-sink (pid {sink.pid}, port {sink.port})")
                 except BenchError as e:
                     progress(f"could not restart smtp-sink: {e}")
-            result = measureQuietly(name, sink, args, rep)
+            result = measureQuietly(
+                args, runWorker, name, sink, args, rep, accept=lambda r: r.valid
+            )
             results.append(result)
             progress(f"[rep {rep}/{args.reps}] {name:<13} {describeRun(result)}")
             if result.stderr and not result.valid:
@@ -1257,7 +1112,7 @@ def runBenchmark(args, sink, tmp):
         out.append("")
     targets = evaluateTargets(summary, args.clients)
     if any(n.startswith("txsmtp") for n in args.clients):
-        out.append(targetsTable(targets))
+        out.append(targetsTable(targets, "txsmtp against its targets (msg/s ratios):", 34, 9))
     print("\n".join(out))
 
     if args.json:

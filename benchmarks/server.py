@@ -32,16 +32,15 @@ This is not part of the test suite.  Run ``python3 benchmarks/server.py
 
 import argparse
 import errno
-import hashlib
 import importlib.util
 import json
 import os
-import platform
 import resource
 import selectors
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -51,15 +50,35 @@ import time
 from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in map(os.path.abspath, sys.path):
+    # `python3 benchmarks/server.py` (also as the aiosmtpd LMTP anchor) puts
+    # this directory first on sys.path already, but `python3 -P` and `-m` do not.
+    sys.path.insert(0, HERE)
+
+from _bench import (  # noqa: E402 (helpers shared with client.py)
+    BUSY_WARNING,
+    HOST,
+    BenchError,
+    MachineTime,
+    cpuRatio,
+    formatRatio,
+    freePort,
+    idleCheck,
+    machineInfo,
+    measureQuietly,
+    otherShare,
+    progress,
+    ratio,
+    readCpuSeconds,
+    targetsTable,
+)
+
 DEFAULT_REPO = os.path.dirname(HERE)
 
-HOST = "127.0.0.1"
 #: listen(2) backlog given to every server that lets us choose one.
 LISTEN_BACKLOG = 1024
 #: File descriptor limit for the driver and for every server it starts.
 NOFILE_LIMIT = 20000
-#: Share of the machine's CPU time spent elsewhere above which we warn.
-BUSY_WARNING = 0.10
 #: Largest message any server must accept (txsmtp --max-size).
 MAX_MESSAGE_SIZE = 2_000_000_000
 
@@ -82,14 +101,12 @@ SERVER_ORDER = ("txsmtp", "twisted.mail", "aiosmtpd", "smtp-sink")
 SCENARIO_KEYS = ("1k-new", "1k-reuse", "1m", "tls-new", "lmtp", "lmtp-unix")
 #: Servers for which the memory measurements are made.
 MEMORY_SERVERS = ("txsmtp", "twisted.mail", "aiosmtpd")
-
-
-class BenchError(Exception):
-    """A measurement could not be made; the message says why."""
+#: What sourceHash() hashes: the txsmtp package and its twistd plugin.
+SOURCE_DIRECTORIES = ("txsmtp", os.path.join("twisted", "plugins"))
 
 
 # ---------------------------------------------------------------------------
-# Small helpers: ports, limits, /proc
+# Small helpers: limits, /proc
 # ---------------------------------------------------------------------------
 
 
@@ -113,13 +130,6 @@ def raiseFileLimit(wanted=NOFILE_LIMIT):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def freePort():
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def readStatusKiB(pid, name):
     """Read one ``Vm*`` line (in KiB) from /proc/PID/status."""
     prefix = name + ":"
@@ -130,84 +140,10 @@ def readStatusKiB(pid, name):
     raise BenchError(f"/proc/{pid}/status has no {name}")
 
 
-@dataclass
-class MachineTime:
-    """CPU time of the whole machine, summed over all CPUs, in seconds."""
-
-    total: float
-    busy: float
-    steal: float
-
-    @classmethod
-    def now(cls):
-        """Read the counters from the first line of /proc/stat."""
-        with open("/proc/stat", encoding="ascii") as stat:
-            ticks = [int(v) for v in stat.readline().split()[1:9]]
-        # user nice system idle iowait irq softirq steal; guest time is
-        # already counted in user and nice.
-        hz = os.sysconf("SC_CLK_TCK")
-        idle = ticks[3] + ticks[4]
-        return cls(sum(ticks) / hz, (sum(ticks) - idle - ticks[7]) / hz, ticks[7] / hz)
-
-    def __sub__(self, other):
-        return MachineTime(
-            self.total - other.total, self.busy - other.busy, self.steal - other.steal
-        )
-
-
 def childrenCpuSeconds():
     """User plus system CPU time of this process's waited-for children."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def otherShare(machine, ownSeconds):
-    """
-    The share of the machine's CPU time that went to neither the server nor
-    smtp-source (C{ownSeconds}): other processes plus hypervisor steal.
-
-    A high share means the run competed with something else and its figure
-    is noisy.
-    """
-    if machine.total <= 0:
-        return 0.0
-    return max(0.0, machine.busy - ownSeconds + machine.steal) / machine.total
-
-
-def idleCheck(seconds=1.0):
-    """
-    How busy the machine is: the share of CPU time used (or stolen) by
-    others during C{seconds} in which we do nothing ourselves.
-    """
-    before = MachineTime.now()
-    time.sleep(seconds)
-    spent = MachineTime.now() - before
-    return otherShare(spent, 0.0)
-
-
-def waitForQuiet(limit, window=0.5):
-    """
-    Wait until the machine is quiet (other load below L{BUSY_WARNING} over
-    C{window} seconds), for at most C{limit} seconds.
-
-    @return: whether it became quiet in time.
-    """
-    deadline = time.monotonic() + limit
-    while True:
-        if idleCheck(window) <= BUSY_WARNING:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-
-
-def readCpuSeconds(pid):
-    """User plus system CPU time consumed so far by process C{pid}."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    # Fields after the command name start at field 3 (state); utime and
-    # stime are fields 14 and 15.
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def resetPeakRss(pid):
@@ -1114,33 +1050,6 @@ def summarise(results, scenarios, serverNames):
     return summary
 
 
-def ratio(summary, scenarioKey, name, anchor):
-    """C{name}'s median msg/s over C{anchor}'s, or C{None}."""
-    mine = summary.get((scenarioKey, name), {}).get("msgPerSec")
-    theirs = summary.get((scenarioKey, anchor), {}).get("msgPerSec")
-    if mine is None or theirs is None:
-        return None
-    return mine / theirs
-
-
-def cpuRatio(summary, scenarioKey, name, anchor):
-    """
-    C{anchor}'s median server CPU time per message over C{name}'s, or
-    C{None}: the speed-up as the CPU sees it, which other load on the machine
-    disturbs less than wall-clock throughput.
-    """
-    mine = summary.get((scenarioKey, name), {}).get("cpuUsPerMsg")
-    theirs = summary.get((scenarioKey, anchor), {}).get("cpuUsPerMsg")
-    if not mine or theirs is None:
-        return None
-    return theirs / mine
-
-
-def formatRatio(value):
-    """A ratio as ``1.23x`` or ``-``."""
-    return "-" if value is None else f"{value:.2f}x"
-
-
 def throughputTable(summary, scenarios, serverNames, unavailable):
     """The main results table, as text."""
     header = (
@@ -1165,12 +1074,14 @@ def throughputTable(summary, scenarios, serverNames, unavailable):
             failed = (
                 "" if entry["ok"] == entry["runs"] else f"  ({entry['runs'] - entry['ok']} failed)"
             )
+            mine = (scenario.key, name)
+            byTwisted = ratio(summary, mine, (scenario.key, "twisted.mail"))
+            byAiosmtpd = ratio(summary, mine, (scenario.key, "aiosmtpd"))
             lines.append(
                 f"{scenario.title:<36} {name:<13} {entry['msgPerSec']:>9.0f} "
                 f"{entry['mbPerSec']:>8.1f} {entry['cpuUsPerMsg']:>10.0f} "
                 f"{entry['clientShare']:>6.0%} {entry['spread']:>6.0%} {entry['other']:>5.0%} "
-                f"{formatRatio(ratio(summary, scenario.key, name, 'twisted.mail')):>13} "
-                f"{formatRatio(ratio(summary, scenario.key, name, 'aiosmtpd')):>9}{failed}"
+                f"{formatRatio(byTwisted):>13} {formatRatio(byAiosmtpd):>9}{failed}"
             )
         lines.append("")
     return "\n".join(lines)
@@ -1227,8 +1138,8 @@ def evaluateTargets(summary, largeRecords, idleRecords, bigSize, idleCount):
         ("1m", "1 MiB messages", "twisted.mail", 4.0),
     )
     for key, title, anchor, wanted in throughputTargets:
-        r = ratio(summary, key, "txsmtp", anchor)
-        byCpu = cpuRatio(summary, key, "txsmtp", anchor)
+        r = ratio(summary, (key, "txsmtp"), (key, anchor))
+        byCpu = cpuRatio(summary, (key, "txsmtp"), (key, anchor))
         add(
             f"{title}: >= {wanted:g}x {anchor}",
             r,
@@ -1275,8 +1186,8 @@ def lmtpComparison(summary, scenarios):
         if key in keys:
             result[key] = {
                 anchor: {
-                    "throughput": ratio(summary, key, "txsmtp", anchor),
-                    "cpuPerMessage": cpuRatio(summary, key, "txsmtp", anchor),
+                    "throughput": ratio(summary, (key, "txsmtp"), (key, anchor)),
+                    "cpuPerMessage": cpuRatio(summary, (key, "txsmtp"), (key, anchor)),
                 }
                 for anchor in ("aiosmtpd", "smtp-sink")
             }
@@ -1316,70 +1227,9 @@ def lmtpText(comparison):
     return "\n".join(lines)
 
 
-def targetsTable(targets):
-    """The targets, as text."""
-    lines = ["txsmtp against its targets:"]
-    for t in targets:
-        note = f"  ({t['note']})" if t["note"] else ""
-        lines.append(f"  {t['verdict']:<5} {t['target']:<44} {t['shown']:>10}{note}")
-    return "\n".join(lines)
-
-
-def sourceHash(repo):
-    """
-    A short hash of txsmtp's Python sources in C{repo}, which tells apart
-    runs of an uncommitted working tree.
-    """
-    digest = hashlib.sha256()
-    for top in ("txsmtp", os.path.join("twisted", "plugins")):
-        for directory, _, files in sorted(os.walk(os.path.join(repo, top))):
-            for name in sorted(files):
-                if name.endswith(".py"):
-                    path = os.path.join(directory, name)
-                    digest.update(os.path.relpath(path, repo).encode())
-                    with open(path, "rb") as f:
-                        digest.update(f.read())
-    return digest.hexdigest()[:12]
-
-
-def machineInfo(repo):
-    """Versions and machine facts recorded alongside the results."""
-    info = {
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "loadavg": os.getloadavg(),
-    }
-    for module in ("twisted", "aiosmtpd", "uvloop"):
-        try:
-            info[module] = __import__(module).__version__
-        except Exception:
-            info[module] = None
-    import ssl
-
-    info["openssl"] = ssl.OPENSSL_VERSION
-    info["txsmtpSourceHash"] = sourceHash(repo)
-    try:
-        rev = subprocess.run(
-            ["git", "-C", repo, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        info["repoRevision"] = rev.stdout.strip() if rev.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        info["repoRevision"] = None
-    return info
-
-
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
-
-
-def progress(message):
-    """Progress goes to stderr; the report goes to stdout."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def parseArgs(argv):
@@ -1528,28 +1378,6 @@ def parseArgs(argv):
     return args
 
 
-def measureQuietly(server, scenario, rep, args):
-    """
-    One measurement, protected against other work on a shared machine.
-
-    Waits (bounded) for the machine to be quiet first; when other load
-    nevertheless spoiled the run, runs it again, up to C{args.noisy_retries}
-    times, and keeps the attempt with the least other load.
-    """
-    best = None
-    for attempt in range(1, args.noisy_retries + 2):
-        waitForQuiet(args.quiet_wait)
-        result = measureThroughput(server, scenario, rep, args.run_timeout)
-        result.attempts = attempt
-        if not result.ok:
-            return result
-        if best is None or result.otherShare < best.otherShare:
-            best = result
-        if result.otherShare <= BUSY_WARNING:
-            break
-    return best
-
-
 def runThroughput(args, kinds, available, tmp):
     """
     Start every available server once, then run the interleaved scenarios.
@@ -1617,7 +1445,9 @@ def runThroughput(args, kinds, available, tmp):
                             progress(f"restarted {name} (pid {server.pid}, {server.target})")
                         except BenchError as e:
                             progress(f"could not restart {name}: {e}")
-                    result = measureQuietly(server, scenario, rep, args)
+                    result = measureQuietly(
+                        args, measureThroughput, server, scenario, rep, args.run_timeout
+                    )
                     results.append(result)
                     if result.ok:
                         progress(
@@ -1758,7 +1588,12 @@ def main(argv=None):
         )
     tmp = tempfile.mkdtemp(prefix="txsmtp-bench-")
     report = {
-        "machine": machineInfo(args.repo),
+        "machine": machineInfo(
+            args.repo,
+            ("twisted", "aiosmtpd", "uvloop"),
+            SOURCE_DIRECTORIES,
+            {"openssl": ssl.OPENSSL_VERSION},
+        ),
         "config": {k: v for k, v in vars(args).items() if k not in ("json",)},
         "unavailable": unavailable,
         "busyBeforeStart": busy,
@@ -1832,7 +1667,7 @@ def main(argv=None):
         out.append("")
     targets = evaluateTargets(summary, largeRecords, idleRecords, bigSize, args.idle)
     if "txsmtp" in args.servers:
-        out.append(targetsTable(targets))
+        out.append(targetsTable(targets, "txsmtp against its targets:", 44, 10))
     print("\n".join(out))
 
     if args.json:
@@ -1844,8 +1679,8 @@ def main(argv=None):
             ratios={
                 s.key: {
                     anchor: {
-                        "throughput": ratio(summary, s.key, "txsmtp", anchor),
-                        "cpuPerMessage": cpuRatio(summary, s.key, "txsmtp", anchor),
+                        "throughput": ratio(summary, (s.key, "txsmtp"), (s.key, anchor)),
+                        "cpuPerMessage": cpuRatio(summary, (s.key, "txsmtp"), (s.key, anchor)),
                     }
                     for anchor in ("twisted.mail", "aiosmtpd", "smtp-sink")
                 }
