@@ -1793,8 +1793,8 @@ class Mailer:
                 # It timed out and is saying QUIT.
                 self._quitting.add(proto)
                 continue
-            job = queue.popleft()
-            job.attempts += 1
+            job = self._nextMessage(proto)
+            assert job is not None
             self._busy.add(proto)
             proto.sendMessage(job)
         while queue and not self._holdConnects and self.connections < self.poolSize and self._connecting < len(queue):
