@@ -960,8 +960,10 @@ class DeliveryHookTests(unittest.TestCase):
 
     def test_finishSomeRecipientsFail(self):
         """
-        SMTP has one reply: 250 when any recipient got the message, and an
-        error in the log names the ones that did not (no reply can).
+        SMTP has one reply, and RFC 5321 §6.1 forbids losing a message once
+        it is accepted: a message stored for only some recipients is refused
+        as a whole with a 451 (the client sends it again), and an error in
+        the log names the recipients who may get it twice.
         """
         from twisted.logger import globalLogPublisher
 
@@ -971,11 +973,15 @@ class DeliveryHookTests(unittest.TestCase):
         h = harness()
         h.delivery.results = lambda m: [SMTPError(550, "5.1.1", "gone"), None]
         replies = h.sendMessage(b"a@example.com", [b"r1@example.com", b"r2@example.com"], b"hi\r\n")
-        self.assertEqual(replies[-1].code, 250)
-        [lost] = [e for e in events if "which no reply can report" in e.get("text", "")]
-        self.assertEqual(lost["log_level"].name, "error")
-        self.assertIn("<r1@example.com> (550 5.1.1 gone)", lost["text"])
-        self.assertNotIn("r2@example.com", lost["text"])
+        self.assertEqual((replies[-1].code, replies[-1].enhanced), (451, "4.3.0"))
+        self.assertIn("some may receive it twice", replies[-1].text)
+        [partial] = [e for e in events if "stored for only some recipients" in e.get("text", "")]
+        self.assertEqual(partial["log_level"].name, "error")
+        self.assertIn("<r2@example.com> may receive it twice", partial["text"])
+        self.assertIn("550 5.1.1 gone", partial["text"])
+        [logged] = [e for e in events if e.get("result", "").startswith("refused")]
+        self.assertEqual(logged["queueId"], h.delivery.messages[0].envelope.queueId)
+        self.assertEqual(h.command(b"NOOP").code, 250)
 
     def test_finishRaisesSMTPError(self):
         h = harness()
@@ -1191,7 +1197,7 @@ class TimeoutTests(unittest.TestCase):
         h = harness(delivery)
         h.command(b"EHLO c.example")
         h.send(b"MAIL FROM:<a@example.com>\r\n")
-        h.clock.advance(1000)
+        h.clock.advance(290)
         self.assertFalse(h.closed)
         delivery.pending[0].callback(None)
         h.clock.advance(299)
@@ -1199,6 +1205,25 @@ class TimeoutTests(unittest.TestCase):
         h.clock.advance(2)
         self.assertTrue(h.closed)
         self.assertEqual(codes(h.replies()), [250, 421])
+
+    def test_hookThatNeverAnswers(self):
+        """
+        A hook that never answers does not hold the connection for ever:
+        after the command timeout the client gets 421 4.3.0 and the hook's
+        Deferred is cancelled.
+        """
+        delivery = HookDelivery()
+        delivery.onSender = delivery.later
+        h = harness(delivery)
+        h.command(b"EHLO c.example")
+        h.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n")
+        h.clock.advance(301)
+        replies = h.replies()
+        self.assertEqual([(r.code, r.enhanced) for r in replies], [(421, "4.3.0")])
+        self.assertTrue(h.closed)
+        # Cancelled: the CancelledError went to the session, which dropped it.
+        self.assertTrue(delivery.pending[0].called)
+        self.assertIsNone(self.successResultOf(delivery.pending[0]))
 
     def test_timeoutsCancelledOnClose(self):
         h = harness()

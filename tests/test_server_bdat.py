@@ -232,7 +232,7 @@ class ChunkingTests(unittest.TestCase):
         h.send(EHLO)
         # The replies wait for the whole pipelined group (RFC 2920).
         self.assertEqual(h.send(ENVELOPE + b"BDAT 4 LAST\r\nab\r\nNOOP\r\n"), [])
-        self.assertEqual(h.protocol._lines.pending(), len(b"ab\r\nNOOP\r\n"))
+        self.assertEqual(h.protocol._session._lines.pending(), len(b"ab\r\nNOOP\r\n"))
         waiting[0].callback(None)
         self.assertEqual([r.code for r in h.replies()], [250, 250, 250, 250])
         self.assertEqual(_stripReceived(h.delivery.messages[0]), b"ab\r\n")

@@ -9,6 +9,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 
+from txsmtp.delivery import BaseDelivery, BaseDeliverySession
 from txsmtp.testing import MemoryDelivery, ServerHarness, runServer
 
 
@@ -19,6 +20,22 @@ class _Greeted(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         if not self.greeted.called and data.startswith(b"220 "):
             self.greeted.callback(None)
+
+
+class _SlowSenderSession(BaseDeliverySession):
+    """Holds up every MAIL FROM until the test fires the Deferred."""
+
+    def checkSender(self, sender, parameters):  # type: ignore[no-untyped-def]
+        d: defer.Deferred[None] = defer.Deferred()
+        self.delivery.held.append(d)
+        return d
+
+
+class _SlowSender(BaseDelivery):
+    sessionFactory = _SlowSenderSession
+
+    def __init__(self) -> None:
+        self.held: list[defer.Deferred[None]] = []
 
 
 class OutputBackPressureTests(unittest.TestCase):
@@ -46,8 +63,14 @@ class OutputBackPressureTests(unittest.TestCase):
 
     def test_otherPausesOutliveOutputResume(self) -> None:
         """Resuming output does not resume reading while input is still held for another reason."""
-        h = ServerHarness()
-        h.protocol._pause(1)  # the pending-input reason
+        delivery = _SlowSender()
+        h = ServerHarness(delivery)
+        # A slow checkSender, and more pipelined input than the session holds.
+        h.send(b"EHLO c.example\r\nMAIL FROM:<a@example.com>\r\n" + b"NOOP\r\n" * 50_000)
+        self.assertEqual(h.transport.producerState, "paused")
         h.protocol.pauseProducing()
         h.protocol.resumeProducing()
         self.assertEqual(h.transport.producerState, "paused")
+        delivery.held[0].callback(None)
+        self.assertEqual(h.transport.producerState, "producing")
+        self.assertEqual(len(h.replies()), 50_002)

@@ -1,0 +1,853 @@
+"""
+The server side of an SMTP or LMTP session, without I/O.
+
+Theory of operation
+===================
+
+A :class:`ServerSession` is the whole of one SMTP conversation as a state
+machine that never touches a socket, a reactor or a clock.  Its inputs are
+octets (:meth:`~ServerSession.receive`), the results of the hooks it asked
+for (:meth:`~ServerSession.hookDone`, :meth:`~ServerSession.hookFailed`),
+the time (passed in with every input, and :meth:`~ServerSession.checkTime`),
+and the end of the connection (:meth:`~ServerSession.connectionLost`).
+Its outputs are reply octets (:meth:`~ServerSession.takeOutput`) and
+*actions* (:meth:`~ServerSession.nextAction`, see
+:mod:`txsmtp.session.actions`): hook calls to make, clean-ups, STARTTLS,
+close.  The Twisted protocol (:class:`txsmtp.server.ESMTPServer`) is the
+glue that carries bytes and actions between the two; the tests drive the
+session directly.
+
+States.  :class:`~txsmtp.session.table.State` and the table of which
+command is allowed in which state are data, in
+:mod:`txsmtp.session.table`::
+
+    INITIAL --EHLO/HELO/LHLO--> READY --MAIL--> MAIL --RCPT--> RCPT --DATA--> DATA
+       ^                          ^  \\                     \\--BDAT--> BDAT   |
+       |                          |   AUTH <-> READY                   |      |
+       |                          +--- final reply, RSET, EHLO --------+------+
+    (STARTTLS resets here)
+
+Order.  Input is handled strictly in order.  A hook that answers later (a
+Deferred or a coroutine) leaves a *blocking* call outstanding: the session
+reads nothing more until its result arrives, and later input waits in the
+line reader (bounded: the glue pauses the transport when too much waits,
+see :attr:`~ServerSession.wantsInputPaused`).  Replies are appended to one
+buffer, which the glue writes when the session has nothing more to do:
+that is when every complete command received so far is answered, as RFC
+2920 asks, and one write per command in the ordinary case.
+
+Ownership.  Every hook call has an owner (a
+:class:`~txsmtp.session.actions.Scope`): the session's lifetime, or the
+current :class:`~txsmtp.session.transaction.Transaction`.  Ending the owner
+(the final reply, RSET, EHLO, STARTTLS, disconnect, timeout, shutdown)
+cancels what it has in flight and aborts its receiver; a result that
+arrives for a dead owner is cleaned up (receiver aborted, session closed,
+avatar logged out) and never acted on.
+
+Replies owed.  A command gets one reply, except the end of a message under
+LMTP, which gets one per accepted recipient (RFC 2033 §4.2): the rule lives
+in :meth:`Transaction.repliesOwed` and :func:`finalReplies` and serves DATA
+and BDAT alike (:mod:`txsmtp.session.message`).
+
+Time.  RFC 5321 §4.5.3.2.7 times a *command*, not silence: each command
+line has a deadline counted from its first octet (or from the moment the
+session became ready for it), so a client trickling one octet at a time
+gains nothing.  Message octets have the data-block timeout and a minimum
+average rate.  A hook that never answers is given up on after the
+command timeout as well.
+
+Where things live: the commands of RFC 5321 here; DATA, BDAT and the
+message body in :mod:`txsmtp.session.message`; AUTH in
+:mod:`txsmtp.session.auth`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txsmtp.envelope import ConnectionInfo, Envelope, Recipient, TLSInfo
+from txsmtp.errors import SMTPError
+from txsmtp.session.actions import Action, Call, Cancel, Close, Notify, Scope, StartTLS
+from txsmtp.session.auth import AuthCommands
+from txsmtp.session.commands import CommandTable, Handler
+from txsmtp.session.message import MessageCommands
+from txsmtp.session.table import COMMANDS, TRANSACTION_STATES, State
+from txsmtp.session.transaction import Transaction
+from txsmtp.wire.address import parsePath, splitPathAndParameters
+from txsmtp.wire.lines import TOO_LONG, LineReader
+from txsmtp.wire.params import parseMailParameters, parseRecipientParameters
+from txsmtp.wire.reply import formatReply
+
+__all__ = ["ServerSession"]
+
+_log = Logger(namespace="txsmtp.server")
+
+_VRFY_252 = "Cannot VRFY user, but will accept message and attempt delivery"
+
+
+class ServerSession(MessageCommands, AuthCommands):
+    """
+    One SMTP (or, with ``lmtp=True``, LMTP) server session without I/O.
+
+    :param config: the settings (an :class:`~txsmtp.server.SMTPFactory`:
+        host name, limits, timeouts, the delivery, TLS and AUTH settings).
+    :param host: the protocol that runs the session; it supplies what a
+        subclass may change (``extensions()``, ``greeting()``,
+        ``receivedHeader(envelope)``, ``checkMailParameters(params)``,
+        ``authMechanisms()``) and runs its own ``do_VERB`` commands.
+    :param connection: the :class:`~txsmtp.envelope.ConnectionInfo`.
+    :param commands: the command table (built-in and the host's verbs).
+    """
+
+    __slots__ = (
+        "config", "host", "connection", "lmtp", "state", "deliverySession", "transaction",
+        "_commands", "_lines", "_out", "_actions", "_blocked", "_scope", "_errors", "_now",
+        "_commandSince", "_blockedSince", "_dataSince", "_rateStart", "_rateBytes", "_closingSince",
+        "_shuttingDown", "_mechanism", "_pendingLogin", "_authFailures", "_anonymousSession", "_logout",
+        "_chunkLeft", "_chunkLast", "_chunkSize", "_chunkError",
+    )  # fmt: skip
+
+    def __init__(
+        self, config: Any, host: Any, connection: ConnectionInfo, commands: CommandTable, now: float = 0.0
+    ) -> None:
+        self.config = config
+        self.host = host
+        self.connection = connection
+        self.lmtp = commands.lmtp
+        self.state = State.INITIAL
+        self.deliverySession: Any = None
+        self.transaction: Transaction | None = None
+        self._commands = commands
+        self._lines = LineReader(config.maxLineLength)
+        self._out: list[bytes] = []
+        self._actions: deque[Action] = deque()
+        self._blocked: Call | str | None = None
+        self._scope = Scope()
+        self._errors = 0
+        self._now = now
+        self._commandSince = now
+        self._blockedSince = now
+        self._dataSince = now
+        self._rateStart = now
+        self._rateBytes = 0
+        self._closingSince = 0.0
+        self._shuttingDown = False
+        self._mechanism: Any = None
+        self._pendingLogin: Any = None
+        self._authFailures = 0
+        self._anonymousSession: Any = None
+        self._logout: Any = None
+        self._chunkLeft = 0
+        self._chunkLast = False
+        self._chunkSize = 0
+        self._chunkError: tuple[SMTPError, int] | None = None
+
+    # -- inputs ------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """The connection is ready (behind a proxy: its header was read): open the delivery session."""
+        self._now = self._commandSince = now
+        self.call(
+            self.config.delivery, "openSession", (self.connection,), self._sessionOpened,
+            cleanup=lambda s: Notify(s, "close", (), "delivery session close()"),
+        )  # fmt: skip
+
+    def receive(self, data: bytes, now: float) -> None:
+        """Octets from the client."""
+        if self.state is State.CLOSED:
+            return
+        self._now = now
+        if self._chunkLeft or (self.transaction is not None and self.transaction.decoder is not None):
+            self._dataSince = now
+        elif not self._lines.pending():
+            # The first octet of a command line starts its clock.
+            self._commandSince = now
+        self._lines.feed(data)
+
+    def hookDone(self, call: Call, value: Any, now: float | None = None) -> None:
+        """The result of ``call``."""
+        self._resolve(call, value, None, now)
+
+    def hookPending(self, call: Call) -> None:
+        """The result of ``call`` will come later (its Deferred has not fired)."""
+        call.late = True
+        owner = call.owner
+        if not call.blocking and isinstance(owner, Transaction) and owner.alive:
+            # A receiver pushing back: stop reading until it catches up.
+            if not owner.slowWrites:
+                self._blockedSince = self._now
+            owner.slowWrites += 1
+
+    def hookFailed(self, call: Call, failure: Failure, now: float | None = None) -> None:
+        """``call`` raised or its Deferred failed."""
+        self._resolve(call, None, failure, now)
+
+    def _resolve(self, call: Call, value: Any, failure: Failure | None, now: float | None) -> None:
+        if now is not None:
+            self._now = now
+        owner = call.owner
+        if not owner.alive:
+            # A result for a dead transaction or a closed connection.
+            if failure is None and call.cleanup is not None:
+                action = call.cleanup(value)
+                if action is not None:
+                    self._actions.append(action)
+            elif failure is not None and not failure.check(SMTPError, *_CANCELLED):
+                _log.failure("{what} failed after its transaction ended", failure, what=call.what)
+            return
+        owner.calls.discard(call)
+        if call.blocking:
+            if self._blocked is call:
+                self._unblock()
+        elif call.late:
+            owner.slowWrites -= 1  # type: ignore[attr-defined]
+            if not owner.slowWrites:  # type: ignore[attr-defined]
+                # Time spent waiting for the receiver is ours: the client's
+                # idle and rate clocks start again.
+                self._dataSince = self._rateStart = self._now
+                self._rateBytes = 0
+        then = call.then
+        if then is not None:
+            then(value, failure)
+
+    def connectionLost(self, now: float) -> None:
+        """The connection is gone: end the transaction and the session."""
+        self._now = now
+        self._abandonTransaction("disconnected", "client disconnected", notify=False)
+        self.state = State.CLOSED
+        self._blocked = None
+        actions = self._actions
+        actions.extend(self._scope.end())
+        self._authDone()
+        # An authenticated session's avatar is closed by its logout; the
+        # anonymous session it replaced, and any other session, by close().
+        logout, self._logout = self._logout, None
+        anonymous, self._anonymousSession = self._anonymousSession, None
+        session, self.deliverySession = self.deliverySession, None
+        if logout is not None:
+            actions.append(Notify(None, "logout", (logout,), "avatar logout"))
+        elif session is not None:
+            actions.append(Notify(session, "close", (), "delivery session close()"))
+        if anonymous is not None and anonymous is not session:
+            actions.append(Notify(anonymous, "close", (), "delivery session close()"))
+
+    # -- outputs -----------------------------------------------------------------
+
+    def nextAction(self) -> Action | None:
+        """
+        The next thing for the glue to do, or ``None`` when the session waits
+        (for input, or for the result of a blocking call).
+        """
+        actions = self._actions
+        if not actions and self._blocked is None:
+            self._process()
+        return actions.popleft() if actions else None
+
+    def takeOutput(self) -> bytes:
+        """The reply octets produced so far (and forget them)."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a blocking hook call (or the receiver's writes) holds up the input."""
+        return self._blocked is not None
+
+    @property
+    def wantsInputPaused(self) -> bool:
+        """Whether the glue should stop reading: input piles up, or the receiver pushes back."""
+        t = self.transaction
+        if t is not None and t.slowWrites:
+            return True
+        return self._blocked is not None and self._lines.pending() > self.host.maxPendingInput
+
+    # -- hooks -------------------------------------------------------------------
+
+    def call(
+        self,
+        target: Any,
+        method: str,
+        args: tuple[Any, ...],
+        then: Any,
+        *,
+        owner: Scope | None = None,
+        blocking: bool = True,
+        cleanup: Any = None,
+        what: str | None = None,
+    ) -> Call:
+        """Ask the glue for ``target.method(*args)``; ``then(value, failure)`` gets the result."""
+        scope = owner if owner is not None else self._scope
+        c = Call(target, method, args, scope, then, blocking=blocking, cleanup=cleanup, what=what)
+        scope.calls.add(c)
+        if blocking:
+            self._block(c)
+        self._actions.append(c)
+        return c
+
+    def _block(self, reason: Call | str) -> None:
+        self._blocked = reason
+        self._blockedSince = self._now
+
+    def _unblock(self) -> None:
+        self._blocked = None
+        # The client was waiting for us, not idle: its clock restarts now.
+        self._commandSince = self._dataSince = self._now
+
+    def errorFromFailure(self, failure: Failure, what: str) -> SMTPError:
+        """An :class:`SMTPError` as is; anything else is logged and becomes ``451 4.3.0``."""
+        if failure.check(SMTPError):
+            return failure.value  # type: ignore[return-value]
+        _log.failure(
+            "{what} failed in the delivery for {peer}; the client gets a temporary failure",
+            failure,
+            what=what,
+            peer=self.connection.peerHost,
+        )
+        return SMTPError(451, "4.3.0", "Local error in processing; try again later")
+
+    # -- the input loop ----------------------------------------------------------
+
+    def _process(self) -> None:
+        """Handle buffered input until it runs out or a hook makes us wait."""
+        lines = self._lines
+        while self._blocked is None and self.state is not State.CLOSED and not self._actions:
+            t = self.transaction
+            if t is not None and t.decoder is not None and not t.chunked:
+                rest = lines.takeRest()
+                if not rest:
+                    break
+                self._dataOctets(t, rest)
+                continue
+            if self._chunkLeft:
+                rest = lines.takeRest()
+                if not rest:
+                    break
+                self._bdatOctets(rest)
+                continue
+            line = lines.readLine()
+            if line is None:
+                break
+            if line is TOO_LONG:
+                if self.state is State.AUTH:
+                    self._authDone()
+                    self.commandError(500, "5.5.6", "Authentication exchange line is too long")
+                    continue
+                self.commandError(500, "5.5.2", f"Line too long (at most {lines.maxLength} octets including CRLF)")
+                continue
+            self.lineReceived(line)  # type: ignore[arg-type]
+            if not lines.pending():
+                # Every command received is answered: the clock of the next
+                # one starts now (or with its first octet, in receive()).
+                self._commandSince = self._now
+
+    def lineReceived(self, line: bytes) -> None:
+        """Dispatch one command line (or, inside AUTH, one SASL response)."""
+        if self.state is State.AUTH:
+            self._authResponse(line)
+            return
+        verb, _, argument = line.partition(b" ")
+        table = self._commands.dispatch
+        entry = table.get(verb)
+        if entry is None:
+            # Not spelled as the table has it: mixed case, or not a command.
+            try:
+                name = verb.decode("ascii").upper()
+            except UnicodeDecodeError:
+                name = ""
+            entry = table.get(name.encode("ascii"))
+            if entry is None:
+                if b"\r" in line or b"\n" in line:
+                    self.commandError(500, "5.5.2", "Syntax error: bare CR or LF in a command (lines end with CRLF)")
+                elif name.isalpha():
+                    self.commandError(500, "5.5.1", f"Command not recognized: {name[:20]}")
+                else:
+                    self.commandError(500, "5.5.2", "Syntax error: command not recognized")
+                return
+        name, handler, states = entry
+        if b"\r" in argument or b"\n" in argument or b"\0" in argument:
+            self.commandError(500, "5.5.2", "Syntax error: bare CR or LF in a command (lines end with CRLF)")
+            return
+        state = self.state
+        if state is State.REFUSED and name != "QUIT":
+            self.commandError(503, "5.5.1", "Service refused; only QUIT is accepted")
+            return
+        if states is not None and state not in states:
+            self._sequenceError(name)
+            return
+        handler(self, name, argument)
+
+    def _sequenceError(self, name: str) -> None:
+        state = self.state
+        if state is State.INITIAL:
+            text = f"Send {'LHLO' if self.lmtp else 'EHLO or HELO'} first (before {name})"
+        elif name == "MAIL":
+            text = "Sender already given; send RSET to start over"
+        elif state in TRANSACTION_STATES:
+            text = f"{name} is not allowed during a mail transaction; send RSET first"
+        else:
+            text = f"Bad sequence of commands: {name} needs MAIL first"
+        self.commandError(503, "5.5.1", text)
+
+    def commandError(self, code: int, enhanced: str, text: str) -> None:
+        """Refuse a command, count the error, and close after too many."""
+        self.reply(code, enhanced, text)
+        self._errors += 1
+        self.logRefusal("command", SMTPError(code, enhanced, text))
+        if self._errors >= self.config.maxErrors:
+            self.reply(421, "4.7.0", f"{self.config.hostname} Too many errors, closing connection")
+            self.close()
+
+    def _extraCommand(self, name: str, argument: bytes) -> None:
+        """A verb of the protocol's own (``do_VERB``): ask the glue to run it, in order."""
+        self.call(None, "command", (name, argument), None, what=f"do_{name}")
+
+    # -- replies -----------------------------------------------------------------
+
+    def reply(self, code: int, enhanced: str | None, text: str | list[str]) -> None:
+        """Queue a reply (``text``: a line, or the lines of a multi-line reply)."""
+        if self.state is not State.CLOSED:
+            self._out.append(formatReply(code, text, enhanced))
+
+    def replyError(self, error: SMTPError) -> None:
+        """Queue the reply an :class:`~txsmtp.errors.SMTPError` describes."""
+        self.reply(error.code, error.enhanced or f"{error.code // 100}.0.0", error.text)
+
+    def close(self) -> None:
+        """Send what is queued, then close (the end of the session)."""
+        if self.state is State.CLOSED:
+            return
+        if self.transaction is not None:
+            self._endTransaction("connection closing")
+        self.state = State.CLOSED
+        self._closingSince = self._now
+        self._actions.append(Close())
+
+    # -- the transaction ---------------------------------------------------------
+
+    def _endTransaction(self, why: str, notify: bool = True) -> None:
+        """End the current transaction (if any) and tell the delivery session."""
+        t, self.transaction = self.transaction, None
+        self._chunkLeft = 0
+        self._chunkError = None
+        if self.state in TRANSACTION_STATES:
+            self.state = State.READY
+        if t is None:
+            return
+        self._actions.extend(t.end(why))
+        if self._blocked == "writes":
+            self._unblock()
+        if notify and self.deliverySession is not None:
+            self._actions.append(Notify(self.deliverySession, "reset", (), "delivery session reset()"))
+
+    def _abandonTransaction(self, result: str, why: str, notify: bool = True) -> None:
+        """End a transaction nobody answers; log it once its receiver is aborted."""
+        t = self.transaction
+        if t is None:
+            return
+        self._endTransaction(why, notify)
+        self._actions.append(Notify(self, "logTransaction", (result, None, None, t), "logging"))
+
+    def resetTransaction(self) -> None:
+        """Forget the current transaction (and tell the delivery session)."""
+        self._endTransaction("transaction reset")
+
+    def afterTransaction(self) -> None:
+        """A transaction was answered: close now if a shutdown waits for it."""
+        if self._shuttingDown:
+            self.reply(421, "4.3.2", f"{self.config.hostname} Service shutting down, closing connection")
+            self.close()
+
+    # -- the greeting and EHLO ----------------------------------------------------
+
+    def _sessionOpened(self, session: Any, failure: Failure | None) -> None:
+        if failure is not None:
+            err = self.errorFromFailure(failure, "opening a session")
+            self.state = State.REFUSED
+            self._out.append(formatReply(err.code, f"{self.config.hostname} {err.text}"))
+            self.logRefusal("connect", err)
+            return
+        self.deliverySession = session
+        self._out.append(formatReply(220, self.host.greeting()))
+
+    def _greet(self, argument: bytes, verb: str, esmtp: bool) -> str | None:
+        """Common part of EHLO, HELO and LHLO: check the name, start afresh."""
+        name = argument.strip()
+        if not name or b" " in name:
+            self.commandError(501, "5.5.4", f"Syntax: {verb} your.host.name")
+            return None
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            self.commandError(501, "5.5.4", f"Syntax: {verb} your.host.name (not valid UTF-8)")
+            return None
+        # RFC 5321 §4.1.4: EHLO in a transaction resets it.
+        self._endTransaction("new greeting")
+        self.connection.heloName = text
+        self.connection.esmtp = esmtp
+        self.state = State.READY
+        return f"{self.config.hostname} Hello {text} [{self.connection.peerHost}]"
+
+    def do_EHLO(self, verb: str, argument: bytes) -> None:
+        if self.lmtp:
+            self.commandError(500, "5.5.1", "This is an LMTP server: use LHLO (RFC 2033)")
+            return
+        hello = self._greet(argument, verb, verb != "HELO")
+        if hello is None:
+            return
+        if verb == "HELO":
+            self.reply(250, None, hello)
+        else:
+            self.reply(250, None, [hello, *self.host.extensions()])
+        self.afterTransaction()
+
+    do_HELO = do_EHLO
+
+    def do_LHLO(self, verb: str, argument: bytes) -> None:
+        hello = self._greet(argument, "LHLO", True)
+        if hello is not None:
+            self.reply(250, None, [hello, *self.host.extensions()])
+            self.afterTransaction()
+
+    # -- MAIL and RCPT -----------------------------------------------------------
+
+    def do_MAIL(self, verb: str, argument: bytes) -> None:
+        if argument[:5].upper() != b"FROM:":
+            self.commandError(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
+            return
+        f = self.config
+        conn = self.connection
+        if f.requireTLS and conn.tls is None:
+            self.commandError(530, "5.7.0", "Must issue a STARTTLS command first")
+            return
+        if f.requireAuth and not conn.authenticated:
+            self.commandError(530, "5.7.0", "Authentication required")
+            return
+        host = self.host
+        try:
+            path, rawParams = splitPathAndParameters(argument[5:])
+            smtputf8 = any(p.upper() == b"SMTPUTF8" for p in rawParams)
+            keywords = host.mailKeywords | {"AUTH"} if f.portal is not None else host.mailKeywords
+            params = parseMailParameters(rawParams, keywords, smtputf8)
+            sender = parsePath(path, utf8=params.smtputf8, nullOK=True)
+            host.checkMailParameters(params)
+            if params.size is not None and params.size > f.maxMessageSize:
+                raise self.tooBig()
+        except SMTPError as e:
+            self.replyError(e)
+            self.logRefusal("MAIL", e)
+            return
+        # The transaction exists from here, so that what ends the session
+        # while checkSender runs (a timeout, a disconnect) also ends it.
+        t = self.transaction = Transaction(Envelope(sender, params, conn))
+
+        def then(value: Any, failure: Failure | None) -> None:
+            if failure is not None:
+                err = self.errorFromFailure(failure, "checkSender")
+                self.replyError(err)
+                self.logRefusal("MAIL", err, sender=sender)
+                self._endTransaction("sender refused", notify=False)
+                return
+            self.state = State.MAIL
+            self.reply(250, "2.1.0", f"Sender <{sender if sender is not None else ''}> OK")
+
+        self.call(self.deliverySession, "checkSender", (sender, params), then, owner=t)
+
+    def do_RCPT(self, verb: str, argument: bytes) -> None:
+        if argument[:3].upper() != b"TO:":
+            self.commandError(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]")
+            return
+        t = self.transaction
+        assert t is not None
+        envelope = t.envelope
+        maxRecipients = self.config.maxRecipients
+        try:
+            path, rawParams = splitPathAndParameters(argument[3:])
+            params = parseRecipientParameters(rawParams, self.host.rcptKeywords, envelope.parameters.smtputf8)
+            address = parsePath(path, utf8=envelope.parameters.smtputf8, postmasterOK=True)
+            if len(envelope.recipients) >= maxRecipients:
+                # RFC 5321 §4.5.3.1.10: too many recipients is 452, so the
+                # client sends the rest in another transaction.
+                raise SMTPError(452, "4.5.3", f"Too many recipients (at most {maxRecipients} per message)")
+        except SMTPError as e:
+            self.replyError(e)
+            self.logRefusal("RCPT", e)
+            return
+        assert address is not None
+        recipient = Recipient(address, params)
+
+        def then(value: Any, failure: Failure | None) -> None:
+            if failure is not None:
+                err = self.errorFromFailure(failure, "checkRecipient")
+                self.replyError(err)
+                self.logRefusal("RCPT", err, recipient=address)
+                return
+            envelope.recipients.append(recipient)
+            self.state = State.RCPT
+            self.reply(250, "2.1.5", f"Recipient <{address}> OK")
+
+        self.call(self.deliverySession, "checkRecipient", (recipient, envelope), then, owner=t)
+
+    # -- the small commands ------------------------------------------------------
+
+    def do_RSET(self, verb: str, argument: bytes) -> None:
+        if argument.strip():
+            self.commandError(501, "5.5.4", "Syntax: RSET takes no argument")
+            return
+        self._endTransaction("transaction reset")
+        self.reply(250, "2.0.0", "OK")
+        self.afterTransaction()
+
+    def do_NOOP(self, verb: str, argument: bytes) -> None:
+        self.reply(250, "2.0.0", "OK")
+
+    def do_QUIT(self, verb: str, argument: bytes) -> None:
+        self.reply(221, "2.0.0", f"{self.config.hostname} Bye")
+        self._endTransaction("client quit")
+        self.close()
+
+    def do_VRFY(self, verb: str, argument: bytes) -> None:
+        text = argument.strip().decode("utf-8", "replace")
+        if not text:
+            self.commandError(501, "5.5.4", "Syntax: VRFY <address>")
+            return
+        session = self.deliverySession
+        if getattr(session, "verify", None) is None:
+            # RFC 5321 §7.3: 252 tells nothing about who exists.
+            self.reply(252, "2.5.0", _VRFY_252)
+            return
+
+        def then(value: Any, failure: Failure | None) -> None:
+            if failure is not None:
+                self.replyError(self.errorFromFailure(failure, "verify"))
+            elif value is None:
+                self.reply(252, "2.5.0", _VRFY_252)
+            else:
+                self.reply(250, "2.1.5", str(value))
+
+        self.call(session, "verify", (text,), then)
+
+    def do_EXPN(self, verb: str, argument: bytes) -> None:
+        # RFC 5321 §7.3: disabling EXPN is allowed; say so clearly.
+        self.reply(502, "5.5.1", "EXPN is not available on this server")
+
+    def do_HELP(self, verb: str, argument: bytes) -> None:
+        topic = argument.strip().decode("ascii", "replace").upper()
+        helpTexts = self.host.helpTexts
+        names = self._commands.names
+        if topic:
+            text = helpTexts.get(topic)
+            if text is None or topic not in names:
+                if topic in names:
+                    text = f"{topic} -- see the RFC that defines it"
+                else:
+                    self.reply(504, "5.5.1", f"No help for {topic[:20]}: not a command here")
+                    return
+            self.reply(214, "2.0.0", text)
+            return
+        commands = " ".join(sorted(names))
+        self.reply(214, "2.0.0", [f"Commands: {commands}", "HELP <command> for details; see RFC 5321"])
+
+    # -- STARTTLS (RFC 3207) -----------------------------------------------------
+
+    def do_STARTTLS(self, verb: str, argument: bytes) -> None:
+        if argument.strip():
+            self.commandError(501, "5.5.4", "Syntax: STARTTLS takes no argument")
+            return
+        conn = self.connection
+        if conn.tls is not None:
+            self.commandError(503, "5.5.1", "TLS is already active")
+            return
+        if self.config.tls is None:
+            self.commandError(454, "4.7.0", "TLS not available")
+            return
+        # RFC 3207 §4.2 and the STARTTLS injection attacks (CVE-2011-0411 and
+        # kin): anything the client sent after STARTTLS in plaintext must
+        # never run inside the TLS session.  Drop it.
+        injected = self._lines.takeRest()
+        if injected:
+            _log.warn(
+                "{text}",
+                text=f"discarded {len(injected)} octets sent after STARTTLS before the TLS handshake "
+                f"from {conn.peerHost} (possible command injection)",
+                peer=conn.peerHost,
+                octets=len(injected),
+                session=conn.sessionId,
+            )
+        self.reply(220, "2.0.0", "Ready to start TLS")
+        self._endTransaction("STARTTLS")
+        # RFC 3207 §4.2: forget everything the client said before TLS.
+        conn.heloName = None
+        conn.esmtp = False
+        self.state = State.INITIAL
+        if conn.authenticated:
+            conn.authenticated = None
+            self.restoreAnonymousSession()
+        conn.tls = TLSInfo()
+        self._actions.append(StartTLS())
+
+    def tlsEstablished(self, info: TLSInfo) -> None:
+        """The TLS handshake completed (after STARTTLS or on an implicit-TLS port)."""
+        self.connection.tls = info
+
+    # -- time --------------------------------------------------------------------
+
+    def checkTime(self, now: float) -> None:
+        """
+        Enforce the timeouts at ``now``: the command deadline, the data-block
+        timeout and minimum rate, a hook that never answers, and a closing
+        connection that lingers (the glue aborts it on a :class:`Close`
+        when :attr:`closeOverdue`).
+        """
+        self._now = now
+        state = self.state
+        if state is State.CLOSED:
+            return
+        f = self.config
+        t = self.transaction
+        blocked = self._blocked
+        if isinstance(blocked, Call) and blocked.method == "delay":
+            return  # the AUTH failure delay: ours, and bounded
+        if blocked is not None or (t is not None and t.slowWrites):
+            # Waiting for the delivery (a hook, or back-pressure from the
+            # receiver): the client is not to blame, but a hook that never
+            # answers must not hold the connection for ever.
+            if now >= self._blockedSince + f.commandTimeout:
+                _log.error(
+                    "{text}",
+                    text=f"the delivery has not answered {self._blocked!r} for {f.commandTimeout:.0f}s; "
+                    f"closing the connection from {self.connection.peerHost}",
+                    peer=self.connection.peerHost,
+                    session=self.connection.sessionId,
+                )
+                self.giveUp(f"{f.hostname} Local error: the delivery did not answer, closing connection",
+                            "delivery timeout", "4.3.0")  # fmt: skip
+            return
+        if self._chunkLeft or (t is not None and t.decoder is not None and not t.chunked):
+            if now >= self._dataSince + f.dataTimeout:
+                self.giveUp(f"{f.hostname} Timeout waiting for the client, closing connection", "timeout")
+            elif f.minDataRate:
+                # RFC 5321 gives a data block 3 minutes; a client trickling a
+                # few octets a minute could hold a session for days.  Ask for
+                # an average rate once the first window has passed.
+                elapsed = now - self._rateStart
+                if elapsed >= f.dataRateWindow and self._rateBytes < f.minDataRate * elapsed:
+                    self.giveUp(f"{f.hostname} Data arriving too slowly, closing connection", "data too slow")
+            return
+        if now >= self._commandSince + f.commandTimeout:
+            self.giveUp(f"{f.hostname} Timeout waiting for the client, closing connection", "timeout")
+
+    def closeOverdue(self, now: float) -> bool:
+        """Whether a closing connection has lingered past ``closeTimeout``."""
+        return self.state is State.CLOSED and now - self._closingSince >= self.config.closeTimeout
+
+    def giveUp(self, text: str, why: str, enhanced: str = "4.4.2") -> None:
+        """Abandon the session: ``421`` and close, whatever is under way."""
+        _log.info("closing connection from {peer}: {why}", peer=self.connection.peerHost, why=why,
+                  session=self.connection.sessionId)  # fmt: skip
+        self._abandonTransaction(why, why)
+        blocked, self._blocked = self._blocked, None
+        if isinstance(blocked, Call) and blocked.owner is self._scope:
+            # A session-level hook in flight (verify, login, a do_VERB): its
+            # result, if it still comes, is only cleaned up.
+            self._scope.calls.discard(blocked)
+            blocked.owner = _ENDED
+            self._actions.append(Cancel(blocked))
+        self._out = []
+        self.reply(421, enhanced, text)
+        self.close()
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Close gracefully: now when idle, else once the transaction is answered."""
+        self._shuttingDown = True
+        if self.state in (State.INITIAL, State.READY, State.REFUSED) and self._blocked is None:
+            self.reply(421, "4.3.2", f"{self.config.hostname} Service shutting down, closing connection")
+            self.close()
+
+    # -- logging -----------------------------------------------------------------
+    #
+    # Log events carry their fields for structured observers, and a text
+    # already formatted (cheaper than twisted.logger's field formatting,
+    # which matters at thousands of messages a second).
+
+    def logRefusal(self, command: str, error: SMTPError, **extra: Any) -> None:
+        conn = self.connection
+        detail = "".join(f" {k}=<{v}>" for k, v in extra.items())
+        _log.info(
+            "{text}",
+            text=f"refused {command} from {conn.peerHost}: {error.code} {error.enhanced} {error.text}{detail}",
+            command=command,
+            peer=conn.peerHost,
+            code=error.code,
+            enhanced=error.enhanced,
+            reason=error.text,
+            session=conn.sessionId,
+        )
+
+    def _logTransaction(self, result: str, error: SMTPError | None, size: int | None = None) -> None:
+        self.logTransaction(result, error, size, self.transaction)
+
+    def logTransaction(self, result: str, error: SMTPError | None, size: int | None, t: Transaction | None) -> None:
+        """Log the outcome of transaction ``t``: one line an operator can follow."""
+        if t is None:
+            return
+        envelope = t.envelope
+        conn = self.connection
+        tls = conn.tls
+        tlsText = f" tls={tls.version}/{tls.cipher}" if tls is not None else ""
+        auth = f" auth={conn.authenticated}" if conn.authenticated else ""
+        reason = f" reason=[{error}]" if error is not None else ""
+        _log.info(
+            "{text}",
+            text=(
+                f"{result} id={envelope.queueId} from={envelope.returnPath} rcpts={len(envelope.recipients)} "
+                f"size={size} peer={conn.peerHost} helo={conn.heloName}{tlsText}{auth}{reason}"
+            ),
+            result=result,
+            queueId=envelope.queueId,
+            sender=envelope.returnPath,
+            recipients=len(envelope.recipients),
+            size=size,
+            peer=conn.peerHost,
+            helo=conn.heloName,
+            tlsVersion=tls.version if tls is not None else None,
+            tlsCipher=tls.cipher if tls is not None else None,
+            authenticated=conn.authenticated,
+            session=conn.sessionId,
+        )
+
+
+_CANCELLED = (CancelledError,)
+
+#: The owner of calls taken from a session that gave up on them.
+_ENDED = Scope()
+_ENDED.alive = False
+
+#: The built-in commands: verb -> handler, with the states from the table.
+BUILTIN: dict[str, Handler] = {
+    "EHLO": ServerSession.do_EHLO,
+    "HELO": ServerSession.do_HELO,
+    "LHLO": ServerSession.do_LHLO,
+    "MAIL": ServerSession.do_MAIL,
+    "RCPT": ServerSession.do_RCPT,
+    "DATA": ServerSession.do_DATA,
+    "BDAT": ServerSession.do_BDAT,
+    "RSET": ServerSession.do_RSET,
+    "NOOP": ServerSession.do_NOOP,
+    "QUIT": ServerSession.do_QUIT,
+    "VRFY": ServerSession.do_VRFY,
+    "EXPN": ServerSession.do_EXPN,
+    "HELP": ServerSession.do_HELP,
+    "STARTTLS": ServerSession.do_STARTTLS,
+    "AUTH": ServerSession.do_AUTH,
+}
+assert set(BUILTIN) == set(COMMANDS)
