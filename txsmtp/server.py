@@ -215,7 +215,9 @@ class ESMTPServer(Protocol):
         parameters extend this.
         """
         if params.body == "BINARYMIME" and "CHUNKING" not in self.extensions():
-            raise SMTPError(555, "5.5.4", "BODY=BINARYMIME needs CHUNKING, which this server does not offer")
+            raise SMTPError(
+                555, "5.5.4", "BODY=BINARYMIME needs CHUNKING, which this server does not offer"
+            )
 
     def withKeyword(self, envelope: Envelope) -> str:
         """
@@ -537,7 +539,9 @@ class ESMTPServer(Protocol):
     def timeoutConnection(self) -> None:
         """The client said nothing for too long: ``421 4.4.2`` and close."""
         assert self._session is not None
-        self._session.giveUp(f"{self.factory.hostname} Timeout waiting for the client, closing connection", "timeout")
+        self._session.giveUp(
+            f"{self.factory.hostname} Timeout waiting for the client, closing connection", "timeout"
+        )
         self._run()
 
     def shutdown(self) -> Deferred[None]:
@@ -565,7 +569,9 @@ class ESMTPServer(Protocol):
         if self.state is not State.CLOSED:
             assert self._session is not None
             self._session.giveUp(
-                f"{self.factory.hostname} Service shutting down, closing connection", "shutdown", "4.3.2"
+                f"{self.factory.hostname} Service shutting down, closing connection",
+                "shutdown",
+                "4.3.2",
             )
             self._run()
         else:

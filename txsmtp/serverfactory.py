@@ -39,7 +39,6 @@ class _QueueIds:
         return f"{self._prefix}{self._n:06X}"
 
 
-
 @implementer(interfaces.IProtocolFactory)
 class SMTPFactory(Factory):
     """
@@ -115,7 +114,9 @@ class SMTPFactory(Factory):
 
             hostname = socket.getfqdn()
         if maxMessageSize < 1 or maxRecipients < 1 or maxLineLength < 512:
-            raise ValueError("maxMessageSize and maxRecipients must be positive; maxLineLength at least 512")
+            raise ValueError(
+                "maxMessageSize and maxRecipients must be positive; maxLineLength at least 512"
+            )
         if bareLineEnds not in ("reject", "normalize"):
             raise ValueError("bareLineEnds must be 'reject' or 'normalize'")
         self.delivery = delivery
@@ -138,7 +139,9 @@ class SMTPFactory(Factory):
             authMechanisms = tuple(MECHANISMS)
         unknown = [m for m in authMechanisms if m not in MECHANISMS]
         if unknown:
-            raise ValueError(f"unknown SASL mechanisms: {', '.join(unknown)} (known: {', '.join(MECHANISMS)})")
+            raise ValueError(
+                f"unknown SASL mechanisms: {', '.join(unknown)} (known: {', '.join(MECHANISMS)})"
+            )
         if portal is not None:
             # Offer only what the portal's checkers can verify.
             authMechanisms = tuple(m for m in authMechanisms if usableMechanism(m, portal))

@@ -60,7 +60,18 @@ class Call:
         :class:`Cancel` can reach it.
     """
 
-    __slots__ = ("target", "method", "args", "owner", "then", "cleanup", "blocking", "what", "pending", "late")
+    __slots__ = (
+        "target",
+        "method",
+        "args",
+        "owner",
+        "then",
+        "cleanup",
+        "blocking",
+        "what",
+        "pending",
+        "late",
+    )
 
     def __init__(
         self,
@@ -95,7 +106,9 @@ class Notify:
 
     __slots__ = ("target", "method", "args", "what")
 
-    def __init__(self, target: Any, method: str, args: tuple[Any, ...] = (), what: str | None = None) -> None:
+    def __init__(
+        self, target: Any, method: str, args: tuple[Any, ...] = (), what: str | None = None
+    ) -> None:
         self.target = target
         self.method = method
         self.args = args

@@ -24,12 +24,17 @@ from twisted.python.failure import Failure
 
 from txsmtp.errors import SMTPError
 from txsmtp.interfaces import IDeliverySession
-from txsmtp.sasl import MECHANISMS, Challenge, IScramCredentials, IScramKeyStore, NeedKeys, SASLError
+from txsmtp.sasl import (
+    MECHANISMS,
+    Challenge,
+    IScramCredentials,
+    IScramKeyStore,
+    NeedKeys,
+    SASLError,
+)
 from txsmtp.session.actions import Notify
+from txsmtp.session.base import SessionBase
 from txsmtp.session.table import State
-
-if TYPE_CHECKING:
-    from txsmtp.session.core import ServerSession
 
 __all__ = ["AuthCommands"]
 
@@ -40,12 +45,13 @@ def _logoutAction(result: Any) -> Notify:
     return Notify(None, "logout", (result[2],), "avatar logout")
 
 
-class AuthCommands:
+class AuthCommands(SessionBase):
     """The AUTH part of :class:`~txsmtp.session.core.ServerSession`."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:
+        __slots__ = ()
 
-    def do_AUTH(self: ServerSession, verb: str, argument: bytes) -> None:
+    def do_AUTH(self, verb: str, argument: bytes) -> None:
         f = self.config
         conn = self.connection
         if f.portal is None:
@@ -62,7 +68,9 @@ class AuthCommands:
         name = parts[0].decode("ascii", "replace").upper()
         if conn.tls is None and not f.allowInsecureAuth:
             # RFC 4954 §6: 538 when the mechanism needs an encrypted session.
-            self.commandError(538, "5.7.11", "Encryption required for requested authentication mechanism")
+            self.commandError(
+                538, "5.7.11", "Encryption required for requested authentication mechanism"
+            )
             return
         if name not in f.authMechanisms:
             self.commandError(504, "5.5.4", f"Unrecognized authentication type: {name[:20]}")
@@ -84,7 +92,7 @@ class AuthCommands:
             return
         self._authStep(step)
 
-    def _decodeSASL(self: ServerSession, data: bytes, allowEquals: bool = False) -> bytes | None:
+    def _decodeSASL(self, data: bytes, allowEquals: bool = False) -> bytes | None:
         if allowEquals and data == b"=":
             # RFC 4954 §4: "=" is an empty initial response.
             return b""
@@ -95,7 +103,7 @@ class AuthCommands:
             self.commandError(501, "5.5.2", "Invalid base64 data in authentication exchange")
             return None
 
-    def _authResponse(self: ServerSession, line: bytes) -> None:
+    def _authResponse(self, line: bytes) -> None:
         pending = self._pendingLogin
         if pending is not None and not line:
             # The client accepted the server's final message (SCRAM): only
@@ -110,7 +118,9 @@ class AuthCommands:
             return
         if pending is not None:
             self._authDone()
-            self.commandError(501, "5.5.2", "Expected an empty response to the server's final message")
+            self.commandError(
+                501, "5.5.2", "Expected an empty response to the server's final message"
+            )
             return
         data = self._decodeSASL(line)
         if data is None:
@@ -123,7 +133,7 @@ class AuthCommands:
             return
         self._authStep(step)
 
-    def _authStep(self: ServerSession, step: Any) -> None:
+    def _authStep(self, step: Any) -> None:
         if isinstance(step, Challenge):
             self._out.append(b"334 " + base64.b64encode(step.data) + b"\r\n")
         elif isinstance(step, NeedKeys):
@@ -149,22 +159,22 @@ class AuthCommands:
         else:
             self._login(step.credentials)
 
-    def _scramKeyStore(self: ServerSession) -> Any:
+    def _scramKeyStore(self) -> Any:
         checker = self.config.portal.checkers.get(IScramCredentials)
         return checker if IScramKeyStore.providedBy(checker) else None
 
-    def _login(self: ServerSession, credentials: Any) -> None:
+    def _login(self, credentials: Any) -> None:
         def then(result: Any, failure: Failure | None) -> None:
             if failure is not None:
                 # A realm may have noted the user before failing.
                 self.connection.authenticated = None
-                if failure.check(UnauthorizedLogin, UnhandledCredentials):
+                if isinstance(failure.value, (UnauthorizedLogin, UnhandledCredentials)):
                     self._authFailed(credentials)
-                elif failure.check(SMTPError):
+                elif isinstance(failure.value, SMTPError):
                     # The delivery refused this user its session (say, a
                     # disabled account): its own words reach the client.
                     self._authDone()
-                    self.replyError(failure.value)  # type: ignore[arg-type]
+                    self.replyError(failure.value)
                 else:
                     self._authDone()
                     self.errorFromFailure(failure, "login")
@@ -174,14 +184,18 @@ class AuthCommands:
             self._authenticated(credentials, avatar, logout)
 
         self.call(
-            self.config.portal, "login", (credentials, self.connection, IDeliverySession), then, cleanup=_logoutAction
+            self.config.portal,
+            "login",
+            (credentials, self.connection, IDeliverySession),
+            then,
+            cleanup=_logoutAction,
         )
 
-    def _authenticated(self: ServerSession, credentials: Any, avatar: Any, logout: Any) -> None:
+    def _authenticated(self, credentials: Any, avatar: Any, logout: Any) -> None:
         username = self.connection.authenticated
         if not username:
-            username = getattr(credentials, "username", b"")
-            username = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
+            raw: Any = getattr(credentials, "username", None) or b""
+            username = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         final = getattr(self._mechanism, "serverFinal", None)
         if final is not None:
             # RFC 4954 §4: additional data with success goes in a 334
@@ -194,7 +208,7 @@ class AuthCommands:
         self._install(username, avatar, logout)
         self._authSucceeded()
 
-    def _install(self: ServerSession, username: str, avatar: Any, logout: Any) -> None:
+    def _install(self, username: str, avatar: Any, logout: Any) -> None:
         """Make the realm's avatar the session's delivery policy."""
         self.connection.authenticated = username
         old, self.deliverySession = self.deliverySession, avatar
@@ -202,7 +216,7 @@ class AuthCommands:
             self._anonymousSession = old
         self._logout = logout
 
-    def _authSucceeded(self: ServerSession) -> None:
+    def _authSucceeded(self) -> None:
         name = self._mechanism.name if self._mechanism is not None else "?"
         self._authDone()
         self.reply(235, "2.7.0", "Authentication successful")
@@ -216,7 +230,7 @@ class AuthCommands:
             session=conn.sessionId,
         )
 
-    def _authFailed(self: ServerSession, credentials: Any) -> None:
+    def _authFailed(self, credentials: Any) -> None:
         f = self.config
         name = self._mechanism.name if self._mechanism is not None else "?"
         username = getattr(credentials, "username", b"")
@@ -240,7 +254,11 @@ class AuthCommands:
         def answer(value: Any = None, failure: Failure | None = None) -> None:
             self.reply(535, "5.7.8", "Authentication credentials invalid")
             if failures >= f.maxAuthFailures:
-                self.reply(421, "4.7.0", f"{f.hostname} Too many authentication failures, closing connection")
+                self.reply(
+                    421,
+                    "4.7.0",
+                    f"{f.hostname} Too many authentication failures, closing connection",
+                )
                 self.close()
 
         # Brute force: each failure is answered later than the one before,
@@ -251,7 +269,7 @@ class AuthCommands:
         else:
             self.call(None, "delay", (delay,), answer, what="AUTH failure delay")
 
-    def _authDone(self: ServerSession) -> None:
+    def _authDone(self) -> None:
         """Leave the AUTH exchange (success or not)."""
         self._mechanism = None
         pending, self._pendingLogin = self._pendingLogin, None
@@ -262,7 +280,7 @@ class AuthCommands:
         if self.state is State.AUTH:
             self.state = State.READY
 
-    def restoreAnonymousSession(self: ServerSession) -> None:
+    def restoreAnonymousSession(self) -> None:
         """After STARTTLS: the avatar is logged out and the anonymous session is back."""
         anonymous, self._anonymousSession = self._anonymousSession, None
         if anonymous is not None and anonymous is not self.deliverySession:

@@ -70,13 +70,16 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txsmtp.envelope import ConnectionInfo, Envelope, Recipient, TLSInfo
+from txsmtp.envelope import ConnectionInfo, Envelope, Recipient
 from txsmtp.errors import SMTPError
-from txsmtp.session.actions import Action, Call, Cancel, Close, Notify, Scope, StartTLS
+from txsmtp.session.actions import Action, Call, Close, Notify, Scope
 from txsmtp.session.auth import AuthCommands
+from txsmtp.session.basic import BasicCommands
 from txsmtp.session.commands import CommandTable, Handler
+from txsmtp.session.logs import SessionLog
 from txsmtp.session.message import MessageCommands
 from txsmtp.session.table import COMMANDS, TRANSACTION_STATES, State
+from txsmtp.session.timing import Timeouts
 from txsmtp.session.transaction import Transaction
 from txsmtp.wire.address import parsePath, splitPathAndParameters
 from txsmtp.wire.lines import TOO_LONG, LineReader
@@ -87,10 +90,8 @@ __all__ = ["ServerSession"]
 
 _log = Logger(namespace="txsmtp.server")
 
-_VRFY_252 = "Cannot VRFY user, but will accept message and attempt delivery"
 
-
-class ServerSession(MessageCommands, AuthCommands):
+class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, SessionLog):
     """
     One SMTP (or, with ``lmtp=True``, LMTP) server session without I/O.
 
@@ -113,7 +114,12 @@ class ServerSession(MessageCommands, AuthCommands):
     )  # fmt: skip
 
     def __init__(
-        self, config: Any, host: Any, connection: ConnectionInfo, commands: CommandTable, now: float = 0.0
+        self,
+        config: Any,
+        host: Any,
+        connection: ConnectionInfo,
+        commands: CommandTable,
+        now: float = 0.0,
     ) -> None:
         self.config = config
         self.host = host
@@ -162,7 +168,9 @@ class ServerSession(MessageCommands, AuthCommands):
         if self.state is State.CLOSED:
             return
         self._now = now
-        if self._chunkLeft or (self.transaction is not None and self.transaction.decoder is not None):
+        if self._chunkLeft or (
+            self.transaction is not None and self.transaction.decoder is not None
+        ):
             self._dataSince = now
         elif not self._lines.pending():
             # The first octet of a command line starts its clock.
@@ -197,7 +205,7 @@ class ServerSession(MessageCommands, AuthCommands):
                 action = call.cleanup(value)
                 if action is not None:
                     self._actions.append(action)
-            elif failure is not None and not failure.check(SMTPError, *_CANCELLED):
+            elif failure is not None and not isinstance(failure.value, (SMTPError, *_CANCELLED)):
                 _log.failure("{what} failed after its transaction ended", failure, what=call.what)
             return
         owner.calls.discard(call)
@@ -303,8 +311,8 @@ class ServerSession(MessageCommands, AuthCommands):
 
     def errorFromFailure(self, failure: Failure, what: str) -> SMTPError:
         """An :class:`SMTPError` as is; anything else is logged and becomes ``451 4.3.0``."""
-        if failure.check(SMTPError):
-            return failure.value  # type: ignore[return-value]
+        if isinstance(failure.value, SMTPError):
+            return failure.value
         _log.failure(
             "{what} failed in the delivery for {peer}; the client gets a temporary failure",
             failure,
@@ -340,7 +348,9 @@ class ServerSession(MessageCommands, AuthCommands):
                     self._authDone()
                     self.commandError(500, "5.5.6", "Authentication exchange line is too long")
                     continue
-                self.commandError(500, "5.5.2", f"Line too long (at most {lines.maxLength} octets including CRLF)")
+                self.commandError(
+                    500, "5.5.2", f"Line too long (at most {lines.maxLength} octets including CRLF)"
+                )
                 continue
             self.lineReceived(line)  # type: ignore[arg-type]
             if not lines.pending():
@@ -365,7 +375,11 @@ class ServerSession(MessageCommands, AuthCommands):
             entry = table.get(name.encode("ascii"))
             if entry is None:
                 if b"\r" in line or b"\n" in line:
-                    self.commandError(500, "5.5.2", "Syntax error: bare CR or LF in a command (lines end with CRLF)")
+                    self.commandError(
+                        500,
+                        "5.5.2",
+                        "Syntax error: bare CR or LF in a command (lines end with CRLF)",
+                    )
                 elif name.isalpha():
                     self.commandError(500, "5.5.1", f"Command not recognized: {name[:20]}")
                 else:
@@ -373,7 +387,9 @@ class ServerSession(MessageCommands, AuthCommands):
                 return
         name, handler, states = entry
         if b"\r" in argument or b"\n" in argument or b"\0" in argument:
-            self.commandError(500, "5.5.2", "Syntax error: bare CR or LF in a command (lines end with CRLF)")
+            self.commandError(
+                500, "5.5.2", "Syntax error: bare CR or LF in a command (lines end with CRLF)"
+            )
             return
         state = self.state
         if state is State.REFUSED and name != "QUIT":
@@ -445,7 +461,9 @@ class ServerSession(MessageCommands, AuthCommands):
         if self._blocked == "writes":
             self._unblock()
         if notify and self.deliverySession is not None:
-            self._actions.append(Notify(self.deliverySession, "reset", (), "delivery session reset()"))
+            self._actions.append(
+                Notify(self.deliverySession, "reset", (), "delivery session reset()")
+            )
 
     def _abandonTransaction(self, result: str, why: str, notify: bool = True) -> None:
         """End a transaction nobody answers; log it once its receiver is aborted."""
@@ -462,7 +480,9 @@ class ServerSession(MessageCommands, AuthCommands):
     def afterTransaction(self) -> None:
         """A transaction was answered: close now if a shutdown waits for it."""
         if self._shuttingDown:
-            self.reply(421, "4.3.2", f"{self.config.hostname} Service shutting down, closing connection")
+            self.reply(
+                421, "4.3.2", f"{self.config.hostname} Service shutting down, closing connection"
+            )
             self.close()
 
     # -- the greeting and EHLO ----------------------------------------------------
@@ -570,12 +590,16 @@ class ServerSession(MessageCommands, AuthCommands):
         maxRecipients = self.config.maxRecipients
         try:
             path, rawParams = splitPathAndParameters(argument[3:])
-            params = parseRecipientParameters(rawParams, self.host.rcptKeywords, envelope.parameters.smtputf8)
+            params = parseRecipientParameters(
+                rawParams, self.host.rcptKeywords, envelope.parameters.smtputf8
+            )
             address = parsePath(path, utf8=envelope.parameters.smtputf8, postmasterOK=True)
             if len(envelope.recipients) >= maxRecipients:
                 # RFC 5321 §4.5.3.1.10: too many recipients is 452, so the
                 # client sends the rest in another transaction.
-                raise SMTPError(452, "4.5.3", f"Too many recipients (at most {maxRecipients} per message)")
+                raise SMTPError(
+                    452, "4.5.3", f"Too many recipients (at most {maxRecipients} per message)"
+                )
         except SMTPError as e:
             self.replyError(e)
             self.logRefusal("RCPT", e)
@@ -595,242 +619,8 @@ class ServerSession(MessageCommands, AuthCommands):
 
         self.call(self.deliverySession, "checkRecipient", (recipient, envelope), then, owner=t)
 
-    # -- the small commands ------------------------------------------------------
-
-    def do_RSET(self, verb: str, argument: bytes) -> None:
-        if argument.strip():
-            self.commandError(501, "5.5.4", "Syntax: RSET takes no argument")
-            return
-        self._endTransaction("transaction reset")
-        self.reply(250, "2.0.0", "OK")
-        self.afterTransaction()
-
-    def do_NOOP(self, verb: str, argument: bytes) -> None:
-        self.reply(250, "2.0.0", "OK")
-
-    def do_QUIT(self, verb: str, argument: bytes) -> None:
-        self.reply(221, "2.0.0", f"{self.config.hostname} Bye")
-        self._endTransaction("client quit")
-        self.close()
-
-    def do_VRFY(self, verb: str, argument: bytes) -> None:
-        text = argument.strip().decode("utf-8", "replace")
-        if not text:
-            self.commandError(501, "5.5.4", "Syntax: VRFY <address>")
-            return
-        session = self.deliverySession
-        if getattr(session, "verify", None) is None:
-            # RFC 5321 §7.3: 252 tells nothing about who exists.
-            self.reply(252, "2.5.0", _VRFY_252)
-            return
-
-        def then(value: Any, failure: Failure | None) -> None:
-            if failure is not None:
-                self.replyError(self.errorFromFailure(failure, "verify"))
-            elif value is None:
-                self.reply(252, "2.5.0", _VRFY_252)
-            else:
-                self.reply(250, "2.1.5", str(value))
-
-        self.call(session, "verify", (text,), then)
-
-    def do_EXPN(self, verb: str, argument: bytes) -> None:
-        # RFC 5321 §7.3: disabling EXPN is allowed; say so clearly.
-        self.reply(502, "5.5.1", "EXPN is not available on this server")
-
-    def do_HELP(self, verb: str, argument: bytes) -> None:
-        topic = argument.strip().decode("ascii", "replace").upper()
-        helpTexts = self.host.helpTexts
-        names = self._commands.names
-        if topic:
-            text = helpTexts.get(topic)
-            if text is None or topic not in names:
-                if topic in names:
-                    text = f"{topic} -- see the RFC that defines it"
-                else:
-                    self.reply(504, "5.5.1", f"No help for {topic[:20]}: not a command here")
-                    return
-            self.reply(214, "2.0.0", text)
-            return
-        commands = " ".join(sorted(names))
-        self.reply(214, "2.0.0", [f"Commands: {commands}", "HELP <command> for details; see RFC 5321"])
-
-    # -- STARTTLS (RFC 3207) -----------------------------------------------------
-
-    def do_STARTTLS(self, verb: str, argument: bytes) -> None:
-        if argument.strip():
-            self.commandError(501, "5.5.4", "Syntax: STARTTLS takes no argument")
-            return
-        conn = self.connection
-        if conn.tls is not None:
-            self.commandError(503, "5.5.1", "TLS is already active")
-            return
-        if self.config.tls is None:
-            self.commandError(454, "4.7.0", "TLS not available")
-            return
-        # RFC 3207 §4.2 and the STARTTLS injection attacks (CVE-2011-0411 and
-        # kin): anything the client sent after STARTTLS in plaintext must
-        # never run inside the TLS session.  Drop it.
-        injected = self._lines.takeRest()
-        if injected:
-            _log.warn(
-                "{text}",
-                text=f"discarded {len(injected)} octets sent after STARTTLS before the TLS handshake "
-                f"from {conn.peerHost} (possible command injection)",
-                peer=conn.peerHost,
-                octets=len(injected),
-                session=conn.sessionId,
-            )
-        self.reply(220, "2.0.0", "Ready to start TLS")
-        self._endTransaction("STARTTLS")
-        # RFC 3207 §4.2: forget everything the client said before TLS.
-        conn.heloName = None
-        conn.esmtp = False
-        self.state = State.INITIAL
-        if conn.authenticated:
-            conn.authenticated = None
-            self.restoreAnonymousSession()
-        conn.tls = TLSInfo()
-        self._actions.append(StartTLS())
-
-    def tlsEstablished(self, info: TLSInfo) -> None:
-        """The TLS handshake completed (after STARTTLS or on an implicit-TLS port)."""
-        self.connection.tls = info
-
-    # -- time --------------------------------------------------------------------
-
-    def checkTime(self, now: float) -> None:
-        """
-        Enforce the timeouts at ``now``: the command deadline, the data-block
-        timeout and minimum rate, a hook that never answers, and a closing
-        connection that lingers (the glue aborts it on a :class:`Close`
-        when :attr:`closeOverdue`).
-        """
-        self._now = now
-        state = self.state
-        if state is State.CLOSED:
-            return
-        f = self.config
-        t = self.transaction
-        blocked = self._blocked
-        if isinstance(blocked, Call) and blocked.method == "delay":
-            return  # the AUTH failure delay: ours, and bounded
-        if blocked is not None or (t is not None and t.slowWrites):
-            # Waiting for the delivery (a hook, or back-pressure from the
-            # receiver): the client is not to blame, but a hook that never
-            # answers must not hold the connection for ever.
-            if now >= self._blockedSince + f.commandTimeout:
-                _log.error(
-                    "{text}",
-                    text=f"the delivery has not answered {self._blocked!r} for {f.commandTimeout:.0f}s; "
-                    f"closing the connection from {self.connection.peerHost}",
-                    peer=self.connection.peerHost,
-                    session=self.connection.sessionId,
-                )
-                self.giveUp(f"{f.hostname} Local error: the delivery did not answer, closing connection",
-                            "delivery timeout", "4.3.0")  # fmt: skip
-            return
-        if self._chunkLeft or (t is not None and t.decoder is not None and not t.chunked):
-            if now >= self._dataSince + f.dataTimeout:
-                self.giveUp(f"{f.hostname} Timeout waiting for the client, closing connection", "timeout")
-            elif f.minDataRate:
-                # RFC 5321 gives a data block 3 minutes; a client trickling a
-                # few octets a minute could hold a session for days.  Ask for
-                # an average rate once the first window has passed.
-                elapsed = now - self._rateStart
-                if elapsed >= f.dataRateWindow and self._rateBytes < f.minDataRate * elapsed:
-                    self.giveUp(f"{f.hostname} Data arriving too slowly, closing connection", "data too slow")
-            return
-        if now >= self._commandSince + f.commandTimeout:
-            self.giveUp(f"{f.hostname} Timeout waiting for the client, closing connection", "timeout")
-
-    def closeOverdue(self, now: float) -> bool:
-        """Whether a closing connection has lingered past ``closeTimeout``."""
-        return self.state is State.CLOSED and now - self._closingSince >= self.config.closeTimeout
-
-    def giveUp(self, text: str, why: str, enhanced: str = "4.4.2") -> None:
-        """Abandon the session: ``421`` and close, whatever is under way."""
-        _log.info("closing connection from {peer}: {why}", peer=self.connection.peerHost, why=why,
-                  session=self.connection.sessionId)  # fmt: skip
-        self._abandonTransaction(why, why)
-        blocked, self._blocked = self._blocked, None
-        if isinstance(blocked, Call) and blocked.owner is self._scope:
-            # A session-level hook in flight (verify, login, a do_VERB): its
-            # result, if it still comes, is only cleaned up.
-            self._scope.calls.discard(blocked)
-            blocked.owner = _ENDED
-            self._actions.append(Cancel(blocked))
-        self._out = []
-        self.reply(421, enhanced, text)
-        self.close()
-
-    # -- shutdown ----------------------------------------------------------------
-
-    def shutdown(self) -> None:
-        """Close gracefully: now when idle, else once the transaction is answered."""
-        self._shuttingDown = True
-        if self.state in (State.INITIAL, State.READY, State.REFUSED) and self._blocked is None:
-            self.reply(421, "4.3.2", f"{self.config.hostname} Service shutting down, closing connection")
-            self.close()
-
-    # -- logging -----------------------------------------------------------------
-    #
-    # Log events carry their fields for structured observers, and a text
-    # already formatted (cheaper than twisted.logger's field formatting,
-    # which matters at thousands of messages a second).
-
-    def logRefusal(self, command: str, error: SMTPError, **extra: Any) -> None:
-        conn = self.connection
-        detail = "".join(f" {k}=<{v}>" for k, v in extra.items())
-        _log.info(
-            "{text}",
-            text=f"refused {command} from {conn.peerHost}: {error.code} {error.enhanced} {error.text}{detail}",
-            command=command,
-            peer=conn.peerHost,
-            code=error.code,
-            enhanced=error.enhanced,
-            reason=error.text,
-            session=conn.sessionId,
-        )
-
-    def _logTransaction(self, result: str, error: SMTPError | None, size: int | None = None) -> None:
-        self.logTransaction(result, error, size, self.transaction)
-
-    def logTransaction(self, result: str, error: SMTPError | None, size: int | None, t: Transaction | None) -> None:
-        """Log the outcome of transaction ``t``: one line an operator can follow."""
-        if t is None:
-            return
-        envelope = t.envelope
-        conn = self.connection
-        tls = conn.tls
-        tlsText = f" tls={tls.version}/{tls.cipher}" if tls is not None else ""
-        auth = f" auth={conn.authenticated}" if conn.authenticated else ""
-        reason = f" reason=[{error}]" if error is not None else ""
-        _log.info(
-            "{text}",
-            text=(
-                f"{result} id={envelope.queueId} from={envelope.returnPath} rcpts={len(envelope.recipients)} "
-                f"size={size} peer={conn.peerHost} helo={conn.heloName}{tlsText}{auth}{reason}"
-            ),
-            result=result,
-            queueId=envelope.queueId,
-            sender=envelope.returnPath,
-            recipients=len(envelope.recipients),
-            size=size,
-            peer=conn.peerHost,
-            helo=conn.heloName,
-            tlsVersion=tls.version if tls is not None else None,
-            tlsCipher=tls.cipher if tls is not None else None,
-            authenticated=conn.authenticated,
-            session=conn.sessionId,
-        )
-
 
 _CANCELLED = (CancelledError,)
-
-#: The owner of calls taken from a session that gave up on them.
-_ENDED = Scope()
-_ENDED.alive = False
 
 #: The built-in commands: verb -> handler, with the states from the table.
 BUILTIN: dict[str, Handler] = {

@@ -29,12 +29,10 @@ from twisted.python.failure import Failure
 
 from txsmtp.errors import SMTPError
 from txsmtp.session.actions import Notify
+from txsmtp.session.base import SessionBase
 from txsmtp.session.table import State
 from txsmtp.session.transaction import Transaction, finalReplies
 from txsmtp.wire.data import ChunkDecoder, DataDecoder
-
-if TYPE_CHECKING:
-    from txsmtp.session.core import ServerSession
 
 __all__ = ["MessageCommands"]
 
@@ -43,22 +41,27 @@ _log = Logger(namespace="txsmtp.server")
 #: ``BDAT chunk-size [LAST]`` (RFC 3030 §2); the size has at most 18 digits.
 _BDAT = re.compile(rb" *([0-9]{1,18})( +LAST)? *", re.IGNORECASE)
 
-_BARE_LINE_END = SMTPError(550, "5.6.0", "Message refused: bare CR or LF in the body (lines must end with CRLF)")
+_BARE_LINE_END = SMTPError(
+    550, "5.6.0", "Message refused: bare CR or LF in the body (lines must end with CRLF)"
+)
 
 
-class MessageCommands:
+class MessageCommands(SessionBase):
     """The DATA and BDAT part of :class:`~txsmtp.session.core.ServerSession`."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:
+        __slots__ = ()
 
-    def tooBig(self: ServerSession) -> SMTPError:
+    def tooBig(self) -> SMTPError:
         """RFC 1870: 552 5.3.4, for a declared SIZE or a body over the limit."""
         limit = self.config.maxMessageSize
-        return SMTPError(552, "5.3.4", f"Message too big: this server accepts at most {limit} octets")
+        return SMTPError(
+            552, "5.3.4", f"Message too big: this server accepts at most {limit} octets"
+        )
 
     # -- opening -----------------------------------------------------------------
 
-    def _openMessage(self: ServerSession, t: Transaction, opened: Any, refused: Any) -> None:
+    def _openMessage(self, t: Transaction, opened: Any, refused: Any) -> None:
         envelope = t.envelope
         envelope.queueId = self.config.queueIds.next()
         envelope.receivedHeader = self.host.receivedHeader(envelope)
@@ -78,14 +81,14 @@ class MessageCommands:
             cleanup=lambda r: Notify(r, "abort", ("transaction ended",), "receiver abort()"),
         )  # fmt: skip
 
-    def _noRecipients(self: ServerSession) -> SMTPError:
+    def _noRecipients(self) -> SMTPError:
         # RFC 5321 §3.3: 503 or 554 when no recipient was accepted; 554 tells a
         # pipelining client exactly what happened.  RFC 2033 §4.2: LMTP says 503.
         return SMTPError(503 if self.lmtp else 554, "5.5.1", "No valid recipients")
 
     # -- DATA --------------------------------------------------------------------
 
-    def do_DATA(self: ServerSession, verb: str, argument: bytes) -> None:
+    def do_DATA(self, verb: str, argument: bytes) -> None:
         if argument.strip():
             self.commandError(501, "5.5.4", "Syntax: DATA takes no argument")
             return
@@ -113,7 +116,7 @@ class MessageCommands:
 
         self._openMessage(t, opened, refused)
 
-    def _dataOctets(self: ServerSession, t: Transaction, data: bytes) -> None:
+    def _dataOctets(self, t: Transaction, data: bytes) -> None:
         decoder = t.decoder
         body = decoder.feed(data)
         self._rateBytes += len(data)
@@ -130,7 +133,7 @@ class MessageCommands:
 
     # -- the body, for both --------------------------------------------------------
 
-    def _body(self: ServerSession, t: Transaction, decoder: DataDecoder | ChunkDecoder, body: bytes) -> None:
+    def _body(self, t: Transaction, decoder: DataDecoder | ChunkDecoder, body: bytes) -> None:
         if t.error is not None:
             return
         if decoder.bareLineEnd:
@@ -140,21 +143,21 @@ class MessageCommands:
         else:
             self._write(t, body)
 
-    def _failMessage(self: ServerSession, t: Transaction, error: SMTPError, why: str) -> None:
+    def _failMessage(self, t: Transaction, error: SMTPError, why: str) -> None:
         """The message is refused; its octets are still read to the end."""
         t.error = error
         receiver, t.receiver = t.receiver, None
         if receiver is not None:
             self._actions.append(Notify(receiver, "abort", (why,), "receiver abort()"))
 
-    def _write(self: ServerSession, t: Transaction, chunk: bytes) -> None:
+    def _write(self, t: Transaction, chunk: bytes) -> None:
         receiver = t.receiver
         if receiver is None:
             return
         t.pendingWrites += 1
         self.call(receiver, "write", (chunk,), self._written, owner=t, blocking=False)
 
-    def _written(self: ServerSession, value: Any, failure: Failure | None) -> None:
+    def _written(self, value: Any, failure: Failure | None) -> None:
         t = self.transaction
         assert t is not None
         t.pendingWrites -= 1
@@ -167,14 +170,14 @@ class MessageCommands:
 
     # -- the end -------------------------------------------------------------------
 
-    def _endOfMessage(self: ServerSession, t: Transaction) -> None:
+    def _endOfMessage(self, t: Transaction) -> None:
         if t.pendingWrites:
             # finish() only after the receiver has taken every chunk.
             self._block("writes")
             return
         self._finish(t)
 
-    def _finish(self: ServerSession, t: Transaction) -> None:
+    def _finish(self, t: Transaction) -> None:
         if t.error is not None:
             self._refuseMessage(t, t.error)
             return
@@ -188,7 +191,7 @@ class MessageCommands:
 
         self.call(receiver, "finish", (), then, owner=t)
 
-    def _messageStored(self: ServerSession, t: Transaction, results: list[SMTPError | None] | None) -> None:
+    def _messageStored(self, t: Transaction, results: list[SMTPError | None] | None) -> None:
         envelope = t.envelope
         replies, outcome, error = finalReplies(envelope, results, self.lmtp)
         for code, enhanced, text in replies:
@@ -211,7 +214,7 @@ class MessageCommands:
         self._endTransaction("message answered")
         self.afterTransaction()
 
-    def _refuseMessage(self: ServerSession, t: Transaction, error: SMTPError) -> None:
+    def _refuseMessage(self, t: Transaction, error: SMTPError) -> None:
         """A message refused as a whole: the same reply for each reply owed."""
         for _ in range(t.repliesOwed(self.lmtp)):
             self.replyError(error)
@@ -221,7 +224,7 @@ class MessageCommands:
 
     # -- BDAT (RFC 3030) -----------------------------------------------------------
 
-    def do_BDAT(self: ServerSession, verb: str, argument: bytes) -> None:
+    def do_BDAT(self, verb: str, argument: bytes) -> None:
         m = _BDAT.fullmatch(argument)
         if m is None:
             # Without a size the octets that follow cannot be told from
@@ -245,7 +248,9 @@ class MessageCommands:
 
         def opened() -> None:
             t.chunked = True
-            t.decoder = ChunkDecoder(self.config.bareLineEnds, binary=t.envelope.parameters.body == "BINARYMIME")
+            t.decoder = ChunkDecoder(
+                self.config.bareLineEnds, binary=t.envelope.parameters.body == "BINARYMIME"
+            )
             self.state = State.BDAT
             self._readChunk(size, last)
 
@@ -259,16 +264,16 @@ class MessageCommands:
 
         self._openMessage(t, opened, refused)
 
-    def _skipChunk(self: ServerSession, size: int, error: SMTPError, owed: int = 1) -> None:
+    def _skipChunk(self, size: int, error: SMTPError, owed: int = 1) -> None:
         """Read and throw away ``size`` octets, then answer ``error`` (``owed`` times)."""
         self._chunkError = (error, owed)
         self._startChunk(size, False)
 
-    def _readChunk(self: ServerSession, size: int, last: bool) -> None:
+    def _readChunk(self, size: int, last: bool) -> None:
         self._chunkError = None
         self._startChunk(size, last)
 
-    def _startChunk(self: ServerSession, size: int, last: bool) -> None:
+    def _startChunk(self, size: int, last: bool) -> None:
         self._chunkLast = last
         self._chunkSize = size
         self._chunkLeft = size
@@ -277,7 +282,7 @@ class MessageCommands:
         if not size:
             self._chunkDone()
 
-    def _bdatOctets(self: ServerSession, data: bytes) -> None:
+    def _bdatOctets(self, data: bytes) -> None:
         left = self._chunkLeft
         if len(data) > left:
             # The rest is the next command (pipelined): back to the reader.
@@ -294,7 +299,7 @@ class MessageCommands:
         if not self._chunkLeft:
             self._chunkDone()
 
-    def _chunkDone(self: ServerSession) -> None:
+    def _chunkDone(self) -> None:
         self._commandSince = self._now
         skipped, self._chunkError = self._chunkError, None
         if skipped is not None:

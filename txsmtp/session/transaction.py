@@ -28,7 +28,9 @@ __all__ = ["Transaction", "finalReplies", "PARTIAL_FAILURE"]
 #: message is refused with a temporary failure, and the client sends it
 #: again: the recipients whose copy was stored may receive it twice.
 PARTIAL_FAILURE = SMTPError(
-    451, "4.3.0", "Message not stored for every recipient; try again later (some may receive it twice)"
+    451,
+    "4.3.0",
+    "Message not stored for every recipient; try again later (some may receive it twice)",
 )
 
 
@@ -48,7 +50,16 @@ class Transaction(Scope):
     :ivar chunked: the message is sent with BDAT (RFC 3030).
     """
 
-    __slots__ = ("envelope", "receiver", "decoder", "pendingWrites", "slowWrites", "error", "chunked", "size")
+    __slots__ = (
+        "envelope",
+        "receiver",
+        "decoder",
+        "pendingWrites",
+        "slowWrites",
+        "error",
+        "chunked",
+        "size",
+    )
 
     def __init__(self, envelope: Envelope) -> None:
         super().__init__()

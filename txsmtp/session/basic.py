@@ -1,0 +1,134 @@
+"""
+The small commands of RFC 5321 §4.1.1 (RSET, NOOP, QUIT, VRFY, EXPN, HELP)
+and STARTTLS (RFC 3207), as part of
+:class:`~txsmtp.session.core.ServerSession`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txsmtp.envelope import TLSInfo
+from txsmtp.session.actions import StartTLS
+from txsmtp.session.base import SessionBase
+from txsmtp.session.table import State
+
+__all__ = ["BasicCommands"]
+
+_log = Logger(namespace="txsmtp.server")
+
+_VRFY_252 = "Cannot VRFY user, but will accept message and attempt delivery"
+
+
+class BasicCommands(SessionBase):
+    """RSET, NOOP, QUIT, VRFY, EXPN, HELP and STARTTLS."""
+
+    if not TYPE_CHECKING:
+        __slots__ = ()
+
+    # -- the small commands ------------------------------------------------------
+
+    def do_RSET(self, verb: str, argument: bytes) -> None:
+        if argument.strip():
+            self.commandError(501, "5.5.4", "Syntax: RSET takes no argument")
+            return
+        self._endTransaction("transaction reset")
+        self.reply(250, "2.0.0", "OK")
+        self.afterTransaction()
+
+    def do_NOOP(self, verb: str, argument: bytes) -> None:
+        self.reply(250, "2.0.0", "OK")
+
+    def do_QUIT(self, verb: str, argument: bytes) -> None:
+        self.reply(221, "2.0.0", f"{self.config.hostname} Bye")
+        self._endTransaction("client quit")
+        self.close()
+
+    def do_VRFY(self, verb: str, argument: bytes) -> None:
+        text = argument.strip().decode("utf-8", "replace")
+        if not text:
+            self.commandError(501, "5.5.4", "Syntax: VRFY <address>")
+            return
+        session = self.deliverySession
+        if getattr(session, "verify", None) is None:
+            # RFC 5321 §7.3: 252 tells nothing about who exists.
+            self.reply(252, "2.5.0", _VRFY_252)
+            return
+
+        def then(value: Any, failure: Failure | None) -> None:
+            if failure is not None:
+                self.replyError(self.errorFromFailure(failure, "verify"))
+            elif value is None:
+                self.reply(252, "2.5.0", _VRFY_252)
+            else:
+                self.reply(250, "2.1.5", str(value))
+
+        self.call(session, "verify", (text,), then)
+
+    def do_EXPN(self, verb: str, argument: bytes) -> None:
+        # RFC 5321 §7.3: disabling EXPN is allowed; say so clearly.
+        self.reply(502, "5.5.1", "EXPN is not available on this server")
+
+    def do_HELP(self, verb: str, argument: bytes) -> None:
+        topic = argument.strip().decode("ascii", "replace").upper()
+        helpTexts = self.host.helpTexts
+        names = self._commands.names
+        if topic:
+            text = helpTexts.get(topic)
+            if text is None or topic not in names:
+                if topic in names:
+                    text = f"{topic} -- see the RFC that defines it"
+                else:
+                    self.reply(504, "5.5.1", f"No help for {topic[:20]}: not a command here")
+                    return
+            self.reply(214, "2.0.0", text)
+            return
+        commands = " ".join(sorted(names))
+        self.reply(
+            214, "2.0.0", [f"Commands: {commands}", "HELP <command> for details; see RFC 5321"]
+        )
+
+    # -- STARTTLS (RFC 3207) -----------------------------------------------------
+
+    def do_STARTTLS(self, verb: str, argument: bytes) -> None:
+        if argument.strip():
+            self.commandError(501, "5.5.4", "Syntax: STARTTLS takes no argument")
+            return
+        conn = self.connection
+        if conn.tls is not None:
+            self.commandError(503, "5.5.1", "TLS is already active")
+            return
+        if self.config.tls is None:
+            self.commandError(454, "4.7.0", "TLS not available")
+            return
+        # RFC 3207 §4.2 and the STARTTLS injection attacks (CVE-2011-0411 and
+        # kin): anything the client sent after STARTTLS in plaintext must
+        # never run inside the TLS session.  Drop it.
+        injected = self._lines.takeRest()
+        if injected:
+            _log.warn(
+                "{text}",
+                text=f"discarded {len(injected)} octets sent after STARTTLS before the TLS handshake "
+                f"from {conn.peerHost} (possible command injection)",
+                peer=conn.peerHost,
+                octets=len(injected),
+                session=conn.sessionId,
+            )
+        self.reply(220, "2.0.0", "Ready to start TLS")
+        self._endTransaction("STARTTLS")
+        # RFC 3207 §4.2: forget everything the client said before TLS.
+        conn.heloName = None
+        conn.esmtp = False
+        self.state = State.INITIAL
+        if conn.authenticated:
+            conn.authenticated = None
+            self.restoreAnonymousSession()
+        conn.tls = TLSInfo()
+        self._actions.append(StartTLS())
+
+    def tlsEstablished(self, info: TLSInfo) -> None:
+        """The TLS handshake completed (after STARTTLS or on an implicit-TLS port)."""
+        self.connection.tls = info
