@@ -34,7 +34,7 @@ from txsmtp._proxy import compactPeer, forwardHandshake, pendingProxyHeader, whe
 from txsmtp.envelope import ConnectionInfo, Envelope, TLSInfo
 from txsmtp.errors import SMTPError
 from txsmtp.serverfactory import SMTPFactory
-from txsmtp.session.actions import Call, Cancel, Close, Notify, StartTLS
+from txsmtp.session.actions import Action, Call, Cancel, Close, Notify, StartTLS
 from txsmtp.session.commands import CommandTable
 from txsmtp.session.core import ServerSession
 from txsmtp.session.table import COMMANDS, State
@@ -289,7 +289,7 @@ class ESMTPServer(Protocol):
             self.connection.tls = TLSInfo()
             self._handshakePending = True
         now = self._clock.seconds()
-        self._session = self.sessionFactory(f, self, self.connection, self.commandTable(), now)
+        self._session = self.sessionFactory(f, self, self.connection, self.commandTable(), now, self._execute)
         f._register(self)
         self._register()
         proxy = pendingProxyHeader(transport)
@@ -298,14 +298,12 @@ class ESMTPServer(Protocol):
             # before the header names the client.
             whenProxyHeaderRead(proxy, self._proxyHeaderRead)
             return
-        self._session.start(now)
-        self._run()
+        self._inSession(self._session.start, now)
 
     def _proxyHeaderRead(self) -> None:
         self.connection.peer = compactPeer(self.transport.getPeer())
         assert self._session is not None
-        self._session.start(self._clock.seconds())
-        self._run()
+        self._inSession(self._session.start, self._clock.seconds())
 
     def dataReceived(self, data: bytes) -> None:
         session = self._session
@@ -326,9 +324,8 @@ class ESMTPServer(Protocol):
                 peer=self.connection.peerHost,
                 session=self.connection.sessionId,
             )
-        session.connectionLost(self._clock.seconds())
         self.factory._unregister(self)
-        self._run()
+        self._inSession(session.connectionLost, self._clock.seconds())
         waiting, self._closeDeferreds = self._closeDeferreds, None
         for d in waiting or ():
             d.callback(None)
@@ -336,10 +333,10 @@ class ESMTPServer(Protocol):
     # -- running the session ----------------------------------------------------------
 
     def _run(self) -> None:
-        """Execute the session's actions until it waits; then write its replies."""
+        """Let the session work until it waits; then write its replies."""
         if self._running:
-            # A hook answered from inside an action (a cancelled Deferred):
-            # the loop below picks up what follows.
+            # Called back from inside the session (a cancelled Deferred
+            # answering at once): the loop already under way goes on.
             return
         session = self._session
         assert session is not None
@@ -349,19 +346,7 @@ class ESMTPServer(Protocol):
                 action = session.nextAction()
                 if action is None:
                     break
-                kind = type(action)
-                if kind is Call:
-                    self._call(action)  # type: ignore[arg-type]
-                elif kind is Notify:
-                    self._notify(action)  # type: ignore[arg-type]
-                elif kind is Cancel:
-                    d, action.call.pending = action.call.pending, None  # type: ignore[union-attr]
-                    if d is not None:
-                        d.cancel()
-                elif kind is StartTLS:
-                    self._startTLS()
-                elif kind is Close:
-                    self._close()
+                self._execute(action)
         finally:
             self._running = False
         if not self._disconnected:
@@ -370,6 +355,35 @@ class ESMTPServer(Protocol):
                 # when every complete command so far is answered.
                 self._flush()
             self._setInputPaused(session.wantsInputPaused)
+
+    def _inSession(self, method: Any, *args: Any) -> None:
+        """Call into the session (its actions run as it goes), then run it."""
+        if self._running:
+            method(*args)
+            return
+        self._running = True
+        try:
+            method(*args)
+        finally:
+            self._running = False
+        self._run()
+
+    def _execute(self, action: Action) -> None:
+        """Carry out one of the session's actions (it calls this as it goes)."""
+        kind = type(action)
+        if kind is Call:
+            self._call(action)  # type: ignore[arg-type]
+        elif kind is Notify:
+            self._notify(action)  # type: ignore[arg-type]
+        elif kind is Cancel:
+            call = action.call  # type: ignore[union-attr]
+            d, call.pending = call.pending, None
+            if d is not None:
+                d.cancel()
+        elif kind is StartTLS:
+            self._startTLS()
+        elif kind is Close:
+            self._close()
 
     def _invoke(self, target: Any, method: str, args: tuple[Any, ...]) -> Any:
         if target is not None:
@@ -404,14 +418,18 @@ class ESMTPServer(Protocol):
         def done(value: Any) -> None:
             call.pending = None
             fired.append(True)
-            now = self._clock.seconds()
-            if isinstance(value, Failure):
-                session.hookFailed(call, value, now)
-            else:
-                session.hookDone(call, value, now)
-            if later:
-                # Fired from the reactor: go on where the session stopped.
-                self._run()
+            if not later or self._running:
+                # At once, or from inside the session (a Cancel): the loop
+                # under way goes on.
+                self._resolve(call, value)
+                return
+            # Fired later, from the reactor: go on where the session stopped.
+            self._running = True
+            try:
+                self._resolve(call, value)
+            finally:
+                self._running = False
+            self._run()
 
         later = False
         d.addBoth(done)
@@ -419,6 +437,15 @@ class ESMTPServer(Protocol):
             call.pending = d
             later = True
             session.hookPending(call)
+
+    def _resolve(self, call: Call, value: Any) -> None:
+        session = self._session
+        assert session is not None
+        now = self._clock.seconds()
+        if isinstance(value, Failure):
+            session.hookFailed(call, value, now)
+        else:
+            session.hookDone(call, value, now)
 
     def _notify(self, action: Notify) -> None:
         try:
@@ -533,8 +560,7 @@ class ESMTPServer(Protocol):
             if session.closeOverdue(now):
                 self.transport.abortConnection()
             return
-        session.checkTime(now)
-        self._run()
+        self._inSession(session.checkTime, now)
 
     def timeoutConnection(self) -> None:
         """The client said nothing for too long: ``421 4.4.2`` and close."""
@@ -558,8 +584,7 @@ class ESMTPServer(Protocol):
             self._closeDeferreds = []
         self._closeDeferreds.append(d)
         assert self._session is not None
-        self._session.shutdown()
-        self._run()
+        self._inSession(self._session.shutdown)
         return d
 
     def forceClose(self) -> None:

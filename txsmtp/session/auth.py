@@ -275,7 +275,7 @@ class AuthCommands(SessionBase):
         pending, self._pendingLogin = self._pendingLogin, None
         if pending is not None:
             # An exchange abandoned after the checker said yes: log out again.
-            self._actions.append(Notify(None, "logout", (pending[2],), "avatar logout"))
+            self.emit(Notify(None, "logout", (pending[2],), "avatar logout"))
         self._lines.maxLength = self.config.maxLineLength
         if self.state is State.AUTH:
             self.state = State.READY
@@ -286,5 +286,5 @@ class AuthCommands(SessionBase):
         if anonymous is not None and anonymous is not self.deliverySession:
             logout, self._logout = self._logout, None
             if logout is not None:
-                self._actions.append(Notify(None, "logout", (logout,), "avatar logout"))
+                self.emit(Notify(None, "logout", (logout,), "avatar logout"))
             self.deliverySession = anonymous

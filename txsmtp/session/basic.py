@@ -127,7 +127,7 @@ class BasicCommands(SessionBase):
             conn.authenticated = None
             self.restoreAnonymousSession()
         conn.tls = TLSInfo()
-        self._actions.append(StartTLS())
+        self.emit(StartTLS())
 
     def tlsEstablished(self, info: TLSInfo) -> None:
         """The TLS handshake completed (after STARTTLS or on an implicit-TLS port)."""

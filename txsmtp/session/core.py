@@ -64,6 +64,7 @@ message body in :mod:`txsmtp.session.message`; AUTH in
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError
@@ -103,11 +104,15 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         ``authMechanisms()``) and runs its own ``do_VERB`` commands.
     :param connection: the :class:`~txsmtp.envelope.ConnectionInfo`.
     :param commands: the command table (built-in and the host's verbs).
+    :param execute: carry out each action at once instead of queueing it
+        for :meth:`nextAction` (the glue's fast path: a hook that answers
+        at once costs no trip through the queue).  The order of effects is
+        the same either way.
     """
 
     __slots__ = (
         "config", "host", "connection", "lmtp", "state", "deliverySession", "transaction",
-        "_commands", "_lines", "_out", "_actions", "_blocked", "_scope", "_errors", "_now",
+        "_commands", "_lines", "_out", "_actions", "_execute", "_blocked", "_scope", "_errors", "_now",
         "_commandSince", "_blockedSince", "_dataSince", "_rateStart", "_rateBytes", "_closingSince",
         "_shuttingDown", "_mechanism", "_pendingLogin", "_authFailures", "_anonymousSession", "_logout",
         "_chunkLeft", "_chunkLast", "_chunkSize", "_chunkError",
@@ -120,6 +125,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         connection: ConnectionInfo,
         commands: CommandTable,
         now: float = 0.0,
+        execute: Callable[[Action], None] | None = None,
     ) -> None:
         self.config = config
         self.host = host
@@ -132,6 +138,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         self._lines = LineReader(config.maxLineLength)
         self._out: list[bytes] = []
         self._actions: deque[Action] = deque()
+        self._execute = execute
         self._blocked: Call | str | None = None
         self._scope = Scope()
         self._errors = 0
@@ -185,6 +192,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         """The result of ``call`` will come later (its Deferred has not fired)."""
         call.late = True
         owner = call.owner
+        owner.calls.add(call)
         if not call.blocking and isinstance(owner, Transaction) and owner.alive:
             # A receiver pushing back: stop reading until it catches up.
             if not owner.slowWrites:
@@ -204,11 +212,12 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
             if failure is None and call.cleanup is not None:
                 action = call.cleanup(value)
                 if action is not None:
-                    self._actions.append(action)
+                    self.emit(action)
             elif failure is not None and not isinstance(failure.value, (SMTPError, *_CANCELLED)):
                 _log.failure("{what} failed after its transaction ended", failure, what=call.what)
             return
-        owner.calls.discard(call)
+        if call.late:
+            owner.calls.discard(call)
         if call.blocking:
             if self._blocked is call:
                 self._unblock()
@@ -229,8 +238,9 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         self._abandonTransaction("disconnected", "client disconnected", notify=False)
         self.state = State.CLOSED
         self._blocked = None
-        actions = self._actions
-        actions.extend(self._scope.end())
+        emit = self.emit
+        for action in self._scope.end():
+            emit(action)
         self._authDone()
         # An authenticated session's avatar is closed by its logout; the
         # anonymous session it replaced, and any other session, by close().
@@ -238,11 +248,11 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         anonymous, self._anonymousSession = self._anonymousSession, None
         session, self.deliverySession = self.deliverySession, None
         if logout is not None:
-            actions.append(Notify(None, "logout", (logout,), "avatar logout"))
+            emit(Notify(None, "logout", (logout,), "avatar logout"))
         elif session is not None:
-            actions.append(Notify(session, "close", (), "delivery session close()"))
+            emit(Notify(session, "close", (), "delivery session close()"))
         if anonymous is not None and anonymous is not session:
-            actions.append(Notify(anonymous, "close", (), "delivery session close()"))
+            emit(Notify(anonymous, "close", (), "delivery session close()"))
 
     # -- outputs -----------------------------------------------------------------
 
@@ -252,9 +262,15 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         (for input, or for the result of a blocking call).
         """
         actions = self._actions
-        if not actions and self._blocked is None:
-            self._process()
-        return actions.popleft() if actions else None
+        while True:
+            if not actions and self._blocked is None:
+                self._process()
+            if not actions:
+                return None
+            action = actions.popleft()
+            if type(action) is Call and not action.owner.alive:
+                continue  # queued for a transaction that has ended since
+            return action
 
     def takeOutput(self) -> bytes:
         """The reply octets produced so far (and forget them)."""
@@ -279,6 +295,14 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
 
     # -- hooks -------------------------------------------------------------------
 
+    def emit(self, action: Action) -> None:
+        """Hand ``action`` to the glue: at once, or through :meth:`nextAction`."""
+        execute = self._execute
+        if execute is not None:
+            execute(action)
+        else:
+            self.emit(action)
+
     def call(
         self,
         target: Any,
@@ -294,10 +318,9 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         """Ask the glue for ``target.method(*args)``; ``then(value, failure)`` gets the result."""
         scope = owner if owner is not None else self._scope
         c = Call(target, method, args, scope, then, blocking=blocking, cleanup=cleanup, what=what)
-        scope.calls.add(c)
         if blocking:
             self._block(c)
-        self._actions.append(c)
+        self.emit(c)
         return c
 
     def _block(self, reason: Call | str) -> None:
@@ -444,7 +467,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
             self._endTransaction("connection closing")
         self.state = State.CLOSED
         self._closingSince = self._now
-        self._actions.append(Close())
+        self.emit(Close())
 
     # -- the transaction ---------------------------------------------------------
 
@@ -457,11 +480,12 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
             self.state = State.READY
         if t is None:
             return
-        self._actions.extend(t.end(why))
+        for action in t.end(why):
+            self.emit(action)
         if self._blocked == "writes":
             self._unblock()
         if notify and self.deliverySession is not None:
-            self._actions.append(
+            self.emit(
                 Notify(self.deliverySession, "reset", (), "delivery session reset()")
             )
 
@@ -471,7 +495,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         if t is None:
             return
         self._endTransaction(why, notify)
-        self._actions.append(Notify(self, "logTransaction", (result, None, None, t), "logging"))
+        self.emit(Notify(self, "logTransaction", (result, None, None, t), "logging"))
 
     def resetTransaction(self) -> None:
         """Forget the current transaction (and tell the delivery session)."""

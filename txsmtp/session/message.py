@@ -148,7 +148,7 @@ class MessageCommands(SessionBase):
         t.error = error
         receiver, t.receiver = t.receiver, None
         if receiver is not None:
-            self._actions.append(Notify(receiver, "abort", (why,), "receiver abort()"))
+            self.emit(Notify(receiver, "abort", (why,), "receiver abort()"))
 
     def _write(self, t: Transaction, chunk: bytes) -> None:
         receiver = t.receiver

@@ -99,7 +99,7 @@ class Timeouts(SessionBase):
             # result, if it still comes, is only cleaned up.
             self._scope.calls.discard(blocked)
             blocked.owner = _ENDED
-            self._actions.append(Cancel(blocked))
+            self.emit(Cancel(blocked))
         self._out = []
         self.reply(421, enhanced, text)
         self.close()
