@@ -401,18 +401,19 @@ class ESMTPServer(Protocol):
     def _call(self, call: Call) -> None:
         session = self._session
         assert session is not None
+        target = call.target
         try:
-            result = self._invoke(call.target, call.method, call.args)
+            if target is not None:
+                result = getattr(target, call.method)(*call.args)
+            else:
+                result = self._invoke(target, call.method, call.args)
         except Exception:
             session.hookFailed(call, Failure())
             return
-        if isinstance(result, Deferred):
-            d = result
-        elif inspect.iscoroutine(result):
-            d = defer.ensureDeferred(result)
-        else:
+        if result is None or not (isinstance(result, Deferred) or inspect.iscoroutine(result)):
             session.hookDone(call, result)
             return
+        d = result if isinstance(result, Deferred) else defer.ensureDeferred(result)
         fired: list[bool] = []
 
         def done(value: Any) -> None:

@@ -80,7 +80,6 @@ class Call:
         args: tuple[Any, ...],
         owner: Scope,
         then: Callable[[Any, Any], None] | None,
-        *,
         blocking: bool = True,
         cleanup: Callable[[Any], Action | None] | None = None,
         what: str | None = None,
@@ -92,13 +91,18 @@ class Call:
         self.then = then
         self.cleanup = cleanup
         self.blocking = blocking
-        self.what = what or method
+        self.what = what
         self.pending: Any = None
         #: The result comes later (the glue said so with ``hookPending``).
         self.late = False
 
+    @property
+    def name(self) -> str:
+        """What the call is, for logs."""
+        return self.what or self.method
+
     def __repr__(self) -> str:
-        return f"<Call {self.what}{' (blocking)' if self.blocking else ''}>"
+        return f"<Call {self.name}{' (blocking)' if self.blocking else ''}>"
 
 
 class Notify:

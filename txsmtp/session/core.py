@@ -214,7 +214,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
                 if action is not None:
                     self.emit(action)
             elif failure is not None and not isinstance(failure.value, (SMTPError, *_CANCELLED)):
-                _log.failure("{what} failed after its transaction ended", failure, what=call.what)
+                _log.failure("{what} failed after its transaction ended", failure, what=call.name)
             return
         if call.late:
             owner.calls.discard(call)
@@ -317,7 +317,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
     ) -> Call:
         """Ask the glue for ``target.method(*args)``; ``then(value, failure)`` gets the result."""
         scope = owner if owner is not None else self._scope
-        c = Call(target, method, args, scope, then, blocking=blocking, cleanup=cleanup, what=what)
+        c = Call(target, method, args, scope, then, blocking, cleanup, what)
         if blocking:
             self._block(c)
         self.emit(c)
