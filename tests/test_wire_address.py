@@ -5,7 +5,7 @@ Tests for :mod:`txsmtp.wire.address`: RFC 5321 §4.1.2 paths, the limits of
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
@@ -235,11 +235,14 @@ class RobustnessTests(unittest.TestCase):
         try:
             result = parsePath(data, utf8=utf8, nullOK=nullOK, postmasterOK=postmasterOK)
         except SMTPSyntaxError as e:
+            event("parsePath: refused")
             self.assertIn(e.code, (501, 553))
             return
         if result is None:
+            event("parsePath: null path")
             self.assertTrue(nullOK)
         else:
+            event("parsePath: parsed")
             self.assertIsInstance(result, Address)
             text = str(result)
             self.assertFalse(any(ord(c) < 0x20 or ord(c) == 0x7F for c in text))
@@ -253,7 +256,9 @@ class RobustnessTests(unittest.TestCase):
         try:
             path, params = splitPathAndParameters(data)
         except SMTPSyntaxError:
+            event("split: refused")
             return
+        event("split: split")
         self.assertTrue(path.startswith(b"<") and path.endswith(b">"))
         self.assertTrue(all(params))
 
@@ -265,12 +270,14 @@ class RobustnessTests(unittest.TestCase):
             path, params = splitPathAndParameters(data)
             parseMailParameters(params, utf8=utf8)
             parsePath(path, utf8=utf8, nullOK=True)
+            event("MAIL: accepted")
         except SMTPSyntaxError:
             pass
         try:
             path, params = splitPathAndParameters(data)
             parseRecipientParameters(params, utf8=utf8)
             parsePath(path, utf8=utf8, postmasterOK=True)
+            event("RCPT: accepted")
         except SMTPSyntaxError:
             pass
 
@@ -283,10 +290,12 @@ class RobustnessTests(unittest.TestCase):
         except SMTPSyntaxError as e:
             self.assertIn(e.code, (501, 555))
         else:
+            event("MAIL parameters: parsed" + (" (some)" if params else " (none)"))
             self.assertTrue(result.size is None or result.size >= 0)
         try:
             rresult = parseRecipientParameters(params, frozenset({"NOTIFY", "ORCPT"}), utf8)
         except SMTPSyntaxError as e:
             self.assertIn(e.code, (501, 555))
         else:
+            event("RCPT parameters: parsed" + (" (some)" if params else " (none)"))
             self.assertTrue(rresult.notify is None or len(rresult.notify) >= 1)

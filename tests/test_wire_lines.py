@@ -7,7 +7,7 @@ at most 512 octets including the CRLF).
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
@@ -211,6 +211,8 @@ class ChunkingPropertyTests(unittest.TestCase):
         whole = LineReader(limit)
         whole.feed(stream)
         expected = readAll(whole)
+        event("a line too long" if TOO_LONG in expected else "no line too long")
+        event("complete lines read" if any(line is not TOO_LONG for line in expected) else "no complete line")
 
         r = LineReader(limit)
         got = []
@@ -225,6 +227,7 @@ class ChunkingPropertyTests(unittest.TestCase):
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.binary(max_size=20).filter(lambda b: b"\r\n" not in b and not b.endswith(b"\r")), max_size=10))
     def test_linesRoundTrip(self, lines):
+        event(f"{min(len(lines), 2)} lines")
         r = LineReader(64)
         r.feed(b"".join(line + b"\r\n" for line in lines))
         self.assertEqual(readAll(r), lines)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
@@ -198,6 +198,7 @@ class XtextTests(unittest.TestCase):
     @given(st.text(max_size=60))
     def test_roundTrip(self, s):
         encoded = xtextEncode(s)
+        event("escapes" if "+" in encoded else "no escape")
         self.assertTrue(_XTEXT_RE.fullmatch(encoded), encoded)
         self.assertTrue(encoded.isascii())
         self.assertEqual(xtextDecode(encoded), s)
@@ -208,4 +209,7 @@ class XtextTests(unittest.TestCase):
         try:
             xtextDecode(s)
         except SMTPSyntaxError as e:
+            event("xtext: refused")
             self.assertEqual(e.code, 501)
+        else:
+            event("xtext: decoded")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
@@ -65,6 +65,7 @@ class FormatTests(unittest.TestCase):
     def test_noBareCROrLFInOutput(self, code, text, enhanced):
         """Whatever the text, every output line is CODE SP/- text CRLF with no CR or LF inside."""
         out = formatReply(code, text, enhanced)
+        event("multi-line reply" if out.count(b"\r\n") > 1 else "one-line reply")
         self.assertTrue(out.endswith(b"\r\n"))
         lines = out[:-2].split(b"\r\n")
         for n, line in enumerate(lines):
@@ -193,6 +194,7 @@ class ChunkedParsingTests(unittest.TestCase):
             enhanced = None if enh is None else f"{code // 100}.{enh[2:]}"
             data += formatReply(code, lines, enhanced)
         expected = ReplyParser().feed(data)
+        event("a multi-line reply" if any(len(r.lines) > 1 for r in expected) else "no multi-line reply")
         self.assertEqual(len(expected), len(specs))
         p = ReplyParser()
         got = []
@@ -210,7 +212,9 @@ class ChunkedParsingTests(unittest.TestCase):
         try:
             replies = p.feed(data)
         except SMTPProtocolError:
+            event("parser: protocol error")
             return
+        event(f"parser: {min(len(replies), 2)} replies" if replies else "parser: no reply")
         for r in replies:
             self.assertTrue(200 <= r.code <= 599)
             self.assertTrue(r.enhanced is None or re.match(r"^[245]\.\d{1,3}\.\d{1,3}$", r.enhanced))
