@@ -224,7 +224,8 @@ def replies(draw: st.DrawFn) -> tuple[bytes, int, int, str | None]:
     code = draw(st.integers(200, 599))
     n = draw(st.integers(1, 4))
     enhanced = None
-    if draw(st.booleans()):
+    if code // 100 != 3 and draw(st.booleans()):
+        # RFC 3463 classes are 2, 4 and 5; RFC 2034 puts them on 2xx, 4xx and 5xx replies.
         enhanced = f"{code // 100}.{draw(st.integers(0, 999))}.{draw(st.integers(0, 999))}"
     out = b""
     for i in range(n):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from tests.chunks import split
+from tests.strategies import mutated, replies
 from txsmtp.errors import SMTPProtocolError
 from txsmtp.wire.reply import ENHANCED_RE, Reply, ReplyParser, formatReply
 
@@ -185,6 +186,10 @@ _replies = st.lists(
 )
 
 
+_wellFormedStream = st.lists(replies(), min_size=1, max_size=4).map(lambda rs: b"".join(r[0] for r in rs))
+_REPLY_SPECIAL = [b"\r\n", b"\r", b"\n", b"-", b" ", b"0", b"1", b"9", b"2.0.0 ", b"\xff", b"\x00"]
+
+
 class ChunkedParsingTests(unittest.TestCase):
     @settings(max_examples=250, deadline=None)
     @given(_replies, st.lists(st.integers(0, 10_000), max_size=20))
@@ -205,8 +210,32 @@ class ChunkedParsingTests(unittest.TestCase):
             self.assertEqual(reply.code, code)
             self.assertEqual(len(reply.lines), len(lines))
 
-    @settings(max_examples=250, deadline=None)
-    @given(st.binary(max_size=200))
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(replies(), min_size=1, max_size=4), st.lists(st.integers(0, 10_000), max_size=10))
+    def test_handWrittenReplies(self, specs, cuts):
+        """Replies written out by hand (not by formatReply), single- and multi-line, however split."""
+        data = b"".join(wire for wire, _code, _n, _enh in specs)
+        p = ReplyParser()
+        got = []
+        for piece in split(data, cuts):
+            got.extend(p.feed(piece))
+        self.assertEqual(len(got), len(specs))
+        for reply, (_wire, code, n, enhanced) in zip(got, specs, strict=True):
+            self.assertEqual(reply.code, code)
+            self.assertEqual(len(reply.lines), n)
+            if enhanced is not None:
+                self.assertEqual(reply.enhanced, enhanced)
+        event("a multi-line reply" if any(n > 1 for _w, _c, n, _e in specs) else "single-line replies only")
+        event("enhanced codes" if any(e for _w, _c, _n, e in specs) else "no enhanced code")
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            _wellFormedStream,
+            mutated(_wellFormedStream, _REPLY_SPECIAL),
+        )
+    )
     def test_arbitraryInputOnlyProtocolError(self, data):
         p = ReplyParser()
         try:
@@ -218,3 +247,7 @@ class ChunkedParsingTests(unittest.TestCase):
         for r in replies:
             self.assertTrue(200 <= r.code <= 599)
             self.assertTrue(r.enhanced is None or re.match(r"^[245]\.\d{1,3}\.\d{1,3}$", r.enhanced))
+            self.assertEqual(int(r.enhanced[0]) if r.enhanced else r.code // 100, r.code // 100)
+            self.assertGreaterEqual(len(r.lines), 1)
+        # Every complete line was used: what is left is less than a line.
+        self.assertNotIn(b"\r\n", p._buf)
