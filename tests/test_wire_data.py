@@ -58,6 +58,18 @@ _line = st.one_of(
 )
 _bodies = st.lists(_line, max_size=25).map(lambda lines: b"".join(line + b"\r\n" for line in lines))
 _cuts = st.lists(st.integers(min_value=0, max_value=100_000), max_size=30)
+# Any octets, with line ends (bare or not), dots at line starts and
+# would-be terminators well represented: random binary almost never has them.
+_messy = st.one_of(
+    st.binary(max_size=300),
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"..", b"\r\n.", b"\n.", b"\r.", b"\r\n.\r\n", b"\r\n..\r\n"]),
+            st.binary(max_size=12),
+        ),
+        max_size=40,
+    ).map(b"".join),
+)
 
 
 class DecoderBasicsTests(unittest.TestCase):
@@ -246,7 +258,7 @@ class DecoderPropertyTests(unittest.TestCase):
         self.assertFalse(d.bareLineEnd)
 
     @settings(max_examples=300, deadline=None)
-    @given(st.binary(max_size=300), _cuts, _cuts)
+    @given(_messy, _cuts, _cuts)
     def test_decodeEncodeIsNormalised(self, x, encodeCuts, decodeCuts):
         dotLineEvent(x)
         event("bare CR or LF in input" if x.count(b"\r") + x.count(b"\n") > 2 * x.count(b"\r\n") else "no bare line end")
@@ -353,7 +365,7 @@ class EncoderTests(unittest.TestCase):
         self.assertEqual(e.encode(b".x\r\n"), b"..x\r\n")
 
     @settings(max_examples=300, deadline=None)
-    @given(st.binary(max_size=300), _cuts)
+    @given(_messy, _cuts)
     def test_wireNeverHasEarlyTerminator(self, x, cuts):
         dotLineEvent(x)
         wire = encode(split(x, cuts))
@@ -380,7 +392,7 @@ class BdatEncoderTests(unittest.TestCase):
         self.assertEqual(self.encode([]), b"")
 
     @settings(max_examples=200, deadline=None)
-    @given(st.binary(max_size=300), _cuts)
+    @given(_messy, _cuts)
     def test_sameAsDataWithoutStuffing(self, x, cuts):
         """The BDAT form is the DATA form unstuffed, without the terminator."""
         dotLineEvent(x)

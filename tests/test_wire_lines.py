@@ -199,14 +199,15 @@ class TakeRestTests(unittest.TestCase):
         self.assertEqual(readAll(r), [b"C"])
 
 
+# CRLF is drawn more often than the rest, so that most streams hold complete lines.
 _streams = st.lists(
-    st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"bc", b"NOOP", b"x" * 7, b" "]), max_size=60
+    st.sampled_from([b"\r", b"\n", b"\r\n", b"\r\n", b"\r\n", b"a", b"bc", b"NOOP", b"x" * 7, b" "]), max_size=60
 ).map(b"".join)
 
 
 class ChunkingPropertyTests(unittest.TestCase):
     @settings(max_examples=300, deadline=None)
-    @given(_streams, st.lists(st.integers(min_value=0, max_value=10_000), max_size=20), st.integers(3, 12))
+    @given(_streams, st.lists(st.integers(min_value=0, max_value=10_000), max_size=20), st.sampled_from([3, 5, 8, 12, 20, 40]))
     def test_anyChunkingGivesTheSameLines(self, stream, cuts, limit):
         whole = LineReader(limit)
         whole.feed(stream)
