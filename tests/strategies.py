@@ -167,7 +167,10 @@ MAIL_PARAMETERS: dict[str, st.SearchStrategy[tuple[str | None, object]]] = {
     # xtext "<>" would be read as the null AUTH (RFC 4954 §5): not drawn as text.
     "AUTH": st.one_of(st.just(("<>", None)), _xtext.filter(lambda t: t[0] != "<>")),
     "RET": st.sampled_from(["FULL", "HDRS"]).flatmap(lambda v: _anyCase(v).map(lambda w: (w, v))),
-    "ENVID": _xtext.filter(lambda t: len(t[0]) <= 100),
+    # At most 8 characters, 12 xtext characters each: within ENVID's 100.
+    "ENVID": st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=8).map(
+        lambda s: (xtextEncode(s), s)
+    ),
 }
 
 _notify = st.one_of(
