@@ -17,9 +17,11 @@ what the client sent.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
 
 from tests.certs import certificates
-from tests.peers import requirePeer
+from tests.peers import PEERS_REQUIRED, requirePeer
 from tests.test_interop import smtpSourceText
 from tests.twistd_helpers import (
     STARTUP_TIMEOUT,
@@ -100,14 +102,24 @@ def shortDirectory(testCase: unittest.TestCase) -> str:
     return path
 
 
-def otherFilesystem(testCase: unittest.TestCase, near: str) -> str:
+#: Directories that are often on a filesystem of their own (tmpfs).
+XDEV_CANDIDATES = ("/dev/shm", "/run/shm", f"/run/user/{os.getuid()}", "/run")
+
+
+def otherFilesystem(testCase: Any, near: str, candidates: tuple[str, ...] | None = None) -> str:
     """
     A new empty directory on another filesystem than ``near`` (a rename
-    from ``near`` into it fails with EXDEV); the test is skipped when the
-    machine has none.
+    from ``near`` into it fails with EXDEV): in one of ``candidates`` when
+    one is writable and on another filesystem (:data:`XDEV_CANDIDATES`
+    by default), or else on a small tmpfs
+    mounted for the test (as root) and unmounted by its cleanup.
+
+    :raise SkipTest: when there is no such directory and none can be
+        mounted.
+    :raise AssertionError: in that case under ``TXSMTP_REQUIRE_PEERS=1``.
     """
     here = os.stat(near).st_dev
-    for candidate in ("/dev/shm", "/run/shm", f"/run/user/{os.getuid()}", "/run"):
+    for candidate in XDEV_CANDIDATES if candidates is None else candidates:
         if not os.path.isdir(candidate) or not os.access(candidate, os.W_OK | os.X_OK):
             continue
         if os.stat(candidate).st_dev == here:
@@ -115,7 +127,49 @@ def otherFilesystem(testCase: unittest.TestCase, near: str) -> str:
         path = tempfile.mkdtemp(prefix="txlmtp-xdev-", dir=candidate)
         testCase.addCleanup(shutil.rmtree, path, True)
         return path
-    raise SkipTest("no writable directory on another filesystem (such as /dev/shm)")
+    problem = _mountTmpfs(testCase, here)
+    if isinstance(problem, _Mounted):
+        return problem.path
+    message = f"no writable directory on another filesystem (such as /dev/shm), and {problem}"
+    if PEERS_REQUIRED:
+        raise AssertionError(message + "; TXSMTP_REQUIRE_PEERS=1 makes this a failure")
+    raise SkipTest(message)
+
+
+@dataclass
+class _Mounted:
+    path: str
+
+
+def _mountTmpfs(testCase: Any, here: int) -> _Mounted | str:
+    """
+    Mount a 4 MiB tmpfs on a new directory and have the test's cleanup
+    unmount it and remove the directory; return it, or why it could not be.
+    """
+    mount, umount = shutil.which("mount"), shutil.which("umount")
+    if os.geteuid() != 0:
+        return "not root, so no tmpfs can be mounted"
+    if mount is None or umount is None:
+        return "mount(8) or umount(8) is missing"
+    point = tempfile.mkdtemp(prefix="txlmtp-tmpfs-")
+    result = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=4m,mode=0700", "txsmtp-test", point],
+        capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if result.returncode != 0:
+        os.rmdir(point)
+        return f"mount -t tmpfs failed: {result.stderr.decode(errors='replace').strip()}"
+    testCase.addCleanup(_unmount, umount, point)
+    if os.stat(point).st_dev == here:
+        return "the tmpfs mounted on the same device"
+    return _Mounted(point)
+
+
+def _unmount(umount: str, point: str) -> None:
+    result = subprocess.run([umount, point], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise AssertionError(f"umount {point} failed: {result.stderr.decode(errors='replace').strip()}")
+    os.rmdir(point)
 
 
 async def startLMTP(
@@ -338,6 +392,61 @@ class SmtpSourceLMTPTests(_Checks):
                 self.assertTrue(parseStored(data).body.endswith(b"\r\n\r\n" + expectedText))
         self.assertNothingStored(target, "2y")
         self.assertIn("Invalid cross-device link", target.running.log)
+
+
+class OtherFilesystemTests(unittest.TestCase):
+    """The second filesystem the storage-failure tests need is found or made, never silently missing."""
+
+    def test_tmpfsMountedAndUnmounted(self) -> None:
+        """
+        With no candidate directory, a tmpfs is mounted (as root): a rename
+        into it fails with EXDEV, and the cleanup unmounts and removes it.
+        """
+        if os.geteuid() != 0:
+            message = "mounting a tmpfs needs root"
+            if PEERS_REQUIRED:
+                self.fail(message + "; TXSMTP_REQUIRE_PEERS=1 makes this a failure")
+            raise SkipTest(message)
+        near = shortDirectory(self)
+        cleanups: list[tuple[Any, tuple[Any, ...]]] = []
+
+        class Recorder:
+            def addCleanup(self, f: Any, *args: Any) -> None:
+                cleanups.append((f, args))
+
+        path = otherFilesystem(Recorder(), near, candidates=())
+        # Should an assertion below fail, unmount all the same.
+        self.addCleanup(lambda: [f(*args) for f, args in reversed(cleanups) if os.path.ismount(path)])
+        self.assertTrue(os.path.ismount(path))
+        self.assertNotEqual(os.stat(path).st_dev, os.stat(near).st_dev)
+        with open(os.path.join(near, "f"), "wb") as f:
+            f.write(b"x")
+        with self.assertRaises(OSError) as cm:
+            os.rename(os.path.join(near, "f"), os.path.join(path, "f"))
+        self.assertEqual(cm.exception.errno, errno.EXDEV)
+        self.assertEqual(len(cleanups), 1)
+        for f, args in reversed(cleanups):
+            f(*args)
+        self.assertFalse(os.path.ismount(path))
+        self.assertFalse(os.path.exists(path))
+
+    def test_noneFoundIsNotSilent(self) -> None:
+        """Without a second filesystem the test fails under TXSMTP_REQUIRE_PEERS=1, else is skipped."""
+        near = shortDirectory(self)
+        problems = []
+
+        class NoMount:
+            def addCleanup(self, f: Any, *args: Any) -> None:
+                f(*args)
+
+        import tests.test_lmtp_interop as module
+
+        self.patch(module, "_mountTmpfs", lambda testCase, here: problems.append(here) or "mounting was refused")
+        expected = AssertionError if PEERS_REQUIRED else SkipTest
+        with self.assertRaises(expected) as cm:
+            otherFilesystem(NoMount(), near, candidates=(near,))
+        self.assertIn("mounting was refused", str(cm.exception))
+        self.assertEqual(problems, [os.stat(near).st_dev])
 
 
 # -- swaks --protocol LMTP ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ friends; see SMTP-NOTES §2).
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
@@ -31,6 +31,12 @@ def decode(pieces: list[bytes], mode: str = REJECT) -> tuple[DataDecoder, bytes]
     return d, b"".join(out)
 
 
+def dotLineEvent(x: bytes) -> None:
+    """Record whether ``x`` has a line starting with a dot (stuffing exercised)."""
+    lines = x.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    event("has a line starting with a dot" if any(line.startswith(b".") for line in lines) else "no dot line")
+
+
 def encode(pieces: list[bytes]) -> bytes:
     e = DataEncoder()
     return b"".join(e.encode(p) for p in pieces) + e.finish()
@@ -52,6 +58,18 @@ _line = st.one_of(
 )
 _bodies = st.lists(_line, max_size=25).map(lambda lines: b"".join(line + b"\r\n" for line in lines))
 _cuts = st.lists(st.integers(min_value=0, max_value=100_000), max_size=30)
+# Any octets, with line ends (bare or not), dots at line starts and
+# would-be terminators well represented: random binary almost never has them.
+_messy = st.one_of(
+    st.binary(max_size=300),
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"..", b"\r\n.", b"\n.", b"\r.", b"\r\n.\r\n", b"\r\n..\r\n"]),
+            st.binary(max_size=12),
+        ),
+        max_size=40,
+    ).map(b"".join),
+)
 
 
 class DecoderBasicsTests(unittest.TestCase):
@@ -229,6 +247,7 @@ class DecoderPropertyTests(unittest.TestCase):
     @settings(max_examples=300, deadline=None)
     @given(_bodies, st.binary(max_size=40), _cuts)
     def test_roundTripAtEveryChunking(self, body, following, cuts):
+        dotLineEvent(body)
         wire = encode([body])
         stream = wire + following
         d, got = decode(split(stream, cuts))
@@ -239,8 +258,10 @@ class DecoderPropertyTests(unittest.TestCase):
         self.assertFalse(d.bareLineEnd)
 
     @settings(max_examples=300, deadline=None)
-    @given(st.binary(max_size=300), _cuts, _cuts)
+    @given(_messy, _cuts, _cuts)
     def test_decodeEncodeIsNormalised(self, x, encodeCuts, decodeCuts):
+        dotLineEvent(x)
+        event("bare CR or LF in input" if x.count(b"\r") + x.count(b"\n") > 2 * x.count(b"\r\n") else "no bare line end")
         wire = encode(split(x, encodeCuts))
         d, got = decode(split(wire, decodeCuts))
         self.assertTrue(d.done)
@@ -257,6 +278,7 @@ class DecoderPropertyTests(unittest.TestCase):
         """done, rest, body and the bare-line-end flag never depend on TCP chunking."""
         whole, wholeBody = decode([stream], REJECT)
         d, body = decode(split(stream, cuts), REJECT)
+        event(f"done={whole.done} bareLineEnd={whole.bareLineEnd}")
         self.assertEqual((d.done, d.rest, body, d.bareLineEnd, d.size),
                          (whole.done, whole.rest, wholeBody, whole.bareLineEnd, whole.size))
 
@@ -272,6 +294,7 @@ class DecoderPropertyTests(unittest.TestCase):
         """
         whole, wholeBody = decode([stream], NORMALIZE)
         d, body = decode(split(stream, cuts), NORMALIZE)
+        event(f"done={whole.done}")
         self.assertEqual((d.done, d.rest, body, d.size), (whole.done, whole.rest, wholeBody, whole.size))
 
     def test_normalizeModeBareLFBeforeDotAtChunkEnd(self):
@@ -342,8 +365,9 @@ class EncoderTests(unittest.TestCase):
         self.assertEqual(e.encode(b".x\r\n"), b"..x\r\n")
 
     @settings(max_examples=300, deadline=None)
-    @given(st.binary(max_size=300), _cuts)
+    @given(_messy, _cuts)
     def test_wireNeverHasEarlyTerminator(self, x, cuts):
+        dotLineEvent(x)
         wire = encode(split(x, cuts))
         self.assertEqual(wire.find(b"\r\n.\r\n", 0), len(wire) - 5 if len(wire) > 3 else -1)
         # Only CRLF line ends on the wire.
@@ -368,9 +392,10 @@ class BdatEncoderTests(unittest.TestCase):
         self.assertEqual(self.encode([]), b"")
 
     @settings(max_examples=200, deadline=None)
-    @given(st.binary(max_size=300), _cuts)
+    @given(_messy, _cuts)
     def test_sameAsDataWithoutStuffing(self, x, cuts):
         """The BDAT form is the DATA form unstuffed, without the terminator."""
+        dotLineEvent(x)
         wire = encode(split(x, cuts))
         d, unstuffed = decode([wire])
         self.assertTrue(d.done)

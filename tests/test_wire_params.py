@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
+from tests.strategies import mutated
 from txsmtp.errors import SMTPSyntaxError
 from txsmtp.wire.params import (
     MAIL_KEYWORDS,
@@ -179,6 +180,9 @@ class RecipientParameterTests(ErrorAssertions, unittest.TestCase):
 _XTEXT_RE = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
 
 
+_xtexts = st.text(max_size=30).map(lambda s: xtextEncode(s).encode("ascii"))
+
+
 class XtextTests(unittest.TestCase):
     def test_encode(self):
         self.assertEqual(xtextEncode("a+b=c d"), "a+2Bb+3Dc+20d")
@@ -198,14 +202,36 @@ class XtextTests(unittest.TestCase):
     @given(st.text(max_size=60))
     def test_roundTrip(self, s):
         encoded = xtextEncode(s)
+        event("escapes" if "+" in encoded else "no escape")
         self.assertTrue(_XTEXT_RE.fullmatch(encoded), encoded)
         self.assertTrue(encoded.isascii())
         self.assertEqual(xtextDecode(encoded), s)
 
     @settings(max_examples=300, deadline=None)
-    @given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=40))
+    @given(
+        st.one_of(
+            st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=40),
+            mutated(_xtexts, [b"+", b"+2", b"+a", b"=", b" ", b"\x00", b"\x7f", b"F", b"0"]).map(
+                lambda b: b.decode("latin-1")
+            ),
+        )
+    )
     def test_decodeOnlySyntaxError(self, s):
+        """Any ASCII text, random or damaged xtext: decoded to what encodes back to it, or refused with 501."""
         try:
-            xtextDecode(s)
+            decoded = xtextDecode(s)
         except SMTPSyntaxError as e:
+            event("xtext: refused")
             self.assertEqual(e.code, 501)
+            self.assertIsNone(_XTEXT_RE.fullmatch(s))
+        else:
+            event("xtext: decoded")
+            self.assertTrue(_XTEXT_RE.fullmatch(s))
+            # The model: each +XX is the octet XX, every other character
+            # stands for itself; the octets are read as UTF-8 where they are.
+            octets = re.sub(rb"\+([0-9A-F]{2})", lambda m: bytes([int(m.group(1), 16)]), s.encode("ascii"))
+            try:
+                expected = octets.decode("utf-8")
+            except UnicodeDecodeError:
+                expected = octets.decode("latin-1")
+            self.assertEqual(decoded, expected)

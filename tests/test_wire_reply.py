@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from tests.chunks import split
+from tests.strategies import mutated, replies
 from txsmtp.errors import SMTPProtocolError
 from txsmtp.wire.reply import ENHANCED_RE, Reply, ReplyParser, formatReply
 
@@ -65,6 +66,7 @@ class FormatTests(unittest.TestCase):
     def test_noBareCROrLFInOutput(self, code, text, enhanced):
         """Whatever the text, every output line is CODE SP/- text CRLF with no CR or LF inside."""
         out = formatReply(code, text, enhanced)
+        event("multi-line reply" if out.count(b"\r\n") > 1 else "one-line reply")
         self.assertTrue(out.endswith(b"\r\n"))
         lines = out[:-2].split(b"\r\n")
         for n, line in enumerate(lines):
@@ -184,6 +186,10 @@ _replies = st.lists(
 )
 
 
+_wellFormedStream = st.lists(replies(), min_size=1, max_size=4).map(lambda rs: b"".join(r[0] for r in rs))
+_REPLY_SPECIAL = [b"\r\n", b"\r", b"\n", b"-", b" ", b"0", b"1", b"9", b"2.0.0 ", b"\xff", b"\x00"]
+
+
 class ChunkedParsingTests(unittest.TestCase):
     @settings(max_examples=250, deadline=None)
     @given(_replies, st.lists(st.integers(0, 10_000), max_size=20))
@@ -193,6 +199,7 @@ class ChunkedParsingTests(unittest.TestCase):
             enhanced = None if enh is None else f"{code // 100}.{enh[2:]}"
             data += formatReply(code, lines, enhanced)
         expected = ReplyParser().feed(data)
+        event("a multi-line reply" if any(len(r.lines) > 1 for r in expected) else "no multi-line reply")
         self.assertEqual(len(expected), len(specs))
         p = ReplyParser()
         got = []
@@ -203,14 +210,44 @@ class ChunkedParsingTests(unittest.TestCase):
             self.assertEqual(reply.code, code)
             self.assertEqual(len(reply.lines), len(lines))
 
-    @settings(max_examples=250, deadline=None)
-    @given(st.binary(max_size=200))
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(replies(), min_size=1, max_size=4), st.lists(st.integers(0, 10_000), max_size=10))
+    def test_handWrittenReplies(self, specs, cuts):
+        """Replies written out by hand (not by formatReply), single- and multi-line, however split."""
+        data = b"".join(wire for wire, _code, _n, _enh in specs)
+        p = ReplyParser()
+        got = []
+        for piece in split(data, cuts):
+            got.extend(p.feed(piece))
+        self.assertEqual(len(got), len(specs))
+        for reply, (_wire, code, n, enhanced) in zip(got, specs, strict=True):
+            self.assertEqual(reply.code, code)
+            self.assertEqual(len(reply.lines), n)
+            if enhanced is not None:
+                self.assertEqual(reply.enhanced, enhanced)
+        event("a multi-line reply" if any(n > 1 for _w, _c, n, _e in specs) else "single-line replies only")
+        event("enhanced codes" if any(e for _w, _c, _n, e in specs) else "no enhanced code")
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            _wellFormedStream,
+            mutated(_wellFormedStream, _REPLY_SPECIAL),
+        )
+    )
     def test_arbitraryInputOnlyProtocolError(self, data):
         p = ReplyParser()
         try:
             replies = p.feed(data)
         except SMTPProtocolError:
+            event("parser: protocol error")
             return
+        event(f"parser: {min(len(replies), 2)} replies" if replies else "parser: no reply")
         for r in replies:
             self.assertTrue(200 <= r.code <= 599)
             self.assertTrue(r.enhanced is None or re.match(r"^[245]\.\d{1,3}\.\d{1,3}$", r.enhanced))
+            self.assertEqual(int(r.enhanced[0]) if r.enhanced else r.code // 100, r.code // 100)
+            self.assertGreaterEqual(len(r.lines), 1)
+        # Every complete line was used: what is left is less than a line.
+        self.assertNotIn(b"\r\n", p._buf)

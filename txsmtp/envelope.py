@@ -150,7 +150,7 @@ class Recipient:
         assert address is not None
         params = RecipientParameters(
             notify=tuple(data["notify"]) if data.get("notify") is not None else None,
-            orcpt=tuple(data["orcpt"]) if data.get("orcpt") is not None else None,  # type: ignore[arg-type]
+            orcpt=(str(data["orcpt"][0]), str(data["orcpt"][1])) if data.get("orcpt") is not None else None,
             extra=dict(data.get("extra") or {}),
         )
         return cls(address, params)

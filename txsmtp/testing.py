@@ -42,7 +42,7 @@ from txsmtp.delivery import BaseDelivery, BaseDeliverySession
 from txsmtp.envelope import Envelope, Recipient
 from txsmtp.errors import SMTPError
 from txsmtp.interfaces import IMessageReceiver
-from txsmtp.server import SMTPFactory
+from txsmtp.server import ESMTPServer, SMTPFactory
 from txsmtp.wire.reply import Reply, ReplyParser
 
 __all__ = ["MemoryDelivery", "StoredMessage", "RunningServer", "runServer", "ServerHarness"]
@@ -194,7 +194,8 @@ def runServer(testCase: Any, delivery: Any = None, *, factory: SMTPFactory | Non
     if factory is None:
         factoryArgs.setdefault("hostname", "test.invalid")
         factory = SMTPFactory(delivery if delivery is not None else MemoryDelivery(), **factoryArgs)
-    listeningPort = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    # SMTPFactory is a Factory, where listenTCP is typed to want a ServerFactory.
+    listeningPort = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
     server = RunningServer(factory, listeningPort)
     testCase.addCleanup(server.stop)
     return server
@@ -241,7 +242,9 @@ class ServerHarness:
         self.transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 25), peerAddress=IPv4Address("TCP", "192.0.2.7", 40000)
         )
-        self.protocol = factory.buildProtocol(self.transport.getPeer())
+        protocol = factory.buildProtocol(self.transport.getPeer())
+        assert isinstance(protocol, ESMTPServer), protocol
+        self.protocol: ESMTPServer = protocol
         self.greeting: Reply | None = None
         if connect:
             self.connect()

@@ -76,10 +76,12 @@ def loadCertificateOptions(certPath: str, keyPath: str | None = None) -> ssl.Cer
             date=notAfter.isoformat(),
         )
     try:
+        # Twisted annotates these as pyOpenSSL's PKey and X509; pyOpenSSL
+        # takes the cryptography objects as they are.
         options = ssl.CertificateOptions(
-            privateKey=key,
-            certificate=chain[0],
-            extraCertChain=chain[1:],
+            privateKey=key,  # type: ignore[arg-type]
+            certificate=chain[0],  # type: ignore[arg-type]
+            extraCertChain=chain[1:],  # type: ignore[arg-type]
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
             acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
         )

@@ -115,15 +115,17 @@ def splitPathAndParameters(arg: bytes) -> tuple[bytes, list[bytes]]:
     Split the text after ``FROM:`` or ``TO:`` into the path (angle brackets
     included) and the list of ``keyword[=value]`` parameters.
 
-    A quoted local part may contain spaces and ``>``; the scan honours the
-    quoting.  Spaces between the colon and the path are tolerated, as
-    widespread clients send them.
+    A quoted local part may contain spaces and ``>``, and so may a
+    General-address-literal (RFC 5321 §4.1.3 ``dcontent`` includes ``>``
+    and ``"``, as in ``<user@[tag:a>b"c]>``); the scan honours the quoting
+    and the brackets.  Spaces between the colon and the path are tolerated,
+    as widespread clients send them.
     """
     arg = arg.lstrip(b" ")
     if not arg.startswith(b"<"):
         raise SMTPSyntaxError(501, "5.5.4", "Syntax: the address must be in angle brackets, like <user@example.com>")
-    if b'"' not in arg:
-        # No quoted local part: the first ">" closes the path.
+    if b'"' not in arg and b"[" not in arg:
+        # No quoted local part, no address literal: the first ">" closes the path.
         end = arg.find(b">")
         if end < 0:
             raise SMTPSyntaxError(501, "5.5.4", "Syntax: missing closing angle bracket")
@@ -132,16 +134,22 @@ def splitPathAndParameters(arg: bytes) -> tuple[bytes, list[bytes]]:
             raise SMTPSyntaxError(501, "5.5.4", "Syntax: expected a space between the address and its parameters")
         return arg[: end + 1], rest.split()
     inQuotes = False
+    inLiteral = False
     escaped = False
     end = -1
     for i in range(1, len(arg)):
         c = arg[i]
         if escaped:
             escaped = False
+        elif inLiteral:
+            # dcontent excludes "[", "]" and backslash: only "]" ends it.
+            inLiteral = c != 0x5D
         elif c == 0x5C and inQuotes:  # backslash
             escaped = True
         elif c == 0x22:  # double quote
             inQuotes = not inQuotes
+        elif c == 0x5B and not inQuotes:  # [ opens an address literal
+            inLiteral = True
         elif c == 0x3E and not inQuotes:  # >
             end = i
             break

@@ -117,7 +117,7 @@ class ReplyParser:
         """Parse ``data`` and return the replies it completes."""
         lines = (self._buf + data if self._buf else data).split(b"\r\n")
         self._buf = rest = lines.pop()
-        replies = []
+        replies: list[Reply] = []
         append = replies.append
         maxLine = self.maxLineLength - 2
         cache = _recent
