@@ -125,9 +125,10 @@ class LMTPTests(unittest.TestCase):
             b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\nDATA\r\nx\r\n.\r\n"
         )
         self.assertEqual([r.code for r in replies][3:], [354, 451, 451])
-        # The delivery bug is logged once, as an error message (no Failure is logged).
+        # The delivery bug is logged once, as an error message (no Failure is logged),
+        # by the session (which serves SMTP and LMTP alike).
         [(namespace, text)] = errors
-        self.assertEqual(namespace, "txsmtp.lmtp")
+        self.assertEqual(namespace, "txsmtp.server")
         self.assertIn("delivery returned 1 results for 2 recipients", text)
         self.assertEqual(self.flushLoggedErrors(), [])
 

@@ -104,6 +104,9 @@ class ESMTPServer(Protocol):
 
     factory: SMTPFactory
     connection: ConnectionInfo
+    # A TCP, UNIX, TLS or PROXY-wrapped transport: more than ITransport says.
+    transport: Any
+    _clock: Any
 
     __slots__ = (
         "factory", "transport", "connected", "connection", "_session", "_clock", "_directWrites",

@@ -81,7 +81,7 @@ class SMTPFactory(Factory):
     """
 
     #: The protocol class (set by :mod:`txsmtp.server`).
-    protocol: type[ESMTPServer]
+    protocol: type[ESMTPServer]  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -108,7 +108,9 @@ class SMTPFactory(Factory):
         clock: interfaces.IReactorTime | None = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = reactor
         if hostname is None:
             import socket
 
@@ -149,7 +151,7 @@ class SMTPFactory(Factory):
         self.authFailureDelay = authFailureDelay
         self.maxAuthFailures = maxAuthFailures
         self.maxAuthLineLength = 12288
-        self.clock = clock
+        self.clock: interfaces.IReactorTime = clock
         self.queueIds = _QueueIds()
         self.protocols: set[ESMTPServer] = set()
         self._sweeper: Any = None

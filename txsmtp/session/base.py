@@ -67,6 +67,7 @@ class SessionBase:
         _chunkError: tuple[SMTPError, int] | None
 
         # core
+        def emit(self, action: Action) -> None: ...
         def call(
             self,
             target: Any,
