@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from tests.chunks import SMUGGLING
 from txsmtp.delivery import BaseDelivery, BaseDeliverySession
 from txsmtp.errors import SMTPError
-from txsmtp.server import SMTPFactory, State
+from txsmtp.server import ESMTPServer, SMTPFactory, State
 from txsmtp.testing import MemoryDelivery, ServerHarness
 from txsmtp.wire.data import DataEncoder
 
@@ -1324,3 +1324,55 @@ class ShutdownTests(unittest.TestCase):
         self.assertEqual(codes(replies), [250, 250, 250, 354])
         self.assertEqual(codes(s.send(b"hi\r\n.\r\n")), [250, 421])
         self.assertTrue(s.closed)
+
+
+class ExtensionCommandTests(unittest.TestCase):
+    """A subclass's own commands, through the public API (docs/architecture.rst)."""
+
+    def _harness(self) -> tuple[ServerHarness, list[Deferred[None]]]:
+        waiting: list[Deferred[None]] = []
+
+        class XWaitServer(ESMTPServer):
+            allowedStates = {"XWAIT": frozenset({State.READY})}
+
+            def extensions(self) -> list[str]:
+                return super().extensions() + ["XWAIT"]
+
+            async def do_XWAIT(self, argument: bytes) -> None:
+                d: Deferred[None] = Deferred()
+                waiting.append(d)
+                await d
+                self.reply(250, "2.0.0", f"waited {argument.decode()}")
+
+            def do_XNOW(self, argument: bytes) -> None:
+                self.reply(250, "2.0.0", "now")
+
+        class XWaitFactory(SMTPFactory):
+            protocol = XWaitServer
+
+        h = ServerHarness(factory=XWaitFactory(MemoryDelivery(), "test.invalid", clock=Clock()))
+        return h, waiting
+
+    def test_asyncVerbKeepsPipelinedOrder(self) -> None:
+        """An ``async def`` command holds the replies that follow it until it answers."""
+        h, waiting = self._harness()
+        ehlo = h.command(b"EHLO c.example")
+        self.assertIn("XWAIT", ehlo.lines)
+        self.assertEqual(h.send(b"XWAIT 1\r\nNOOP\r\nXNOW\r\nXWAIT 2\r\nRSET\r\n"), [])
+        waiting[0].callback(None)
+        self.assertEqual(len(waiting), 2)  # the second XWAIT runs only after the first answered
+        self.assertEqual(h.replies(), [])  # nothing is written while XWAIT 2 is pending
+        waiting[1].callback(None)
+        replies = h.replies()
+        self.assertEqual(
+            [(r.code, r.text) for r in replies],
+            [(250, "waited 1"), (250, "OK"), (250, "now"), (250, "waited 2"), (250, "OK")],
+        )
+
+    def test_verbStates(self) -> None:
+        """``allowedStates`` applies: XWAIT before EHLO is a sequence error."""
+        h, waiting = self._harness()
+        reply = h.command(b"XWAIT 1")
+        self.assertEqual((reply.code, reply.enhanced), (503, "5.5.1"))
+        self.assertEqual(waiting, [])
+        self.assertEqual(h.command(b"XNOW").code, 250)  # no states given: allowed anywhere

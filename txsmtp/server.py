@@ -265,7 +265,7 @@ class ESMTPServer(Protocol):
 
     @classmethod
     def commandTable(cls) -> CommandTable:
-        """The command table of this class (built once): the session's commands and our ``do_VERB``s."""
+        """The command table of this class (built once): the session's commands and this class's own ``do_VERB`` methods."""
         table = cls.__dict__.get("_commandTable")
         if table is None:
             sessionClass = cls.sessionFactory
