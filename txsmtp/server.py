@@ -452,8 +452,12 @@ class ESMTPServer(Protocol):
             session.hookDone(call, value, now)
 
     def _notify(self, action: Notify) -> None:
+        target = action.target
         try:
-            self._invoke(action.target, action.method, action.args)
+            if target is not None:
+                getattr(target, action.method)(*action.args)
+            else:
+                self._invoke(target, action.method, action.args)
         except Exception:
             _log.failure("{what} failed", what=action.what)
 

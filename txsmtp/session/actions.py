@@ -38,13 +38,16 @@ class Scope:
 
     def __init__(self) -> None:
         self.alive = True
-        #: Calls handed out and not answered yet.
+        #: Calls whose result comes later, not answered yet.
         self.calls: set[Call] = set()
 
     def end(self) -> list[Action]:
         """End the scope; the :class:`Cancel` actions for what is in flight."""
         self.alive = False
-        calls, self.calls = self.calls, set()
+        calls = self.calls
+        if not calls:
+            return []
+        self.calls = set()
         return [Cancel(c) for c in calls]
 
 
