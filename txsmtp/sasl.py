@@ -21,6 +21,11 @@ returns one of:
 Malformed input raises :class:`SASLError`, which the protocol answers with
 ``501 5.5.2``.
 
+Mechanisms are looked up by name in :data:`MECHANISMS`; an application adds
+its own with :func:`registerMechanism`, naming the credential interfaces
+its credentials provide, and a server offers it when a checker of its
+portal takes one of them (:func:`usableMechanism`).
+
 Credentials and checkers
 ------------------------
 
@@ -61,6 +66,15 @@ from twisted.cred.credentials import (
 )
 from zope.interface import Attribute, Interface, implementer
 
+from txsmtp._saslregistry import (
+    MECHANISMS,
+    MechanismFactory,
+    credentialInterfacesOf,
+    registerMechanism,
+    unregisterMechanism,
+    usableMechanism,
+)
+
 __all__ = [
     "SASLError",
     "Challenge",
@@ -77,6 +91,10 @@ __all__ = [
     "IScramCredentials",
     "IScramKeyStore",
     "MECHANISMS",
+    "MechanismFactory",
+    "credentialInterfacesOf",
+    "registerMechanism",
+    "unregisterMechanism",
     "saslprep",
     "scramKeys",
     "usableMechanism",
@@ -555,27 +573,9 @@ class ScramSHA256(Mechanism):
         return b"v=" + base64.b64encode(creds.serverSignature)
 
 
-def usableMechanism(name: str, portal: Any) -> bool:
-    """
-    Whether the checkers of ``portal`` can verify what mechanism ``name``
-    produces: PLAIN and LOGIN need ``IUsernamePassword``, CRAM-MD5
-    ``IUsernameHashedPassword``, SCRAM-SHA-256 either ``IUsernamePassword``
-    (plaintext passwords) or :class:`IScramCredentials` (a key store).
-    """
-    interfaces = set(portal.listCredentialsInterfaces())
-    if name in ("PLAIN", "LOGIN"):
-        return IUsernamePassword in interfaces
-    if name == "CRAM-MD5":
-        return IUsernameHashedPassword in interfaces
-    if name == "SCRAM-SHA-256":
-        return IUsernamePassword in interfaces or IScramCredentials in interfaces
-    return False
+# -- the registry (txsmtp._saslregistry; public here) --------------------------
 
-
-#: Mechanisms by name, strongest first (the order they are advertised in).
-MECHANISMS: dict[str, type[Mechanism]] = {
-    "SCRAM-SHA-256": ScramSHA256,
-    "CRAM-MD5": CramMD5,
-    "PLAIN": Plain,
-    "LOGIN": Login,
-}
+registerMechanism("SCRAM-SHA-256", ScramSHA256, (IUsernamePassword, IScramCredentials))
+registerMechanism("CRAM-MD5", CramMD5, (IUsernameHashedPassword,))
+registerMechanism("PLAIN", Plain, (IUsernamePassword,))
+registerMechanism("LOGIN", Login, (IUsernamePassword,))
