@@ -153,7 +153,7 @@ class VirtualLMTPTests(unittest.TestCase):
         return out
 
     def test_mixedMailboxes(self) -> None:
-        h = harness(VirtualMaildirDelivery(self.root))
+        h = harness(VirtualMaildirDelivery(self.root, threads=0))
         h.send(LHLO)
         replies = h.send(
             b"MAIL FROM:<s@example.org>\r\nRCPT TO:<alice@example.com>\r\nRCPT TO:<nobody@example.com>\r\n"
@@ -182,7 +182,7 @@ class VirtualLMTPTests(unittest.TestCase):
         """Over SMTP the same failure refuses the message for everyone (one reply)."""
         from txsmtp.server import SMTPFactory
 
-        h = ServerHarness(factory=SMTPFactory(VirtualMaildirDelivery(self.root), "smtp.test"))
+        h = ServerHarness(factory=SMTPFactory(VirtualMaildirDelivery(self.root, threads=0), "smtp.test"))
         h.send(b"EHLO c\r\n")
         replies = h.send(
             b"MAIL FROM:<s@example.org>\r\nRCPT TO:<alice@example.com>\r\nRCPT TO:<carol@example.com>\r\n"

@@ -307,7 +307,8 @@ class SMTPService(service.MultiService):
     The listening endpoints of one factory (and of an LMTP factory beside
     it), stopped gracefully: listeners close first, then idle sessions get
     ``421`` and sessions in a transaction are given ``grace`` seconds to
-    finish.
+    finish; last, a delivery with a ``stop()`` method (the Maildir
+    deliveries, whose commit threads end) is stopped.
 
     :param lmtpFactory: an :class:`~txsmtp.lmtp.LMTPFactory` for the
         ``lmtpListen`` endpoints (needed when there are any).
@@ -385,7 +386,16 @@ class SMTPService(service.MultiService):
             waits = [f.shutdown(self.grace) for f in factories]
             return defer.gatherResults(waits).addCallback(lambda _: None)
 
+        def stopDeliveries(_: Any) -> None:
+            # Once no session is left: a delivery's own threads (the Maildir
+            # commits) end here, not at some later reactor shutdown.
+            for delivery in dict.fromkeys(f.delivery for f in factories):
+                stop = getattr(delivery, "stop", None)
+                if callable(stop):
+                    stop()
+
         d.addCallback(shutdown)
+        d.addCallback(stopDeliveries)
         return d
 
 
