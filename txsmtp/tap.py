@@ -15,8 +15,7 @@ import socket
 import sys
 from typing import Any
 
-from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import service, strports
 from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
@@ -213,7 +212,7 @@ def _checkLMTPEndpoint(reactor: Any, description: str, requireAuth: bool) -> Non
     """
     try:
         endpoints.serverFromString(reactor, description)
-        args, kwargs = endpoints._parse(description)
+        args, kwargs = _descriptionParts(description)
     except Exception as e:
         raise usage.UsageError(f"bad --lmtp {description!r}: {e}") from None
     kind = args[0] if args else ""
@@ -228,6 +227,41 @@ def _checkLMTPEndpoint(reactor: Any, description: str, requireAuth: bool) -> Non
             "interface=127.0.0.1 (or an explicit address such as interface=0.0.0.0 behind a "
             "firewall), or give --require-auth"
         )
+
+
+def _descriptionParts(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    The positional and keyword parts of a strports description, in the
+    syntax of :func:`twisted.internet.endpoints.serverFromString`: parts
+    separated by ``:``, ``key=value`` for a keyword, a backslash taking the
+    next character as it is (``interface=\\:\\:1``).  Twisted keeps its own
+    parser private; the description has already been accepted by
+    ``serverFromString`` when this is called.
+    """
+    parts: list[list[str]] = [[]]
+    keys: list[bool] = [False]
+    chars = iter(description)
+    for c in chars:
+        if c == "\\":
+            parts[-1].append(next(chars, ""))
+        elif c == ":":
+            parts.append([])
+            keys.append(False)
+        elif c == "=" and not keys[-1]:
+            keys[-1] = True
+            parts[-1].append("\0")  # the key ends here (no description holds a NUL)
+        else:
+            parts[-1].append(c)
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part, isKeyword in zip(parts, keys, strict=True):
+        text = "".join(part)
+        if isKeyword:
+            key, _, value = text.partition("\0")
+            kwargs[key] = value
+        else:
+            args.append(text)
+    return args, kwargs
 
 
 def _isOpenToNetwork(address: Any) -> bool:
@@ -331,7 +365,7 @@ class SMTPService(service.MultiService):
         self.grace = grace
         self._previousHUP: Any = None
         for description in descriptions:
-            self._listen(endpoints.serverFromString(reactor, description), description, factory)
+            self._listen(reactor, description, description, factory)
         if tlsListen:
             if factory.tls is None:
                 raise ValueError("implicit TLS listeners need a factory with tls")
@@ -339,20 +373,19 @@ class SMTPService(service.MultiService):
             # (reloadable) certificate as STARTTLS.
             tlsFactory = TLSMemoryBIOFactory(factory.tls, False, factory)
             for description in tlsListen:
-                self._listen(endpoints.serverFromString(reactor, description), description + " (implicit TLS)", tlsFactory)
+                self._listen(reactor, description, description + " (implicit TLS)", tlsFactory)
         if lmtpListen:
             if lmtpFactory is None:
                 raise ValueError("LMTP listeners need an lmtpFactory")
             for description in lmtpListen:
-                endpoint = endpoints.serverFromString(reactor, description)
-                self._listen(endpoint, description, lmtpFactory, "LMTP")
+                self._listen(reactor, description, description, lmtpFactory, "LMTP")
 
-    def _listen(
-        self, endpoint: Any, description: str, factory: Any, protocol: str = "SMTP"
-    ) -> None:
-        announcing = _AnnouncingEndpoint(endpoint, description, protocol)
-        child = StreamServerEndpointService(announcing, factory)
-        child._raiseSynchronously = True
+    def _listen(self, reactor: Any, description: str, label: str, factory: Any, protocol: str = "SMTP") -> None:
+        # strports.service makes a listener that raises at startService when
+        # it cannot listen (a port in use), as twistd's own do, so that the
+        # server does not start without it.
+        child = strports.service(description, factory, reactor)
+        child.endpoint = _AnnouncingEndpoint(child.endpoint, label, protocol)
         child.setServiceParent(self)
 
     def startService(self) -> None:
