@@ -592,7 +592,7 @@ class LMTPOptionsTests(_InScratchDirectory, unittest.TestCase):
         LMTP over TCP without interface= (every address) and without
         required AUTH is refused: it would let anyone fill the mailboxes.
         """
-        for description in ("tcp:24", "tcp6:24", "tcp:24:backlog=5"):
+        for description in ("tcp:24", "tcp6:24", "tcp:24:backlog=5", "haproxy:tcp:24"):
             with self.assertRaises(usage.UsageError, msg=description) as cm:
                 parse("--lmtp", description, "--deliver", "discard")
             message = str(cm.exception)

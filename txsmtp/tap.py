@@ -215,6 +215,9 @@ def _checkLMTPEndpoint(reactor: Any, description: str, requireAuth: bool) -> Non
         args, kwargs = _descriptionParts(description)
     except Exception as e:
         raise usage.UsageError(f"bad --lmtp {description!r}: {e}") from None
+    while args and args[0] == "haproxy":
+        # The PROXY wrapper listens where the endpoint it wraps does.
+        args = args[1:]
     kind = args[0] if args else ""
     if kind == "unix" and (len(args) < 2 or not args[1]):
         raise usage.UsageError(
