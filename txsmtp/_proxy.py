@@ -74,8 +74,8 @@ def whenProxyHeaderRead(wrapper: HAProxyProtocolWrapper, then: Callable[[], None
     """
 
     def dataReceived(data: bytes) -> None:
-        protocol, early = wrapper.wrappedProtocol, []
-        wrapper.wrappedProtocol = types.SimpleNamespace(dataReceived=early.append)
+        protocol, early = wrapper.wrappedProtocol, list[bytes]()
+        wrapper.wrappedProtocol = types.SimpleNamespace(dataReceived=early.append)  # type: ignore[assignment]
         try:
             type(wrapper).dataReceived(wrapper, data)
             info = proxyInfo(wrapper)
@@ -87,9 +87,10 @@ def whenProxyHeaderRead(wrapper: HAProxyProtocolWrapper, then: Callable[[], None
         finally:
             wrapper.wrappedProtocol = protocol
         if not usable:
-            proxy = wrapper.transport.getPeer()
+            transport: Any = wrapper.transport
+            proxy = transport.getPeer()
             _log.warn("dropped a connection from {proxy}: unusable PROXY header", proxy=getattr(proxy, "host", proxy))
-            wrapper.transport.abortConnection()
+            transport.abortConnection()
             return
         del wrapper.dataReceived  # a plain pass-through from now on
         then()

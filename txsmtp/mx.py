@@ -219,7 +219,9 @@ def sendmailMX(
     if sendmail is None:
         # Imported here rather than at the top: txsmtp.client imports much
         # more than a lookup needs, and this module must import without it.
-        from txsmtp.client import sendmail
+        from txsmtp.client import sendmail as clientSendmail
+
+        sendmail = clientSendmail
     start = None if isinstance(message, bytes | bytearray | memoryview) else message.tell()
     return Deferred.fromCoroutine(
         _deliver(
@@ -313,7 +315,9 @@ async def _lookup(
     shuffle: Callable[[list[MailExchanger]], None],
 ) -> list[MailExchanger]:
     try:
-        answers, _, _ = await defer.maybeDeferred(resolver.lookupMailExchange, domain)
+        # IResolver declares timeout as required; every resolver defaults it.
+        lookup: Any = resolver.lookupMailExchange
+        answers, _, _ = await defer.maybeDeferred(lookup, domain)
     except CancelledError:
         raise
     except Exception as e:
@@ -371,7 +375,7 @@ async def _lookup(
 async def _implicitExchanger(domain: str, resolver: IResolver) -> list[MailExchanger]:
     # RFC 5321 §5.1: the implicit MX is usable when the domain has an
     # address record, IPv4 (A) or IPv6 (AAAA); either one is enough.
-    queries: Sequence[tuple[str, int, Callable[[str], Deferred[Any]]]] = [
+    queries: Sequence[tuple[str, int, Callable[..., Deferred[Any]]]] = [
         ("A", dns.A, resolver.lookupAddress),
         ("AAAA", dns.AAAA, resolver.lookupIPV6Address),
     ]

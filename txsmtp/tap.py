@@ -399,7 +399,7 @@ class SMTPService(service.MultiService):
             from twisted.internet import reactor
 
             def onHUP(signum: int, frame: Any) -> None:
-                reactor.callFromThread(self.reload)
+                reactor.callFromThread(self.reload)  # type: ignore[attr-defined]
 
             self._previousHUP = signal.signal(signal.SIGHUP, onHUP)
 
