@@ -166,8 +166,10 @@ class OffTheReactorThreadTests(unittest.TestCase):
         self.patch(txsmtp.delivery, "os", FaultyOS(fsync=fsync))
         receiver = delivery.openSession(ConnectionInfo()).openMessage(envelope("a@example.com", ["b@example.com"]))
         receiver.write(b"x\r\n")
+        d = receiver.finish()
+        assert isinstance(d, defer.Deferred)
         with self.assertRaises(SMTPError) as caught:
-            await receiver.finish()
+            await d
         self.assertEqual((caught.exception.code, caught.exception.enhanced), (451, "4.3.0"))
         self.assertEqual(maildirFiles(self.path) + maildirFiles(self.path, "tmp"), [])
         self.flushLoggedErrors()
@@ -196,7 +198,9 @@ class OffTheReactorThreadTests(unittest.TestCase):
             [(r.data, [r]) for r in env.recipients], env, perRecipient=True, runner=delivery.runner
         )
         receiver.write(b"x\r\n")
-        results = await receiver.finish()
+        d = receiver.finish()
+        assert isinstance(d, defer.Deferred)
+        results: Any = await d
         self.assertIsNone(results[0])
         self.assertEqual(results[1].code, 451)
         self.assertEqual(len(maildirFiles(os.path.join(top, "example.com", "alice"))), 1)

@@ -44,13 +44,13 @@ class CertificateFailureAtFirstMXTests(unittest.TestCase):
     def listen(self, address: str, port: int, tls: ServerTLS) -> MemoryDelivery:
         delivery = MemoryDelivery()
         factory = SMTPFactory(delivery, "mx.test.invalid", tls=tls)
-        listening = reactor.listenTCP(port, factory, interface=address)  # type: ignore[attr-defined]
+        listening: Any = reactor.listenTCP(port, factory, interface=address)  # type: ignore[attr-defined,arg-type]
         self.addCleanup(listening.stopListening)
         self.addCleanup(factory.shutdown, 0)
         return delivery
 
     def trustRoot(self) -> Any:
-        with open(certificates().ca) as f:
+        with open(certificates().ca, "rb") as f:
             return tssl.Certificate.loadPEM(f.read())
 
     async def test_expiredCertificateThenGoodOne(self) -> None:

@@ -8,6 +8,7 @@ AUTH like the built-in ones.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import ICredentials, IUsernamePassword
@@ -69,7 +70,7 @@ class ToyChecker:
 
     credentialInterfaces = (IToyCredentials,)
 
-    def requestAvatarId(self, credentials: ToyCredentials) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, credentials: ToyCredentials) -> defer.Deferred[Any]:
         if credentials.token == credentials.username[::-1]:
             return defer.succeed(credentials.username)
         return defer.fail(UnauthorizedLogin())
@@ -87,6 +88,10 @@ def offered(reply: object) -> list[str]:
     return []
 
 
+def authenticated(h: ServerHarness) -> Any:
+    return h.protocol.connection.authenticated  # type: ignore[union-attr]
+
+
 def b64(data: bytes) -> bytes:
     return base64.b64encode(data)
 
@@ -96,7 +101,7 @@ class RegisterMechanismTests(unittest.TestCase):
         registerMechanism(*args, **kwargs)  # type: ignore[arg-type]
         self.addCleanup(unregisterMechanism, args[0])  # type: ignore[arg-type]
 
-    def harness(self, checkers: list[object], **kwargs: object) -> ServerHarness:
+    def harness(self, checkers: list[object], **kwargs: Any) -> ServerHarness:
         delivery = MemoryDelivery()
         return ServerHarness(
             delivery,
@@ -118,7 +123,7 @@ class RegisterMechanismTests(unittest.TestCase):
         self.assertEqual(h.command(b"AUTH X-TOY").code, 334)
         reply = h.command(b64(b"alice:ecila"))
         self.assertEqual((reply.code, reply.enhanced), (235, "2.7.0"))
-        self.assertEqual(h.protocol.connection.authenticated, "alice")
+        self.assertEqual(authenticated(h), "alice")
 
     def test_failedLogin(self) -> None:
         self.register("X-TOY", Toy, [IToyCredentials])
@@ -222,4 +227,4 @@ class DocumentedExampleTests(unittest.TestCase):
         self.assertEqual(h.command(b"AUTH X-TOKEN " + b64(b"alice\0wrong")).code, 535)
         self.assertEqual(h.command(b"AUTH X-TOKEN").code, 334)
         self.assertEqual(h.command(b64(b"alice\0s3cret")).code, 235)
-        self.assertEqual(h.protocol.connection.authenticated, "alice")
+        self.assertEqual(authenticated(h), "alice")

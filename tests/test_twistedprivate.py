@@ -46,13 +46,14 @@ class TCPWriteStateTests(unittest.TestCase):
 
     async def connection(self) -> Any:
         server = _Collect()
-        port = reactor.listenTCP(0, protocol.Factory.forProtocol(lambda: server), interface="127.0.0.1")  # type: ignore[attr-defined]
+        factory: Any = protocol.Factory.forProtocol(lambda: server)
+        port: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         client = _Collect()
         endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
         await endpoints.connectProtocol(endpoint, client)
         await server.ready
-        self.addCleanup(client.transport.loseConnection)
+        self.addCleanup(client.transport.loseConnection)  # type: ignore[union-attr]
         return client.transport, server
 
     async def test_names(self) -> None:
@@ -95,7 +96,7 @@ class _RecordingEndpoint:
     def __init__(self) -> None:
         self.factory: Any = None
 
-    def listen(self, factory: Any) -> defer.Deferred[None]:
+    def listen(self, factory: Any) -> defer.Deferred[Any]:
         self.factory = factory
         return defer.succeed(None)
 

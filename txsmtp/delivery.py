@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -284,13 +285,14 @@ class CommitRunner:
         self.pool: ThreadPool | None = None
         self._trigger: Any = None
 
-    def run(self, work: Callable[..., _T], *args: Any) -> Deferred[_T] | _T:
+    def run(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
         """
-        ``work(*args)``: in the pool, and then a Deferred firing with its
-        result in the reactor thread; or, with ``threads=0``, at once.
+        ``work(*args)`` in the pool: a Deferred that fires with its result
+        (or its exception) in the reactor thread.  With ``threads=0`` the
+        work runs at once, and the Deferred has fired on return.
         """
         if not self.threads:
-            return work(*args)
+            return defer.maybeDeferred(work, *args)
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
@@ -480,12 +482,10 @@ class MaildirReceiver:
         if self._error is not None:
             raise self._smtpError()
         files, self._files = self._files, []
-        if self._runner is None:
+        if self._runner is None or not self._runner.threads:
             return self._finished(files, _commitAll(files, self.sync, self.perRecipient))
-        outcome = self._runner.run(_commitAll, files, self.sync, self.perRecipient)
-        if isinstance(outcome, Deferred):
-            return outcome.addCallback(lambda errors: self._finished(files, errors))
-        return self._finished(files, outcome)
+        d = self._runner.run(_commitAll, files, self.sync, self.perRecipient)
+        return d.addCallback(lambda errors: self._finished(files, errors))
 
     def _finished(
         self, files: list[_MaildirFile], errors: list[OSError | None]
