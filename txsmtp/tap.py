@@ -425,7 +425,7 @@ class SMTPService(service.MultiService):
         def stopDeliveries(_: Any) -> None:
             # Once no session is left: a delivery's own threads (the Maildir
             # commits) end here, not at some later reactor shutdown.
-            for delivery in dict.fromkeys(f.delivery for f in factories):
+            for delivery in {id(f.delivery): f.delivery for f in factories}.values():
                 stop = getattr(delivery, "stop", None)
                 if callable(stop):
                     stop()
