@@ -112,7 +112,7 @@ def cramResponse(user: bytes, password: bytes, challenge: bytes) -> bytes:
 def runScram(
     client: ScramClient, mechanism: ScramSHA256 | None = None, keys: sasl.ScramKeys | None = None
 ) -> tuple[ScramSHA256, ScramCredentials]:
-    """Run an exchange up to the credentials (random salt, or ``keys``' salt)."""
+    """Run an exchange up to the credentials (made-up salt, or ``keys``' salt)."""
     mechanism = mechanism or ScramSHA256("mx.example")
     step = mechanism.start(client.first())
     assert isinstance(step, NeedKeys), step
@@ -479,7 +479,7 @@ class ScramTests(unittest.TestCase):
         self.assertTrue(client.verify(mechanism.serverFinal()))
 
     def test_random_salt_and_plaintext_checker(self) -> None:
-        """With a plaintext-password checker: a fresh salt, 4096 iterations, IUsernamePassword."""
+        """With a plaintext-password checker: a made-up salt (stable per user), 4096 iterations, IUsernamePassword."""
         client = ScramClient("alice", "s3cret")
         mechanism, creds = runScram(client)
         self.assertEqual(client.iterations, 4096)

@@ -87,7 +87,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     """Command-line options of ``twistd smtp``."""
 
     # What --auth checkers must understand: the SASL mechanisms need
-    # plaintext passwords (PLAIN, LOGIN, SCRAM with a random salt) or
+    # plaintext passwords (PLAIN, LOGIN, SCRAM without stored keys) or
     # CRAM-MD5 credentials.
     supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword)
 
