@@ -12,6 +12,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.python import usage
 from twisted.trial import unittest
 
+from tests.test_sasl import ScramClient
 from txsmtp.auth import CheckerChain, ScramKeyChecker, makePortal
 from txsmtp.delivery import BaseDeliverySession
 from txsmtp.errors import SMTPError
@@ -50,6 +51,34 @@ class OfferedMechanismTests(unittest.TestCase):
         self.assertIn("AUTH SCRAM-SHA-256", ehlo.lines)
         reply = h.command(b"AUTH PLAIN " + base64.b64encode(b"\0bob\0pencil"))
         self.assertEqual((reply.code, reply.enhanced), (504, "5.5.4"))
+
+
+def serverFirst(checkers: list, user: str) -> tuple[bytes | None, int | None]:
+    """The salt and iteration count a fresh server session sends ``user`` in SCRAM."""
+    h = harness(checkers)
+    h.command(b"EHLO client.example")
+    client = ScramClient(user, "guess")
+    first = h.command(b"AUTH SCRAM-SHA-256 " + base64.b64encode(client.first()))
+    assert first.code == 334, first
+    client.final(base64.b64decode(first.text))
+    return client.salt, client.iterations
+
+
+class ScramUserProbingTests(unittest.TestCase):
+    def test_unknownUserLooksKnown(self) -> None:
+        """
+        A key store's unknown user gets the same salt on every attempt, as a
+        known user does, of the same length and with the same iteration
+        count: the server-first-message does not tell who has an account.
+        """
+        checkers = [ScramKeyChecker({"bob": scramKeys("pencil")})]
+        known = [serverFirst(checkers, "bob") for _ in range(2)]
+        unknown = [serverFirst(checkers, "mallory") for _ in range(2)]
+        self.assertEqual(known[0], known[1])
+        self.assertEqual(unknown[0], unknown[1])
+        salt, iterations = unknown[0]
+        self.assertEqual((len(salt or b""), iterations), (len(known[0][0] or b""), known[0][1]))
+        self.assertNotEqual(serverFirst(checkers, "trudy")[0], salt)
 
 
 class CheckerChainTests(unittest.TestCase):

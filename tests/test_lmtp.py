@@ -177,7 +177,7 @@ class VirtualLMTPTests(unittest.TestCase):
         return out
 
     def test_mixedMailboxes(self) -> None:
-        h = harness(VirtualMaildirDelivery(self.root))
+        h = harness(VirtualMaildirDelivery(self.root, threads=0))
         errors = errorsLogged(self)
         h.send(LHLO)
         replies = h.send(
@@ -212,7 +212,7 @@ class VirtualLMTPTests(unittest.TestCase):
         """Over SMTP the same failure refuses the message for everyone (one reply)."""
         from txsmtp.server import SMTPFactory
 
-        h = ServerHarness(factory=SMTPFactory(VirtualMaildirDelivery(self.root), "smtp.test"))
+        h = ServerHarness(factory=SMTPFactory(VirtualMaildirDelivery(self.root, threads=0), "smtp.test"))
         errors = errorsLogged(self)
         h.send(b"EHLO c\r\n")
         replies = h.send(

@@ -111,11 +111,16 @@ def failingFdopen(**kwargs: Any) -> Any:
 
 
 class MaildirReceiverTests(unittest.TestCase):
-    """MaildirDelivery's receivers used directly: write, finish, abort."""
+    """
+    MaildirDelivery's receivers used directly: write, finish, abort.  These
+    tests and the server tests below commit on the calling thread
+    (``threads=0``), so that finish() and the harness answer at once;
+    tests/test_maildir_durable.py covers the thread pool.
+    """
 
     def setUp(self) -> None:
         self.path = os.path.abspath(self.mktemp())
-        self.delivery = MaildirDelivery(self.path)
+        self.delivery = MaildirDelivery(self.path, threads=0)
         self.session = self.delivery.openSession(ConnectionInfo())
 
     def test_creates_maildir(self) -> None:
@@ -205,7 +210,7 @@ class MaildirReceiverTests(unittest.TestCase):
     def test_no_sync(self) -> None:
         """sync=False never calls fsync."""
         self.patch(txsmtp.delivery, "os", FaultyOS(fsync=enospc))
-        session = MaildirDelivery(self.path, sync=False).openSession(ConnectionInfo())
+        session = MaildirDelivery(self.path, sync=False, threads=0).openSession(ConnectionInfo())
         receiver = session.openMessage(envelope("a@example.com", ["b@example.com"]))
         receiver.write(b"x\r\n")
         receiver.finish()
@@ -223,7 +228,7 @@ class MaildirServerTests(unittest.TestCase):
 
     def setUp(self) -> None:
         self.path = os.path.abspath(self.mktemp())
-        self.harness = ServerHarness(MaildirDelivery(self.path))
+        self.harness = ServerHarness(MaildirDelivery(self.path, threads=0))
 
     def assertNothingStored(self) -> None:
         self.assertEqual(maildirFiles(self.path, "tmp"), [])
@@ -336,7 +341,7 @@ class MaildirServerTests(unittest.TestCase):
     def test_too_big_refused_nothing_left(self) -> None:
         """A message over the size limit gets 552 5.3.4 and leaves no file behind."""
         path = os.path.abspath(self.mktemp())
-        h = ServerHarness(MaildirDelivery(path), maxMessageSize=1000)
+        h = ServerHarness(MaildirDelivery(path, threads=0), maxMessageSize=1000)
         replies = h.sendMessage(
             b"a@example.com", [b"b@example.com"], b"Subject: big\r\n\r\n" + b"x" * 2000 + b"\r\n"
         )
@@ -440,7 +445,7 @@ class VirtualMaildirTests(unittest.TestCase):
         for mailbox in ("example.com/alice", "example.com/bob", "example.org/carol"):
             os.makedirs(os.path.join(self.root, mailbox))
         os.makedirs(os.path.join(self.top, "outside"))
-        self.delivery = VirtualMaildirDelivery(self.root)
+        self.delivery = VirtualMaildirDelivery(self.root, threads=0)
         self.harness = ServerHarness(self.delivery)
         self.harness.command(b"EHLO client.example")
 

@@ -576,6 +576,37 @@ class SendmailMXTests(unittest.TestCase):
         self.assertIs(failure.value, lost)
         self.assertEqual(sendmail.hosts, ["mx1.example.com"])
 
+    def test_tlsFailureTriesNextExchanger(self) -> None:
+        """
+        A TLS failure at one exchanger (a certificate that does not verify,
+        under the default policy) is no verdict on the message: the next
+        exchanger is tried, and it takes the message.
+        """
+        from txsmtp.client import SMTPTLSError
+
+        refused = SMTPTLSError("TLS with mx1.example.com failed: certificate verify failed")
+        self.assertTrue(refused.permanent)
+        sendmail = FakeSendmail({"mx1.example.com": refused})
+        self.assertEqual(self.successResultOf(self.send(sendmail)), "sent via mx2.example.com")
+        self.assertEqual(sendmail.hosts, ["mx1.example.com", "mx2.example.com"])
+        [event] = self.events
+        self.assertIn("transient", formatEvent(event))
+
+    def test_tlsFailureEverywhereIsTransient(self) -> None:
+        """
+        When TLS fails at every exchanger, the delivery fails with the last
+        failure, made transient: the message stays queued (a certificate
+        gets fixed) instead of bouncing.
+        """
+        from txsmtp.client import SMTPTLSError
+
+        errors = {f"mx{i}.example.com": SMTPTLSError(f"TLS with mx{i} failed") for i in (1, 2, 3)}
+        sendmail = FakeSendmail(dict(errors))
+        failure = self.failureResultOf(self.send(sendmail), SMTPTLSError)
+        self.assertIs(failure.value, errors["mx3.example.com"])
+        self.assertIs(failure.value.permanent, False)
+        self.assertEqual(sendmail.hosts, ["mx1.example.com", "mx2.example.com", "mx3.example.com"])
+
     def test_allFail(self) -> None:
         """When every exchanger fails transiently, the last failure is the result."""
         last = Transient("third")

@@ -112,7 +112,7 @@ def cramResponse(user: bytes, password: bytes, challenge: bytes) -> bytes:
 def runScram(
     client: ScramClient, mechanism: ScramSHA256 | None = None, keys: sasl.ScramKeys | None = None
 ) -> tuple[ScramSHA256, ScramCredentials]:
-    """Run an exchange up to the credentials (random salt, or ``keys``' salt)."""
+    """Run an exchange up to the credentials (made-up salt, or ``keys``' salt)."""
     mechanism = mechanism or ScramSHA256("mx.example")
     step = mechanism.start(client.first())
     assert isinstance(step, NeedKeys), step
@@ -479,7 +479,7 @@ class ScramTests(unittest.TestCase):
         self.assertTrue(client.verify(mechanism.serverFinal()))
 
     def test_random_salt_and_plaintext_checker(self) -> None:
-        """With a plaintext-password checker: a fresh salt, 4096 iterations, IUsernamePassword."""
+        """With a plaintext-password checker: a made-up salt (stable per user), 4096 iterations, IUsernamePassword."""
         client = ScramClient("alice", "s3cret")
         mechanism, creds = runScram(client)
         self.assertEqual(client.iterations, 4096)
@@ -491,10 +491,49 @@ class ScramTests(unittest.TestCase):
         checker.addUser(b"alice", b"s3cret")
         self.assertEqual(self.successResultOf(checker.requestAvatarId(creds)), b"alice")
         self.assertTrue(client.verify(mechanism.serverFinal()))
-        # Another exchange gets another salt and another nonce.
+        # Another exchange gets another nonce; the salt, derived from the
+        # user name, is the same (see test_fake_salt_is_stable).
         other = ScramClient("alice", "s3cret")
         runScram(other)
-        self.assertNotEqual(other.salt, client.salt)
+        self.assertNotEqual(other.nonce, client.nonce)
+        self.assertEqual(other.salt, client.salt)
+
+    def test_fake_salt_is_stable(self) -> None:
+        """
+        Without stored keys (an unknown user of a key store, or a password
+        checker) the salt is derived from a server secret and the user
+        name: the same user gets the same salt on every attempt, as a
+        known user does, and with the server's usual count; another user
+        gets another salt of the same length.  A random salt per attempt
+        would tell an unknown user from a known one.
+        """
+        salts = []
+        for _ in range(3):
+            client = ScramClient("mallory", "guess")
+            runScram(client)
+            salts.append((client.salt, client.iterations))
+        self.assertEqual(salts, [salts[0]] * 3)
+        salt, iterations = salts[0]
+        self.assertEqual(len(salt or b""), 16)
+        self.assertEqual(iterations, ScramSHA256.iterations)
+        other = ScramClient("trudy", "guess")
+        runScram(other)
+        self.assertNotEqual(other.salt, salt)
+        self.assertEqual(len(other.salt or b""), 16)
+
+    def test_fake_salt_secret(self) -> None:
+        """The salt depends on the secret: a server may set its own, stable across restarts."""
+        client = ScramClient("mallory", "guess")
+        runScram(client)
+        self.patch(ScramSHA256, "fakeSaltSecret", b"this server's own secret")
+        first, second = ScramClient("mallory", "guess"), ScramClient("mallory", "guess")
+        runScram(first)
+        runScram(second)
+        self.assertEqual(first.salt, second.salt)
+        self.assertNotEqual(first.salt, client.salt)
+        self.assertEqual(
+            first.salt, hmac.new(b"this server's own secret", b"mallory", hashlib.sha256).digest()[:16]
+        )
 
     def test_wrong_password(self) -> None:
         client = ScramClient("alice", "wrong")

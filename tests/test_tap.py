@@ -261,6 +261,25 @@ class ServiceTests(_InScratchDirectory, unittest.TestCase):
         [message] = delivery.messages
         self.assertEqual(message.body, b"Subject: in flight\r\n\r\nfirst half\r\nsecond half\r\n")
 
+    async def test_stop_ends_delivery_threads(self) -> None:
+        """A Maildir delivery's commit threads end when the service stops, after the sessions."""
+        maildir = os.path.join(self.cwd, "Maildir")
+        delivery = MaildirDelivery(maildir)
+        service, [port] = await self._start(delivery, grace=5)
+        client = await connectClient(self, port)
+        await client.command(b"EHLO client.test.invalid")
+        await client.command(b"MAIL FROM:<a@example.com>")
+        await client.command(b"RCPT TO:<b@example.com>")
+        await client.command(b"DATA")
+        [stored] = await client.command(b"Subject: stored\r\n\r\nhi\r\n.")
+        self.assertEqual(stored.code, 250)
+        self.assertEqual(len(maildirFiles(maildir)), 1)
+        pool = delivery.runner.pool
+        assert pool is not None
+        await service.stopService()
+        self.assertIsNone(delivery.runner.pool)
+        self.assertFalse(any(t.is_alive() for t in pool.threads))
+
     async def test_stop_grace_expires(self) -> None:
         """A message still unfinished when the grace period ends is abandoned: 421, nothing stored."""
         maildir = os.path.join(self.cwd, "Maildir")
@@ -573,7 +592,7 @@ class LMTPOptionsTests(_InScratchDirectory, unittest.TestCase):
         LMTP over TCP without interface= (every address) and without
         required AUTH is refused: it would let anyone fill the mailboxes.
         """
-        for description in ("tcp:24", "tcp6:24", "tcp:24:backlog=5"):
+        for description in ("tcp:24", "tcp6:24", "tcp:24:backlog=5", "haproxy:tcp:24"):
             with self.assertRaises(usage.UsageError, msg=description) as cm:
                 parse("--lmtp", description, "--deliver", "discard")
             message = str(cm.exception)

@@ -6,20 +6,23 @@ pipelined commands).  ``transport.write`` queues them and asks the reactor
 to watch the socket for writability, which costs two ``epoll_ctl`` calls
 and a wake-up per write.  When nothing is queued in the transport, sending
 straight away keeps the byte order and saves that round trip.
+
+Twisted has no public way to ask whether a transport has bytes queued:
+that is read in :mod:`txsmtp._twistedprivate`.
 """
 
 from __future__ import annotations
 
 from twisted.internet import tcp as _tcp
 
+from txsmtp._twistedprivate import hasTCPWriteState, queuedBytes, writeShutDown
+
 __all__ = ["canWriteDirectly", "writeNow"]
 
 
 def canWriteDirectly(transport: object) -> bool:
     """Whether ``transport`` is a Twisted TCP connection whose write path we know."""
-    return isinstance(transport, _tcp.Connection) and all(
-        hasattr(transport, name) for name in ("socket", "TLS", "dataBuffer", "_tempDataLen", "_writeDisconnected")
-    )
+    return hasTCPWriteState(transport) and hasattr(transport, "socket") and hasattr(transport, "TLS")
 
 
 def writeNow(t: _tcp.Connection, data: bytes) -> None:
@@ -28,8 +31,8 @@ def writeNow(t: _tcp.Connection, data: bytes) -> None:
     not in the way); what the kernel does not take, or anything when that
     is not possible, goes through ``t.write`` as usual.
     """
-    if not t.TLS and not t._tempDataLen and not t.dataBuffer:
-        if t.connected and not t.disconnecting and not t._writeDisconnected:
+    if not t.TLS and not queuedBytes(t):
+        if t.connected and not t.disconnecting and not writeShutDown(t):
             try:
                 sent = t.socket.send(data)
             except OSError:

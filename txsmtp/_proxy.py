@@ -19,9 +19,10 @@ and nothing else knows):
   protocol it wraps, the PROXY wrapper, which does not pass it on
   (:func:`forwardHandshake`).
 
-The wrapper's class and its ``_proxyInfo`` attribute are private to
-Twisted; tests/test_proxy.py pins the behaviour, so a Twisted release that
-changes them fails the tests rather than the mail.
+The wrapper's class and the header it read are private to Twisted:
+:mod:`txsmtp._twistedprivate` reaches them, and tests/test_twistedprivate.py
+(with tests/test_proxy.py for the behaviour) pins them, so a Twisted release
+that changes them fails the tests rather than the mail.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import alsoProvides
+
+from txsmtp._twistedprivate import HAProxyProtocolWrapper, proxyInfo
 
 __all__ = ["compactPeer", "forwardHandshake", "pendingProxyHeader", "whenProxyHeaderRead"]
 
@@ -47,7 +49,7 @@ def pendingProxyHeader(transport: Any) -> HAProxyProtocolWrapper | None:
     """The PROXY wrapper under ``transport`` (or under its TLS layer) still waiting for its header."""
     while isinstance(transport, ProtocolWrapper):
         if isinstance(transport, HAProxyProtocolWrapper):
-            return transport if transport._proxyInfo is None else None
+            return transport if proxyInfo(transport) is None else None
         transport = transport.transport
     return None
 
@@ -72,21 +74,23 @@ def whenProxyHeaderRead(wrapper: HAProxyProtocolWrapper, then: Callable[[], None
     """
 
     def dataReceived(data: bytes) -> None:
-        protocol, early = wrapper.wrappedProtocol, []
-        wrapper.wrappedProtocol = types.SimpleNamespace(dataReceived=early.append)
+        protocol, early = wrapper.wrappedProtocol, list[bytes]()
+        wrapper.wrappedProtocol = types.SimpleNamespace(dataReceived=early.append)  # type: ignore[assignment]
         try:
             type(wrapper).dataReceived(wrapper, data)
-            if wrapper._proxyInfo is None:
+            info = proxyInfo(wrapper)
+            if info is None:
                 return  # more of the header to come, or a bad one (the wrapper closes)
-            usable = _usableProxiedSource(wrapper._proxyInfo.source)
+            usable = _usableProxiedSource(info.source)
         except ValueError:  # a v1 header with a port that is not a number
             usable = False
         finally:
             wrapper.wrappedProtocol = protocol
         if not usable:
-            proxy = wrapper.transport.getPeer()
+            transport: Any = wrapper.transport
+            proxy = transport.getPeer()
             _log.warn("dropped a connection from {proxy}: unusable PROXY header", proxy=getattr(proxy, "host", proxy))
-            wrapper.transport.abortConnection()
+            transport.abortConnection()
             return
         del wrapper.dataReceived  # a plain pass-through from now on
         then()

@@ -177,8 +177,13 @@ def sendmailMX(
     **sendmailArgs)``.  A failure whose exception has a true ``permanent``
     attribute ends the delivery at once with that exception, and so does a
     connection lost after the end of the message was sent (``afterData``:
-    the exchanger may have the message); any other failure is logged and the next exchanger is tried (RFC 5321 §5.1: the
-    client tries each of the addresses in the list, in order).  When every
+    the exchanger may have the message); any other failure is logged and
+    the next exchanger is tried (RFC 5321 §5.1: the client tries each of
+    the addresses in the list, in order).  A TLS failure
+    (:class:`txsmtp.client.SMTPTLSError`: a certificate that does not
+    verify under the default policy, STARTTLS refused or missing when
+    required) belongs to one exchanger: it is made transient
+    (``permanent = False``) and the next exchanger is tried.  When every
     exchanger failed, the delivery fails with the last failure's exception.
 
     :param sender: the reverse-path, ``""`` for the null reverse-path.
@@ -214,7 +219,9 @@ def sendmailMX(
     if sendmail is None:
         # Imported here rather than at the top: txsmtp.client imports much
         # more than a lookup needs, and this module must import without it.
-        from txsmtp.client import sendmail
+        from txsmtp.client import sendmail as clientSendmail
+
+        sendmail = clientSendmail
     start = None if isinstance(message, bytes | bytearray | memoryview) else message.tell()
     return Deferred.fromCoroutine(
         _deliver(
@@ -308,7 +315,9 @@ async def _lookup(
     shuffle: Callable[[list[MailExchanger]], None],
 ) -> list[MailExchanger]:
     try:
-        answers, _, _ = await defer.maybeDeferred(resolver.lookupMailExchange, domain)
+        # IResolver declares timeout as required; every resolver defaults it.
+        lookup: Any = resolver.lookupMailExchange
+        answers, _, _ = await defer.maybeDeferred(lookup, domain)
     except CancelledError:
         raise
     except Exception as e:
@@ -366,7 +375,7 @@ async def _lookup(
 async def _implicitExchanger(domain: str, resolver: IResolver) -> list[MailExchanger]:
     # RFC 5321 §5.1: the implicit MX is usable when the domain has an
     # address record, IPv4 (A) or IPv6 (AAAA); either one is enough.
-    queries: Sequence[tuple[str, int, Callable[[str], Deferred[Any]]]] = [
+    queries: Sequence[tuple[str, int, Callable[..., Deferred[Any]]]] = [
         ("A", dns.A, resolver.lookupAddress),
         ("AAAA", dns.AAAA, resolver.lookupIPV6Address),
     ]
@@ -421,6 +430,15 @@ def _commonDomain(recipients: list[str]) -> str:
     return domain
 
 
+def _tlsFailure(error: Exception) -> bool:
+    """Whether ``error`` is the client's failure to set up or verify TLS."""
+    try:
+        from txsmtp.client import SMTPTLSError
+    except ImportError:  # a stand-in txsmtp.client (tests)
+        return False
+    return isinstance(error, SMTPTLSError)
+
+
 async def _deliver(
     domain: str,
     sender: str,
@@ -445,6 +463,14 @@ async def _deliver(
         except CancelledError:
             raise
         except Exception as e:
+            if _tlsFailure(e):
+                # A certificate that does not verify (or TLS that fails in
+                # another way) is a fault of this exchanger, not a verdict
+                # on the message: the next exchanger may do better (RFC 5321
+                # §5.1: try the next address), and with none left the
+                # message stays queued until someone fixes the certificate
+                # (RFC 5321 §4.5.4.1) instead of bouncing.
+                e.permanent = False  # type: ignore[attr-defined]
             permanent = bool(getattr(e, "permanent", False))
             _log.info(
                 "Delivery for {domain} to {host} failed ({kind}): {reason}",

@@ -21,6 +21,11 @@ returns one of:
 Malformed input raises :class:`SASLError`, which the protocol answers with
 ``501 5.5.2``.
 
+Mechanisms are looked up by name in :data:`MECHANISMS`; an application adds
+its own with :func:`registerMechanism`, naming the credential interfaces
+its credentials provide, and a server offers it when a checker of its
+portal takes one of them (:func:`usableMechanism`).
+
 Credentials and checkers
 ------------------------
 
@@ -31,7 +36,7 @@ which checkers with plaintext passwords understand.
 SCRAM-SHA-256 (RFC 5802, RFC 7677) works two ways:
 
 - with a checker that keeps plaintext passwords (memory, file): the server
-  picks a fresh salt, and the :class:`ScramPasswordCredentials` it produces
+  makes up a salt (:meth:`ScramSHA256.fakeSalt`), and the :class:`ScramPasswordCredentials` it produces
   provide ``IUsernamePassword``: the checker's ``checkPassword(password)``
   derives the keys from the password and verifies the client's proof;
 - with a checker that keeps SCRAM keys and provides
@@ -61,6 +66,15 @@ from twisted.cred.credentials import (
 )
 from zope.interface import Attribute, Interface, implementer
 
+from txsmtp._saslregistry import (
+    MECHANISMS,
+    MechanismFactory,
+    credentialInterfacesOf,
+    registerMechanism,
+    unregisterMechanism,
+    usableMechanism,
+)
+
 __all__ = [
     "SASLError",
     "Challenge",
@@ -77,6 +91,10 @@ __all__ = [
     "IScramCredentials",
     "IScramKeyStore",
     "MECHANISMS",
+    "MechanismFactory",
+    "credentialInterfacesOf",
+    "registerMechanism",
+    "unregisterMechanism",
     "saslprep",
     "scramKeys",
     "usableMechanism",
@@ -367,7 +385,7 @@ class ScramCredentials(_ScramProof):
 @implementer(IUsernamePassword)
 class ScramPasswordCredentials(_ScramProof):
     """
-    SCRAM credentials from an exchange with a fresh salt: any checker that
+    SCRAM credentials from an exchange with a made-up salt: any checker that
     knows plaintext passwords verifies them through ``checkPassword``, which
     derives the keys from the password.
     """
@@ -403,11 +421,30 @@ def _b64(data: str, what: str) -> bytes:
         raise SASLError(f"bad base64 in SCRAM {what}") from None
 
 
+#: The secret the fake salts of this process are derived from (see
+#: :attr:`ScramSHA256.fakeSaltSecret`).
+_PROCESS_SECRET = os.urandom(32)
+
+
 class ScramSHA256(Mechanism):
-    """SCRAM-SHA-256 (RFC 5802, RFC 7677), without channel binding."""
+    """
+    SCRAM-SHA-256 (RFC 5802, RFC 7677), without channel binding.
+
+    :cvar iterations: the iteration count sent when no stored keys give
+        one (a password checker, or a user the key store does not know);
+        keep it equal to the count the key store uses (``scramKeys``'
+        default, 4096, unless yours differs).
+    :cvar fakeSaltSecret: the secret the salt of such an exchange is
+        derived from, with the user name; ``None`` (the default) uses a
+        random secret made when the process starts.  A server whose key
+        store outlives restarts may set a stable secret of its own, so
+        that an unknown user's salt does not change at a restart when a
+        known user's does not.
+    """
 
     name = "SCRAM-SHA-256"
     iterations = 4096
+    fakeSaltSecret: bytes | None = None
 
     def __init__(self, hostname: str = "localhost") -> None:
         super().__init__(hostname)
@@ -473,11 +510,29 @@ class ScramSHA256(Mechanism):
         return self._serverFirstMessage()
 
     def useRandomSalt(self) -> Challenge:
-        """Continue with a fresh salt (plaintext-password checkers, or an unknown user)."""
+        """
+        Continue without stored keys (plaintext-password checkers, or a user
+        the key store does not know), with :meth:`fakeSalt` and
+        :attr:`iterations`.
+
+        The salt is not random, despite the name (kept for callers): were it
+        fresh on each attempt, an unknown user would stand out against a
+        known one, whose stored salt never changes: probing twice would
+        tell who has an account.
+        """
         self._stored = False
-        self._salt = os.urandom(16)
+        self._salt = self.fakeSalt(self.username)
         self._iterations = self.iterations
         return self._serverFirstMessage()
+
+    def fakeSalt(self, username: str) -> bytes:
+        """
+        A 16-octet salt for ``username`` (as long as :func:`scramKeys`'):
+        HMAC-SHA-256 of the user name keyed with :attr:`fakeSaltSecret`,
+        the same for the same user as long as the secret stays.
+        """
+        secret = self.fakeSaltSecret if self.fakeSaltSecret is not None else _PROCESS_SECRET
+        return _hmac(secret, username.encode("utf-8"))[:16]
 
     def _serverFirstMessage(self) -> Challenge:
         if self._step != 1:
@@ -518,27 +573,9 @@ class ScramSHA256(Mechanism):
         return b"v=" + base64.b64encode(creds.serverSignature)
 
 
-def usableMechanism(name: str, portal: Any) -> bool:
-    """
-    Whether the checkers of ``portal`` can verify what mechanism ``name``
-    produces: PLAIN and LOGIN need ``IUsernamePassword``, CRAM-MD5
-    ``IUsernameHashedPassword``, SCRAM-SHA-256 either ``IUsernamePassword``
-    (plaintext passwords) or :class:`IScramCredentials` (a key store).
-    """
-    interfaces = set(portal.listCredentialsInterfaces())
-    if name in ("PLAIN", "LOGIN"):
-        return IUsernamePassword in interfaces
-    if name == "CRAM-MD5":
-        return IUsernameHashedPassword in interfaces
-    if name == "SCRAM-SHA-256":
-        return IUsernamePassword in interfaces or IScramCredentials in interfaces
-    return False
+# -- the registry (txsmtp._saslregistry; public here) --------------------------
 
-
-#: Mechanisms by name, strongest first (the order they are advertised in).
-MECHANISMS: dict[str, type[Mechanism]] = {
-    "SCRAM-SHA-256": ScramSHA256,
-    "CRAM-MD5": CramMD5,
-    "PLAIN": Plain,
-    "LOGIN": Login,
-}
+registerMechanism("SCRAM-SHA-256", ScramSHA256, (IUsernamePassword, IScramCredentials))
+registerMechanism("CRAM-MD5", CramMD5, (IUsernameHashedPassword,))
+registerMechanism("PLAIN", Plain, (IUsernamePassword,))
+registerMechanism("LOGIN", Login, (IUsernamePassword,))

@@ -15,8 +15,7 @@ import socket
 import sys
 from typing import Any
 
-from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import service, strports
 from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
@@ -88,7 +87,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     """Command-line options of ``twistd smtp``."""
 
     # What --auth checkers must understand: the SASL mechanisms need
-    # plaintext passwords (PLAIN, LOGIN, SCRAM with a random salt) or
+    # plaintext passwords (PLAIN, LOGIN, SCRAM without stored keys) or
     # CRAM-MD5 credentials.
     supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword)
 
@@ -213,9 +212,12 @@ def _checkLMTPEndpoint(reactor: Any, description: str, requireAuth: bool) -> Non
     """
     try:
         endpoints.serverFromString(reactor, description)
-        args, kwargs = endpoints._parse(description)
+        args, kwargs = _descriptionParts(description)
     except Exception as e:
         raise usage.UsageError(f"bad --lmtp {description!r}: {e}") from None
+    while args and args[0] == "haproxy":
+        # The PROXY wrapper listens where the endpoint it wraps does.
+        args = args[1:]
     kind = args[0] if args else ""
     if kind == "unix" and (len(args) < 2 or not args[1]):
         raise usage.UsageError(
@@ -228,6 +230,41 @@ def _checkLMTPEndpoint(reactor: Any, description: str, requireAuth: bool) -> Non
             "interface=127.0.0.1 (or an explicit address such as interface=0.0.0.0 behind a "
             "firewall), or give --require-auth"
         )
+
+
+def _descriptionParts(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    The positional and keyword parts of a strports description, in the
+    syntax of :func:`twisted.internet.endpoints.serverFromString`: parts
+    separated by ``:``, ``key=value`` for a keyword, a backslash taking the
+    next character as it is (``interface=\\:\\:1``).  Twisted keeps its own
+    parser private; the description has already been accepted by
+    ``serverFromString`` when this is called.
+    """
+    parts: list[list[str]] = [[]]
+    keys: list[bool] = [False]
+    chars = iter(description)
+    for c in chars:
+        if c == "\\":
+            parts[-1].append(next(chars, ""))
+        elif c == ":":
+            parts.append([])
+            keys.append(False)
+        elif c == "=" and not keys[-1]:
+            keys[-1] = True
+            parts[-1].append("\0")  # the key ends here (no description holds a NUL)
+        else:
+            parts[-1].append(c)
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part, isKeyword in zip(parts, keys, strict=True):
+        text = "".join(part)
+        if isKeyword:
+            key, _, value = text.partition("\0")
+            kwargs[key] = value
+        else:
+            args.append(text)
+    return args, kwargs
 
 
 def _isOpenToNetwork(address: Any) -> bool:
@@ -307,7 +344,8 @@ class SMTPService(service.MultiService):
     The listening endpoints of one factory (and of an LMTP factory beside
     it), stopped gracefully: listeners close first, then idle sessions get
     ``421`` and sessions in a transaction are given ``grace`` seconds to
-    finish.
+    finish; last, a delivery with a ``stop()`` method (the Maildir
+    deliveries, whose commit threads end) is stopped.
 
     :param lmtpFactory: an :class:`~txsmtp.lmtp.LMTPFactory` for the
         ``lmtpListen`` endpoints (needed when there are any).
@@ -330,7 +368,7 @@ class SMTPService(service.MultiService):
         self.grace = grace
         self._previousHUP: Any = None
         for description in descriptions:
-            self._listen(endpoints.serverFromString(reactor, description), description, factory)
+            self._listen(reactor, description, description, factory)
         if tlsListen:
             if factory.tls is None:
                 raise ValueError("implicit TLS listeners need a factory with tls")
@@ -338,20 +376,19 @@ class SMTPService(service.MultiService):
             # (reloadable) certificate as STARTTLS.
             tlsFactory = TLSMemoryBIOFactory(factory.tls, False, factory)
             for description in tlsListen:
-                self._listen(endpoints.serverFromString(reactor, description), description + " (implicit TLS)", tlsFactory)
+                self._listen(reactor, description, description + " (implicit TLS)", tlsFactory)
         if lmtpListen:
             if lmtpFactory is None:
                 raise ValueError("LMTP listeners need an lmtpFactory")
             for description in lmtpListen:
-                endpoint = endpoints.serverFromString(reactor, description)
-                self._listen(endpoint, description, lmtpFactory, "LMTP")
+                self._listen(reactor, description, description, lmtpFactory, "LMTP")
 
-    def _listen(
-        self, endpoint: Any, description: str, factory: Any, protocol: str = "SMTP"
-    ) -> None:
-        announcing = _AnnouncingEndpoint(endpoint, description, protocol)
-        child = StreamServerEndpointService(announcing, factory)
-        child._raiseSynchronously = True
+    def _listen(self, reactor: Any, description: str, label: str, factory: Any, protocol: str = "SMTP") -> None:
+        # strports.service makes a listener that raises at startService when
+        # it cannot listen (a port in use), as twistd's own do, so that the
+        # server does not start without it.
+        child = strports.service(description, factory, reactor)
+        child.endpoint = _AnnouncingEndpoint(child.endpoint, label, protocol)
         child.setServiceParent(self)
 
     def startService(self) -> None:
@@ -362,7 +399,7 @@ class SMTPService(service.MultiService):
             from twisted.internet import reactor
 
             def onHUP(signum: int, frame: Any) -> None:
-                reactor.callFromThread(self.reload)
+                reactor.callFromThread(self.reload)  # type: ignore[attr-defined]
 
             self._previousHUP = signal.signal(signal.SIGHUP, onHUP)
 
@@ -385,7 +422,16 @@ class SMTPService(service.MultiService):
             waits = [f.shutdown(self.grace) for f in factories]
             return defer.gatherResults(waits).addCallback(lambda _: None)
 
+        def stopDeliveries(_: Any) -> None:
+            # Once no session is left: a delivery's own threads (the Maildir
+            # commits) end here, not at some later reactor shutdown.
+            for delivery in {id(f.delivery): f.delivery for f in factories}.values():
+                stop = getattr(delivery, "stop", None)
+                if callable(stop):
+                    stop()
+
         d.addCallback(shutdown)
+        d.addCallback(stopDeliveries)
         return d
 
 
