@@ -27,7 +27,7 @@ from twisted.logger import ILogObserver, formatEventAsClassicLogText
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-__all__ = ["TextLogObserver", "twistdObserver"]
+__all__ = ["TextLogObserver", "twistdLogger", "twistdObserver"]
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
@@ -82,3 +82,12 @@ def twistdObserver(options: Any) -> TextLogObserver:
     if name == "-" or (not name and options.get("nodaemon")):
         return TextLogObserver(sys.stdout)
     return TextLogObserver(LogFile.fromFullPath(name or "twistd.log"))
+
+
+#: twistd's log options, noted by ``twistd smtp`` for :func:`twistdLogger`.
+twistdOptions: dict[str, Any] = {}
+
+
+def twistdLogger() -> TextLogObserver:
+    """The factory ``twistd smtp`` names as ``--logger``: :func:`twistdObserver` of twistd's options."""
+    return twistdObserver(twistdOptions)

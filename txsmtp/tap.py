@@ -192,6 +192,25 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             )
         for checker in self.get("credCheckers") or []:
             _bytesUsers(checker)
+        _useCheapLog(self.parent)
+
+
+def _useCheapLog(parent: Any) -> None:
+    """
+    Under twistd, log through :mod:`txsmtp.logfile` (the same lines, a
+    quarter of the cost) unless ``--logger`` or ``--syslog`` chose another
+    observer.  ``parent`` is twistd's own options (a mapping), which its
+    application runner reads after this subcommand's options are parsed.
+    """
+    if parent is None or not hasattr(parent, "get"):
+        return
+    if parent.get("logger") or parent.get("syslog"):
+        return
+    from txsmtp import logfile
+
+    # twistd takes --logger as the name of a factory called with no argument.
+    logfile.twistdOptions = {"logfile": parent.get("logfile"), "nodaemon": parent.get("nodaemon")}
+    parent["logger"] = "txsmtp.logfile.twistdLogger"
 
 
 def _endpointKind(description: str) -> str:
