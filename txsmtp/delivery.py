@@ -295,7 +295,7 @@ class CommitRunner:
             return defer.maybeDeferred(work, *args)
         reactor = self._reactor
         if reactor is None:
-            from twisted.internet import reactor  # type: ignore[no-redef]
+            from twisted.internet import reactor
         if self.pool is None:
             self.pool = _CommitPool(0, self.threads, name="txsmtp-maildir")
             self.pool.start()
@@ -316,7 +316,7 @@ class CommitRunner:
         if trigger is not None:
             reactor = self._reactor
             if reactor is None:
-                from twisted.internet import reactor  # type: ignore[no-redef]
+                from twisted.internet import reactor
             try:
                 reactor.removeSystemEventTrigger(trigger)
             except (ValueError, KeyError):

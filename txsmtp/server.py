@@ -328,6 +328,8 @@ class ESMTPServer(Protocol):
                 session=self.connection.sessionId,
             )
         self.factory._unregister(self)
+        # The transport forgets its producer itself as it closes.
+        self._registered = False
         self._inSession(session.connectionLost, self._clock.seconds())
         waiting, self._closeDeferreds = self._closeDeferreds, None
         for d in waiting or ():
@@ -337,27 +339,31 @@ class ESMTPServer(Protocol):
 
     def _run(self) -> None:
         """Let the session work until it waits; then write its replies."""
-        if self._running:
+        if self._running or (self._outputPaused and not self._disconnected):
             # Called back from inside the session (a cancelled Deferred
-            # answering at once): the loop already under way goes on.
+            # answering at once): the loop already under way goes on.  Or
+            # the client is not reading: wait for resumeProducing.
             return
         session = self._session
         assert session is not None
         self._running = True
         try:
-            while not self._outputPaused or self._disconnected:
-                action = session.nextAction()
-                if action is None:
-                    break
-                self._execute(action)
+            data = session.advance()
         finally:
             self._running = False
-        if not self._disconnected:
-            if not session.waiting:
-                # RFC 2920: replies go out when the input is drained, that is
-                # when every complete command so far is answered.
-                self._flush()
-            self._setInputPaused(session.wantsInputPaused)
+        if self._disconnected:
+            if not session.inFlight:
+                session.detach()
+            return
+        if data:
+            if self._directWrites:
+                # Saves the reactor a writability round trip per reply batch.
+                writeNow(self.transport, data)
+            else:
+                self.transport.write(data)
+        paused = session.wantsInputPaused
+        if paused is not self._inputPaused:
+            self._setInputPaused(paused)
 
     def _inSession(self, method: Any, *args: Any) -> None:
         """Call into the session (its actions run as it goes), then run it."""

@@ -42,13 +42,22 @@ class Scope:
         self.calls: set[Call] = set()
 
     def end(self) -> list[Action]:
-        """End the scope; the :class:`Cancel` actions for what is in flight."""
+        """
+        End the scope; the :class:`Cancel` actions for what is in flight.
+
+        A call whose result holds something to release (it has a
+        ``cleanup``: a delivery session, a receiver, an avatar) is not
+        cancelled: a cancelled Deferred would drop that result unseen.  It
+        is waited for, and its result released when it comes.
+        """
         self.alive = False
         calls = self.calls
         if not calls:
             return []
-        self.calls = set()
-        return [Cancel(c) for c in calls]
+        cancelled = [c for c in calls if c.cleanup is None]
+        for c in cancelled:
+            calls.discard(c)
+        return [Cancel(c) for c in cancelled]
 
 
 class Call:

@@ -112,7 +112,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
 
     __slots__ = (
         "config", "host", "connection", "lmtp", "state", "deliverySession", "transaction",
-        "_commands", "_lines", "_out", "_actions", "_execute", "_blocked", "_scope", "_errors", "_now",
+        "_commands", "_lines", "_out", "_actions", "_execute", "_late", "_blocked", "_scope", "_errors", "_now",
         "_commandSince", "_blockedSince", "_dataSince", "_rateStart", "_rateBytes", "_closingSince",
         "_shuttingDown", "_mechanism", "_pendingLogin", "_authFailures", "_anonymousSession", "_logout",
         "_chunkLeft", "_chunkLast", "_chunkSize", "_chunkError",
@@ -139,6 +139,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         self._out: list[bytes] = []
         self._actions: deque[Action] = deque()
         self._execute = execute
+        self._late = 0
         self._blocked: Call | str | None = None
         self._scope = Scope()
         self._errors = 0
@@ -186,11 +187,23 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
 
     def hookDone(self, call: Call, value: Any, now: float | None = None) -> None:
         """The result of ``call``."""
-        self._resolve(call, value, None, now)
+        if call.late or not call.owner.alive:
+            self._resolve(call, value, None, now)
+            return
+        # The common case, a hook that answered at once: kept short.
+        if now is not None:
+            self._now = now
+        if call.blocking and self._blocked is call:
+            self._blocked = None
+            self._commandSince = self._dataSince = self._now
+        then = call.then
+        if then is not None:
+            then(value, None)
 
     def hookPending(self, call: Call) -> None:
         """The result of ``call`` will come later (its Deferred has not fired)."""
         call.late = True
+        self._late += 1
         owner = call.owner
         owner.calls.add(call)
         if not call.blocking and isinstance(owner, Transaction) and owner.alive:
@@ -207,6 +220,9 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         if now is not None:
             self._now = now
         owner = call.owner
+        if call.late:
+            self._late -= 1
+            owner.calls.discard(call)
         if not owner.alive:
             # A result for a dead transaction or a closed connection.
             if failure is None and call.cleanup is not None:
@@ -216,8 +232,6 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
             elif failure is not None and not isinstance(failure.value, (SMTPError, *_CANCELLED)):
                 _log.failure("{what} failed after its transaction ended", failure, what=call.name)
             return
-        if call.late:
-            owner.calls.discard(call)
         if call.blocking:
             if self._blocked is call:
                 self._unblock()
@@ -272,6 +286,23 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
                 continue  # queued for a transaction that has ended since
             return action
 
+    def advance(self) -> bytes:
+        """
+        With ``execute=`` (actions carried out as they are emitted): handle
+        buffered input as far as it goes, then return the replies to write
+        now; ``b""`` while a blocking call is outstanding (RFC 2920: replies
+        go out when every command received so far is answered).
+        """
+        if self._blocked is None:
+            self._process()
+            if self._blocked is None:
+                out = self._out
+                if not out:
+                    return b""
+                self._out = []
+                return out[0] if len(out) == 1 else b"".join(out)
+        return b""
+
     def takeOutput(self) -> bytes:
         """The reply octets produced so far (and forget them)."""
         out = self._out
@@ -279,6 +310,20 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
             return b""
         self._out = []
         return out[0] if len(out) == 1 else b"".join(out)
+
+    @property
+    def inFlight(self) -> bool:
+        """Whether a hook call's result is still to come (even for an ended transaction)."""
+        return self._late > 0
+
+    def detach(self) -> None:
+        """
+        After the connection is gone and nothing is in flight: drop the
+        references to the glue, so that the session and its protocol are
+        freed at once rather than by the cycle collector.
+        """
+        self.host = None
+        self._execute = None
 
     @property
     def waiting(self) -> bool:
@@ -316,11 +361,15 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         what: str | None = None,
     ) -> Call:
         """Ask the glue for ``target.method(*args)``; ``then(value, failure)`` gets the result."""
-        scope = owner if owner is not None else self._scope
-        c = Call(target, method, args, scope, then, blocking, cleanup, what)
+        c = Call(target, method, args, owner if owner is not None else self._scope, then, blocking, cleanup, what)
         if blocking:
-            self._block(c)
-        self.emit(c)
+            self._blocked = c
+            self._blockedSince = self._now
+        execute = self._execute
+        if execute is not None:
+            execute(c)
+        else:
+            self._actions.append(c)
         return c
 
     def _block(self, reason: Call | str) -> None:

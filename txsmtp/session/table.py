@@ -48,6 +48,11 @@ class State(enum.Enum):
     #: QUIT answered, or closing for another reason.
     CLOSED = "closed"
 
+    # Members are singletons: hash them by identity, in C, rather than by
+    # name in Python (Enum's default), since states are looked up in sets
+    # for every command.
+    __hash__ = object.__hash__
+
 
 _S = State
 
