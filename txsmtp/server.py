@@ -292,7 +292,9 @@ class ESMTPServer(Protocol):
             self.connection.tls = TLSInfo()
             self._handshakePending = True
         now = self._clock.seconds()
-        self._session = self.sessionFactory(f, self, self.connection, self.commandTable(), now, self._execute)
+        self._session = self.sessionFactory(
+            f, self, self.connection, self.commandTable(), now, self._execute, self._call
+        )
         f._register(self)
         self._register()
         proxy = pendingProxyHeader(transport)

@@ -108,11 +108,13 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         for :meth:`nextAction` (the glue's fast path: a hook that answers
         at once costs no trip through the queue).  The order of effects is
         the same either way.
+    :param callHook: with ``execute``, what carries out a :class:`Call`
+        (by default ``execute`` itself): hook calls are the common action.
     """
 
     __slots__ = (
         "config", "host", "connection", "lmtp", "state", "deliverySession", "transaction",
-        "_commands", "_lines", "_out", "_actions", "_execute", "_late", "_blocked", "_scope", "_errors", "_now",
+        "_commands", "_lines", "_out", "_actions", "_execute", "_callHook", "_late", "_blocked", "_scope", "_errors", "_now",
         "_commandSince", "_blockedSince", "_dataSince", "_rateStart", "_rateBytes", "_closingSince",
         "_shuttingDown", "_mechanism", "_pendingLogin", "_authFailures", "_anonymousSession", "_logout",
         "_chunkLeft", "_chunkLast", "_chunkSize", "_chunkError",
@@ -126,6 +128,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         commands: CommandTable,
         now: float = 0.0,
         execute: Callable[[Action], None] | None = None,
+        callHook: Callable[[Call], None] | None = None,
     ) -> None:
         self.config = config
         self.host = host
@@ -139,6 +142,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         self._out: list[bytes] = []
         self._actions: deque[Action] = deque()
         self._execute = execute
+        self._callHook = callHook or execute
         self._late = 0
         self._blocked: Call | str | None = None
         self._scope = Scope()
@@ -323,7 +327,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         freed at once rather than by the cycle collector.
         """
         self.host = None
-        self._execute = None
+        self._execute = self._callHook = None
 
     @property
     def waiting(self) -> bool:
@@ -365,9 +369,9 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         if blocking:
             self._blocked = c
             self._blockedSince = self._now
-        execute = self._execute
-        if execute is not None:
-            execute(c)
+        callHook = self._callHook
+        if callHook is not None:
+            callHook(c)
         else:
             self._actions.append(c)
         return c
