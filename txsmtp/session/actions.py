@@ -42,10 +42,18 @@ class Scope:
         self.calls: set[Call] = set()
 
     def end(self) -> list[Action]:
-        """End the scope; the :class:`Cancel` actions for what is in flight."""
+        """
+        End the scope; the :class:`Cancel` actions for what is in flight.
+
+        A call whose result must be cleaned up (it has a ``cleanup``: a
+        receiver, a delivery session, an avatar) is not cancelled:
+        cancelling a Deferred that has no canceller drops the result it
+        fires with later, and with it the only way to close what the hook
+        opened.  Its result, when it comes, is cleaned up instead.
+        """
         self.alive = False
         calls, self.calls = self.calls, set()
-        return [Cancel(c) for c in calls]
+        return [Cancel(c) for c in calls if c.cleanup is None]
 
 
 class Call:
