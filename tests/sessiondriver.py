@@ -105,6 +105,9 @@ class ScriptedSession(BaseDeliverySession):
         self.delivery.receivers.append(r)
         return r
 
+    def verify(self, address: str) -> Any:
+        return f"<{address}>" if address.startswith("known@") else None
+
     def reset(self) -> None:
         self.resets += 1
 
@@ -152,6 +155,10 @@ class Driver:
 
     :param hold: ``hold(call) -> bool``: whether the result of ``call``
         comes later (default: never).
+    :param honourCancel: ``honourCancel(call) -> bool``: whether a
+        :class:`Cancel` of a held call behaves as ``Deferred.cancel()``
+        without a canceller (a CancelledError at once; the result is lost),
+        rather than a hook that answers anyway (default: answers anyway).
     :ivar out: every reply octet the session produced, in order.
     :ivar log: every action, in order, as ``(kind, what)``.
     :ivar held: the calls whose result has not been handed back.
@@ -163,6 +170,7 @@ class Driver:
         *,
         lmtp: bool = False,
         hold: Callable[[Call], bool] | None = None,
+        honourCancel: Callable[[Call], bool] | None = None,
         start: bool = True,
         **factoryArgs: Any,
     ) -> None:
@@ -182,6 +190,7 @@ class Driver:
             self.factory, host, host.connection, type(host).commandTable(), self.clock.seconds()
         )
         self.hold = hold or (lambda call: False)
+        self.honourCancel = honourCancel or (lambda call: False)
         self.out = b""
         self.log: list[tuple[str, str]] = []
         self.held: list[Held] = []
@@ -192,11 +201,15 @@ class Driver:
         self.startTLS = 0
         self.disconnected = False
         self.callsAfterDisconnect: list[Call] = []
+        self.lostToCancel: list[Held] = []
         self.outputAfterDisconnect = b""
         self._parser = ReplyParser(maxReplyLength=1 << 20)
+        #: The replies to the start (the greeting, unless openSession is held).
+        self.greeting: list[Reply] = []
         if start:
             self.session.start(self.clock.seconds())
             self.run()
+            self.greeting = self.replies()
 
     # -- inputs ----------------------------------------------------------------
 
@@ -257,11 +270,19 @@ class Driver:
             elif kind is Notify:
                 self._notify(action)  # type: ignore[arg-type]
             elif kind is Cancel:
-                self.log.append(("cancel", action.call.what))  # type: ignore[union-attr]
-                self.cancels.append(action.call)  # type: ignore[union-attr]
-                for h in self.held:
-                    if h.call is action.call:  # type: ignore[union-attr]
+                call = action.call  # type: ignore[union-attr]
+                self.log.append(("cancel", call.what))
+                self.cancels.append(call)
+                for h in list(self.held):
+                    if h.call is call:
                         h.cancelled = True
+                        if self.honourCancel(call):
+                            # Deferred.cancel() without a canceller: a
+                            # CancelledError now, and the hook's own result
+                            # is lost (Twisted drops it).
+                            self.held.remove(h)
+                            self.lostToCancel.append(h)
+                            session.hookFailed(call, Failure(CancelledError()), self.clock.seconds())
             elif kind is StartTLS:
                 self.log.append(("starttls", ""))
                 self.startTLS += 1
