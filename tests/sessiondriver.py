@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -313,6 +313,15 @@ class Driver:
             value = self._invoke(call.target, call.method, call.args)
         except Exception:
             failure = Failure()
+        if isinstance(value, Deferred):
+            # (A portal's login answers with a Deferred; the ones used here
+            # have fired already.)
+            fired: list[Any] = []
+            value.addBoth(fired.append)
+            assert fired, f"{call!r}: the driver takes only Deferreds that have fired"
+            value = fired[0]
+            if isinstance(value, Failure):
+                value, failure = None, value
         if self.hold(call):
             self.held.append(Held(call, value, failure))
             self.session.hookPending(call)

@@ -27,16 +27,19 @@ later in random order, and check:
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings, target
 from hypothesis import strategies as st
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from tests.chunks import split
 from tests.sessiondriver import OPEN_REFUSED, Driver, Held, ScriptedDelivery
+from txsmtp.auth import makePortal
 from txsmtp.errors import SMTPError
 from txsmtp.session import Call, State, Transaction
 from txsmtp.wire.reply import Reply, ReplyParser
@@ -230,6 +233,78 @@ class OwnershipTests(unittest.TestCase):
         while d.held:
             replies = d.resolve()
         self.assertEqual(codes(replies), [250, 250])
+
+
+class AuthTests(unittest.TestCase):
+    """The AUTH exchange's hook calls and what ends them."""
+
+    def driver(self, **kw: Any) -> Driver:
+        delivery = ScriptedDelivery()
+        checker = InMemoryUsernamePasswordDatabaseDontUse()
+        checker.addUser(b"alice", b"secret")
+        d = newDriver(delivery=delivery, portal=makePortal(delivery, [checker]), allowInsecureAuth=True, **kw)
+        d.feed(EHLO)
+        return d
+
+    def test_avatarLoggedOutAtDisconnect(self) -> None:
+        d = self.driver()
+        r = d.command(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0secret"))
+        self.assertEqual((r.code, r.enhanced), (235, "2.7.0"))
+        anonymous, avatar = d.delivery.sessions
+        self.assertIs(d.session.deliverySession, avatar)
+        d.disconnect()
+        notified = [w for k, w in d.log if k == "notify"]
+        self.assertIn("avatar logout", notified)
+        # Each delivery session closed once: the avatar by its logout.
+        self.assertEqual((anonymous.closed, avatar.closed), (1, 1))
+
+    def test_loginResultAfterDisconnect(self) -> None:
+        d = self.driver()
+        d.hold = lambda call: call.method == "login"
+        self.assertEqual(d.feed(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0secret") + b"\r\n"), [])
+        [held] = d.held
+        d.disconnect()
+        self.assertNotIn(held.call, d.cancels)
+        before = len(d.log)
+        self.assertEqual(d.resolve(held), [])
+        self.assertEqual(d.log[before:], [("notify", "avatar logout")])
+
+    def test_loginThatNeverAnswers(self) -> None:
+        """Given up after the command timeout; the login's result, when it comes, is logged out."""
+        d = self.driver()
+        d.hold = lambda call: call.method == "login"
+        d.feed(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0secret") + b"\r\n")
+        [held] = d.held
+        self.assertEqual(pairs(d.advance(301)), [(421, "4.3.0")])
+        self.assertNotIn(held.call, d.cancels)
+        before = len(d.log)
+        self.assertEqual(d.resolve(held), [])
+        self.assertEqual(d.log[before:], [("notify", "avatar logout")])
+        self.assertEqual(d.callsAfterDisconnect, [])
+
+    def test_failureDelayCancelledAtDisconnect(self) -> None:
+        d = self.driver()
+        d.hold = lambda call: call.method == "delay"
+        self.assertEqual(d.feed(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0wrong") + b"\r\n"), [])
+        [held] = d.held
+        self.assertEqual(held.call.method, "delay")
+        # The delay is ours: no timeout while it runs.
+        self.assertEqual(d.advance(400), [])
+        d.disconnect()
+        self.assertIn(held.call, d.cancels)
+        self.assertEqual(d.resolve(held), [])
+
+    def test_startTLSLogsOutTheAvatar(self) -> None:
+        d = self.driver(tls=object())
+        d.command(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0secret"))
+        anonymous, avatar = d.delivery.sessions
+        self.assertEqual(d.command(b"STARTTLS").code, 220)
+        self.assertIs(d.session.deliverySession, anonymous)
+        self.assertIn(("notify", "avatar logout"), d.log)
+        self.assertEqual((anonymous.closed, avatar.closed), (0, 1))
+        d.disconnect()
+        self.assertEqual((anonymous.closed, avatar.closed), (1, 1))
+        self.assertIsNone(d.session.connection.authenticated)
 
 
 class RepliesOwedTests(unittest.TestCase):
