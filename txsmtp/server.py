@@ -484,6 +484,10 @@ class ESMTPServer(Protocol):
 
     def _close(self) -> None:
         """Write what is queued and close once it is sent."""
+        if self._disconnected:
+            # A Close that waited while the client did not read its replies:
+            # the connection is gone, and its (TLS) transport with it.
+            return
         self._flush()
         self._unregister()
         if self._handshakePending:

@@ -350,7 +350,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         if execute is not None:
             execute(action)
         else:
-            self.emit(action)
+            self._actions.append(action)
 
     def call(
         self,

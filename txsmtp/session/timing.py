@@ -99,7 +99,9 @@ class Timeouts(SessionBase):
             # result, if it still comes, is only cleaned up.
             self._scope.calls.discard(blocked)
             blocked.owner = _ENDED
-            self.emit(Cancel(blocked))
+            if blocked.cleanup is None:
+                # (A result that must be cleaned up is waited for: see Scope.end.)
+                self.emit(Cancel(blocked))
         self._out = []
         self.reply(421, enhanced, text)
         self.close()
