@@ -683,7 +683,8 @@ class TLSTests(unittest.TestCase):
     def test_responseInjectionPartial(self) -> None:
         """Half a line after the 220 is thrown away too."""
         h = Harness(tls=TLSPolicy.OPPORTUNISTIC)
-        h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 STARTTLS\r\n")
         h.sent()
         h.server(b"220 go ahead\r\n250 inj")
         h.server(b"250 PIPELINING\r\n")
@@ -692,7 +693,8 @@ class TLSTests(unittest.TestCase):
 
     def test_requireWithoutSTARTTLS(self) -> None:
         h = Harness(tls=TLSPolicy.REQUIRE)
-        h.server(b"220 x\r\n250 x\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250 x\r\n")
         self.assertEqual(h.sent(), b"EHLO client.example\r\nQUIT\r\n")
         h.server(b"221 bye\r\n")
         h.lose()
@@ -703,20 +705,23 @@ class TLSTests(unittest.TestCase):
     def test_verifyWithoutSTARTTLS(self) -> None:
         """The default policy goes on in plaintext with a server without STARTTLS."""
         h = Harness(tls=TLSPolicy.VERIFY)
-        h.server(b"220 x\r\n250 x\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250 x\r\n")
         self.successResultOf(h.protocol.ready)
         self.assertFalse(h.protocol.tls)
 
     def test_noneIgnoresSTARTTLS(self) -> None:
         h = Harness(tls=TLSPolicy.NONE)
-        h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 STARTTLS\r\n")
         self.successResultOf(h.protocol.ready)
         self.assertEqual(h.transport.tlsStarted, [])
 
     def test_startTLSRefused(self) -> None:
         """454: fatal when verifying (a downgrade), tolerated when opportunistic."""
         h = Harness(tls=TLSPolicy.VERIFY)
-        h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 STARTTLS\r\n")
         h.sent()
         h.server(b"454 4.7.0 TLS not available\r\n")
         self.assertEqual(h.sent(), b"QUIT\r\n")
@@ -724,7 +729,8 @@ class TLSTests(unittest.TestCase):
         f = self.failureResultOf(h.protocol.ready, SMTPTLSError)
         self.assertFalse(f.value.permanent)
         h = Harness(tls=TLSPolicy.OPPORTUNISTIC)
-        h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 STARTTLS\r\n")
         h.server(b"454 4.7.0 TLS not available\r\n")
         self.successResultOf(h.protocol.ready)
         self.assertFalse(h.protocol.tls)
@@ -759,7 +765,8 @@ class TLSTests(unittest.TestCase):
 class AuthTests(unittest.TestCase):
     def ready(self, ehlo: bytes, **options: Any) -> Harness:
         h = Harness(tls=TLSPolicy.OPPORTUNISTIC, username="alice", password="secret", **options)
-        h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 STARTTLS\r\n")
         h.server(b"220 go\r\n")
         self.assertEqual(h.sent(), b"EHLO client.example\r\nSTARTTLS\r\nEHLO client.example\r\n")
         h.server(ehlo)
@@ -866,13 +873,15 @@ class AuthTests(unittest.TestCase):
     def test_neverInPlaintext(self) -> None:
         """Credentials are not sent without TLS unless allowed."""
         h = Harness(tls=TLSPolicy.NONE, username="alice", password="secret")
-        h.server(b"220 x\r\n250-x\r\n250 AUTH PLAIN\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 AUTH PLAIN\r\n")
         self.assertEqual(h.sent(), b"EHLO client.example\r\nQUIT\r\n")
         h.lose()
         f = self.failureResultOf(h.protocol.ready, SMTPAuthError)
         self.assertIn("without TLS", str(f.value))
         h = Harness(tls=TLSPolicy.NONE, username="alice", password="secret", allowPlaintextAuth=True)
-        h.server(b"220 x\r\n250-x\r\n250 AUTH PLAIN\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 AUTH PLAIN\r\n")
         self.assertIn(b"AUTH PLAIN", h.sent())
 
     def test_longInitialResponse(self) -> None:
@@ -1303,7 +1312,8 @@ class SendmailTests(unittest.TestCase):
         )
         [h] = endpoint.connections
         h.setUp()
-        h.server(b"550 no\r\n503 no\r\n503 no\r\n250 reset\r\n")
+        h.server(b"550 no\r\n503 no\r\n503 no\r\n")
+        h.server(b"250 reset\r\n")
         h.server(b"221 bye\r\n")
         h.lose()
         self.failureResultOf(d, SMTPSenderRefused)
@@ -1442,14 +1452,17 @@ class FixesTests(unittest.TestCase):
     def test_opportunisticHandshakeFailureIsTransient(self) -> None:
         for policy, permanent in ((TLSPolicy.OPPORTUNISTIC, False), (TLSPolicy.VERIFY, True)):
             h = Harness(tls=policy)
-            h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n220 go\r\n")
+            h.server(b"220 x\r\n")
+            h.server(b"250-x\r\n250 STARTTLS\r\n")
+            h.server(b"220 go\r\n")
             h.lose(ConnectionLost("handshake failure"))
             f = self.failureResultOf(h.protocol.ready, SMTPTLSError)
             self.assertEqual(f.value.permanent, permanent, policy)
 
     def test_lmtpAllRefusedListsEveryone(self) -> None:
         h = Harness(LMTPClient)
-        h.server(b"220 x\r\n250-x\r\n250 PIPELINING\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 PIPELINING\r\n")
         d = h.protocol.sendMessage("a@example.com", ["b@x", "c@x"], b"x")
         h.server(b"250 ok\r\n250 ok\r\n550 no c\r\n354 go\r\n")
         h.server(b"452 b full\r\n")
