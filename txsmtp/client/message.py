@@ -5,7 +5,6 @@ the DSN parameters before anything is written, and measures the message.
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 from collections.abc import Iterable
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from txsmtp.client.errors import SMTPAddressError
 from txsmtp.errors import SMTPError
 from txsmtp.wire.address import parsePath
+from txsmtp.wire.data import _normalize
 from txsmtp.wire.params import xtextEncode
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from txsmtp.client.errors import SendResult
 
-__all__ = ["CHUNK_SIZE", "OutgoingMessage"]
+__all__ = ["CHUNK_SIZE", "OutgoingMessage", "encodeWhole"]
 
 #: How much of a file is read, encoded and written at a time.
 CHUNK_SIZE = 65536
@@ -42,7 +42,6 @@ def _checkToken(value: str, what: str) -> None:
         raise SMTPAddressError(f"{what} must be one word: {value!r}")
 
 
-@functools.lru_cache(maxsize=512)
 def _path(address: str, *, sender: bool) -> bytes:
     _checkText(address, "sender" if sender else "recipient")
     path = b"<" + address.encode("utf-8") + b">"
@@ -50,6 +49,33 @@ def _path(address: str, *, sender: bool) -> bytes:
         parsePath(path, utf8=True, nullOK=sender, postmasterOK=not sender)
     except SMTPError as e:
         raise SMTPAddressError(f"bad {'sender' if sender else 'recipient'} address {address!r}: {e.text}") from None
+    return path
+
+
+# Checked paths, by address: programs send from few senders to the same
+# recipients again and again.  Bounded; a refused address is not kept.
+_senderPaths: dict[str, bytes] = {}
+_recipientPaths: dict[str, bytes] = {}
+_PATHS_MAX = 512
+
+
+def _senderPath(address: str) -> bytes:
+    path = _senderPaths.get(address)
+    if path is None:
+        path = _path(address, sender=True)
+        if len(_senderPaths) >= _PATHS_MAX:
+            _senderPaths.clear()
+        _senderPaths[address] = path
+    return path
+
+
+def _recipientPath(address: str) -> bytes:
+    path = _recipientPaths.get(address)
+    if path is None:
+        path = _path(address, sender=False)
+        if len(_recipientPaths) >= _PATHS_MAX:
+            _recipientPaths.clear()
+        _recipientPaths[address] = path
     return path
 
 
@@ -140,9 +166,27 @@ class OutgoingMessage:
         recipients = list(recipients)
         if not recipients:
             raise SMTPAddressError("no recipients")
-        senderPath = _path(sender, sender=True)
-        recipientPaths = [_path(r, sender=False) for r in recipients]
+        senderPath = _senderPaths.get(sender) or _senderPath(sender)
+        known = _recipientPaths
+        recipientPaths = [known.get(r) or _recipientPath(r) for r in recipients]
         utf8 = not sender.isascii() or not "".join(recipients).isascii()
+        if type(message) is bytes and ret is None and envid is None and notify is None and orcpt is None:
+            # The common case: bytes, no DSN.
+            is8Bit = not message.isascii()
+            return cls(
+                sender,
+                recipients,
+                message,
+                len(message),
+                is8Bit,
+                utf8,
+                senderPath,
+                recipientPaths,
+                b"",
+                [],
+                0,
+                is8Bit and _nonASCIIHeaders(message),
+            )
         mailDSN = b""
         if ret is not None:
             if ret.upper() not in ("FULL", "HDRS"):
@@ -219,3 +263,26 @@ def _measure(message: bytes | BinaryIO) -> tuple[int | None, bool | None, int, b
     message.seek(start)
     return end - start, eightBit, start, utf8Headers
 
+
+def encodeWhole(message: bytes, dotStuffing: bool = True) -> tuple[bytes, bytes]:
+    """
+    The wire form of a whole message held as bytes, in two pieces to write
+    one after the other: what
+    :class:`DataEncoder(dotStuffing) <txsmtp.wire.data.DataEncoder>`'s
+    ``encode(message) + finish()`` gives, without its chunk-to-chunk state.
+
+    Line ends are normalised to CRLF (RFC 5321 §2.3.8), a dot that starts
+    a line is doubled (§4.5.2), a missing final CRLF is added and, with
+    ``dotStuffing``, the terminator ``.CRLF`` follows.
+    """
+    if b"\r" in message or b"\n" in message:
+        n = message.count(b"\n")
+        if message.count(b"\r") != n or message.count(b"\r\n") != n:
+            message = _normalize(message)
+        if dotStuffing:
+            message = message.replace(b"\r\n.", b"\r\n..")
+    if dotStuffing and message[:1] == b".":
+        message = b"." + message
+    if not message or message.endswith(b"\r\n"):
+        return message, (b".\r\n" if dotStuffing else b"")
+    return message, (b"\r\n.\r\n" if dotStuffing else b"\r\n")

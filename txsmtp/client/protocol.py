@@ -34,7 +34,7 @@ from txsmtp.client.errors import (
     SMTPTLSError,
     SMTPUnsupportedError,
 )
-from txsmtp.client.message import CHUNK_SIZE, OutgoingMessage
+from txsmtp.client.message import CHUNK_SIZE, OutgoingMessage, encodeWhole
 from txsmtp.client.options import ClientOptions, TLSPolicy
 from txsmtp.client.pipeline import Pipeline, Transaction
 from txsmtp.client.session import _SessionSetup, _State
@@ -434,12 +434,13 @@ class ESMTPClient(_SessionSetup, Protocol):
     def _sendData(self, txn: Transaction) -> None:
         """Write the message (the pipeline saw the 354, or BDAT needs no reply)."""
         message = txn.job.message
-        if isinstance(message, bytes) and len(message) <= _ONE_WRITE:
-            encoder = DataEncoder(dotStuffing=not txn.bdat)
-            body = encoder.encode(message) + encoder.finish()
+        if type(message) is bytes and len(message) <= _ONE_WRITE:
+            body, tail = encodeWhole(message, not txn.bdat)
+            out = self._out
             if txn.bdat:
-                self._out.append(b"BDAT %d LAST\r\n" % len(body))
-            self._out.append(body)
+                out.append(b"BDAT %d LAST\r\n" % (len(body) + len(tail)))
+            out.append(body)
+            out.append(tail)
             self._dataSent(txn)
             return
         if isinstance(message, bytes):
