@@ -193,7 +193,10 @@ class Mailer:
         d: defer.Deferred[SendResult] = defer.Deferred()
         job.deferred = d
         self._queue.append(job)
-        self._pump()
+        if self._idle or not (self._holdConnects or self.connections >= self.poolSize):
+            self._pump()
+        # (Otherwise there is nothing to do: every connection is busy, and
+        # each takes the next queued message as it finishes one.)
         return d
 
     def close(self) -> defer.Deferred[None]:
@@ -300,6 +303,11 @@ class Mailer:
         return job
 
     def _messageDone(self, proto: ESMTPClient, job: OutgoingMessage, outcome: SendResult | SMTPClientError) -> None:
+        if type(outcome) is SendResult:
+            d = job.deferred
+            if d is not None and not d.called:
+                d.callback(outcome)
+            return
         if isinstance(outcome, SMTPClientError) and self._shouldRetry(job, outcome):
             # The connection broke before the end of the message went out:
             # the server has not taken it, so try once more on another.

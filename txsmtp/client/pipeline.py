@@ -243,12 +243,21 @@ class Pipeline:
         except SMTPProtocolError as e:
             self._fatal(SMTPBadReplyError(f"bad reply from {self.peer}: {e}"))
             return 0
-        receive = self.receive
+        owed = self.owed
         for reply in replies:
             if self.parser is not parser:
                 # resetParser() (STARTTLS) or stop(): what follows is void.
                 break
-            receive(reply)
+            if owed and reply.code != 421:
+                # receive(), inline: the common case.
+                handler, _, txn = owed.popleft()
+                if txn is None:
+                    handler(reply)
+                else:
+                    txn.outstanding -= 1
+                    handler(reply, txn)
+            else:
+                self.receive(reply)
         return len(replies)
 
     def receive(self, reply: Reply) -> None:

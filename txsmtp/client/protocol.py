@@ -146,8 +146,11 @@ class ESMTPClient(_SessionSetup, Protocol):
         if self._discard:
             return
         if self._pipeline.feed(data):
+            # The wait for the next reply starts now (the timer finds out).
             self._headSince = self.clock.seconds()
-        if self._out:
+            if self._out:
+                self._flush(self._headSince)
+        elif self._out:
             self._flush()
 
     def handshakeCompleted(self) -> None:
@@ -322,7 +325,7 @@ class ESMTPClient(_SessionSetup, Protocol):
         # event produced them: a pipelined group leaves in one write.
         self._out.append(data)
 
-    def _flush(self) -> None:
+    def _flush(self, now: float | None = None) -> None:
         out = self._out
         if not out or self.state is _State.CLOSED:
             return
@@ -337,7 +340,7 @@ class ESMTPClient(_SessionSetup, Protocol):
             self.transport.write(data)
         # Only now are the replies to these commands owed.
         if self._pipeline.sent():
-            self._headSince = self.clock.seconds()
+            self._headSince = self.clock.seconds() if now is None else now
             if self._timer is None:
                 self._arm(self._pipeline.headTimeout)
 
