@@ -156,7 +156,7 @@ class Mailer:
         self.idleTimeout = idleTimeout
         factoryClass = type(f"Mailer{self.factoryClass.__name__}", (_MailerHooks, self.factoryClass), {})
         self._factory = factoryClass(self.options)
-        self._factory.mailer = self
+        self._factory.bind(self)
         self._queue: deque[OutgoingMessage] = deque()
         self._idle: list[ESMTPClient] = []
         self._busy: set[ESMTPClient] = set()
@@ -295,14 +295,14 @@ class Mailer:
                 _fire(job, err)
         self._pump()
 
-    def _nextMessage(self, proto: ESMTPClient) -> OutgoingMessage | None:
+    def _nextMessage(self, protocol: ESMTPClient) -> OutgoingMessage | None:
         if not self._queue:
             return None
         job = self._queue.popleft()
         job.attempts += 1
         return job
 
-    def _messageDone(self, proto: ESMTPClient, job: OutgoingMessage, outcome: SendResult | SMTPClientError) -> None:
+    def _messageDone(self, protocol: ESMTPClient, job: OutgoingMessage, outcome: SendResult | SMTPClientError) -> None:
         if type(outcome) is SendResult:
             d = job.deferred
             if d is not None and not d.called:
@@ -366,6 +366,12 @@ class _MailerHooks:
     """
 
     mailer: Mailer
+
+    def bind(self, mailer: Mailer) -> None:
+        """Report to ``mailer``; the two calls made for every message go to it directly."""
+        self.mailer = mailer
+        self.messageDone = mailer._messageDone  # type: ignore[method-assign]
+        self.nextMessage = mailer._nextMessage  # type: ignore[method-assign]
 
     def messageDone(self, protocol: ESMTPClient, job: OutgoingMessage, outcome: SendResult | SMTPClientError) -> None:
         self.mailer._messageDone(protocol, job, outcome)

@@ -328,7 +328,8 @@ class Pipeline:
     def dataSent(self, txn: Transaction) -> None:
         """The end of the data (the dot, or ``BDAT ... LAST``) was written."""
         txn.finalSent = True
-        self._owe(self._onFinal, self.timeouts.final, txn)
+        self.unsent.append((self._onFinal, self.timeouts.final, txn))
+        txn.outstanding += 1
 
     def _stopData(self, txn: Transaction) -> None:
         txn.streaming = False
@@ -378,6 +379,10 @@ class Pipeline:
             self._abandonBdat(txn)
 
     def _onData(self, reply: Reply, txn: Transaction) -> None:
+        if reply.code == 354 and txn.failure is None and txn.accepted:
+            # The common case: go ahead with the message.
+            self.sink.sendData(txn)
+            return
         self._checkRecipients(txn)
         if reply.code != 354:
             if txn.failure is None:
@@ -413,9 +418,9 @@ class Pipeline:
             # BDAT LAST is a refusal too.
             self._refuse(txn)
             return
-        finalReplies = txn.finalReplies
-        finalReplies.append(reply)
         if self.perRecipient:
+            finalReplies = txn.finalReplies
+            finalReplies.append(reply)
             if len(finalReplies) < len(txn.accepted):
                 # RFC 2033 §4.2: one reply per accepted recipient, in order.
                 # The entry stays at the head of the queue: these replies
