@@ -9,7 +9,7 @@ import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from txsmtp.client.errors import SMTPAddressError
 from txsmtp.errors import SMTPError
@@ -167,8 +167,8 @@ class OutgoingMessage:
         if not recipients:
             raise SMTPAddressError("no recipients")
         senderPath = _senderPaths.get(sender) or _senderPath(sender)
-        known = _recipientPaths
-        recipientPaths = [known.get(r) or _recipientPath(r) for r in recipients]
+        found = list(map(_recipientPaths.get, recipients))
+        recipientPaths = cast("list[bytes]", found) if None not in found else [_recipientPath(r) for r in recipients]
         utf8 = not sender.isascii() or not "".join(recipients).isascii()
         if type(message) is bytes and ret is None and envid is None and notify is None and orcpt is None:
             # The common case: bytes, no DSN.
