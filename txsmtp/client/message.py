@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 from txsmtp.client.errors import SMTPAddressError
@@ -103,7 +103,7 @@ def _orcptParam(orcpt: str) -> bytes:
     return b" ORCPT=" + f"{addrType};{xtextEncode(address)}".encode("ascii")
 
 
-@dataclass
+@dataclass(slots=True)
 class OutgoingMessage:
     """
     A message ready to send: the envelope checked and its commands built.
@@ -126,9 +126,9 @@ class OutgoingMessage:
     eightBit: bool | None
     utf8: bool
     senderPath: bytes
-    recipientPaths: list[bytes]
+    recipientPaths: Sequence[bytes]
     mailDSN: bytes = b""
-    rcptDSN: list[bytes] = field(default_factory=list)
+    rcptDSN: Sequence[bytes] = ()
     start: int = 0
     #: UTF-8 in the header section (RFC 6532): SMTPUTF8 is declared when
     #: the server offers it (without it the message still goes, as 8-bit).
@@ -167,8 +167,9 @@ class OutgoingMessage:
         if not recipients:
             raise SMTPAddressError("no recipients")
         senderPath = _senderPaths.get(sender) or _senderPath(sender)
-        found = list(map(_recipientPaths.get, recipients))
-        recipientPaths = cast("list[bytes]", found) if None not in found else [_recipientPath(r) for r in recipients]
+        # A tuple of bytes: the garbage collector stops tracking it.
+        found = tuple(map(_recipientPaths.get, recipients))
+        recipientPaths = cast("tuple[bytes, ...]", found) if None not in found else tuple(map(_recipientPath, recipients))
         utf8 = not sender.isascii() or not "".join(recipients).isascii()
         if type(message) is bytes and ret is None and envid is None and notify is None and orcpt is None:
             # The common case: bytes, no DSN.
@@ -183,7 +184,7 @@ class OutgoingMessage:
                 senderPath,
                 recipientPaths,
                 b"",
-                [],
+                (),
                 0,
                 is8Bit and _nonASCIIHeaders(message),
             )
@@ -213,7 +214,7 @@ class OutgoingMessage:
             senderPath=senderPath,
             recipientPaths=recipientPaths,
             mailDSN=mailDSN,
-            rcptDSN=[rcpt] * len(recipients) if rcpt else [],
+            rcptDSN=(rcpt,) * len(recipients) if rcpt else (),
             start=start,
             utf8Headers=utf8Headers,
         )

@@ -159,7 +159,22 @@ class Pipeline:
         like any other.
     """
 
-    __slots__ = ("sink", "timeouts", "perRecipient", "peer", "parser", "maxReplyLength", "owed", "unsent", "txns", "closing")
+    __slots__ = (
+        "sink",
+        "timeouts",
+        "perRecipient",
+        "peer",
+        "parser",
+        "maxReplyLength",
+        "owed",
+        "unsent",
+        "txns",
+        "closing",
+        "_hMail",
+        "_hRcpt",
+        "_hData",
+        "_hFinal",
+    )
 
     def __init__(
         self,
@@ -179,6 +194,11 @@ class Pipeline:
         self.unsent: list[Entry] = []
         self.txns: deque[Transaction] = deque()
         self.closing = False
+        # The handlers every message needs, bound once.
+        self._hMail = self._onMail
+        self._hRcpt = self._onRcpt
+        self._hData = self._onData
+        self._hFinal = self._onFinal
 
     # -- the queue ----------------------------------------------------------
 
@@ -308,8 +328,8 @@ class Pipeline:
         # RFC 2920 §3.1: MAIL, the RCPTs and DATA in one group; DATA ends it.
         # (With BDAT the chunks follow in the same group, RFC 3030 §4.2.)
         unsent = self.unsent
-        unsent.append((self._onMail, timeouts.mail, txn))
-        onRcpt = (self._onRcpt, timeouts.rcpt, txn)
+        unsent.append((self._hMail, timeouts.mail, txn))
+        onRcpt = (self._hRcpt, timeouts.rcpt, txn)
         for _ in rcpts:
             unsent.append(onRcpt)
         if txn.bdat:
@@ -317,7 +337,7 @@ class Pipeline:
             sink.write(mail + b"".join(rcpts))
             sink.sendData(txn)
         else:
-            unsent.append((self._onData, timeouts.data, txn))
+            unsent.append((self._hData, timeouts.data, txn))
             txn.outstanding += 2 + len(rcpts)
             sink.write(mail + b"".join(rcpts) + b"DATA\r\n")
 
@@ -328,7 +348,7 @@ class Pipeline:
     def dataSent(self, txn: Transaction) -> None:
         """The end of the data (the dot, or ``BDAT ... LAST``) was written."""
         txn.finalSent = True
-        self.unsent.append((self._onFinal, self.timeouts.final, txn))
+        self.unsent.append((self._hFinal, self.timeouts.final, txn))
         txn.outstanding += 1
 
     def _stopData(self, txn: Transaction) -> None:
