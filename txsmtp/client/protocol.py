@@ -57,7 +57,8 @@ class _Sink:
     __slots__ = ("write", "sendData", "stopData", "transactionDone", "fatal")
 
     def __init__(self, protocol: ESMTPClient) -> None:
-        self.write = protocol._write
+        # The protocol's list of pending writes (never replaced, only cleared).
+        self.write = protocol._out.append
         self.sendData = protocol._sendData
         self.stopData = protocol._stopData
         self.transactionDone = protocol._transactionDone
@@ -101,6 +102,7 @@ class ESMTPClient(_SessionSetup, Protocol):
         self.state = _State.CONNECTING
         self.esmtp = True
         t = self.options.timeouts
+        self._out: list[bytes] = []
         self._pipeline = Pipeline(
             _Sink(self),
             t,
@@ -108,7 +110,6 @@ class ESMTPClient(_SessionSetup, Protocol):
             peer=self._peerName(),
             maxReplyLength=self.options.maxReplyLength,
         )
-        self._out: list[bytes] = []
         self._headSince = 0.0
         self._timer: Any = None
         self._tick = min(t.greeting, t.command, t.mail, t.rcpt, t.data, t.block, t.final, t.quit)
@@ -499,7 +500,11 @@ class ESMTPClient(_SessionSetup, Protocol):
             self._becomeIdle()
             if self.factory is not None:
                 self.factory.clientIdle(self)
-        self._messageDone(txn.job, outcome)
+        factory = self.factory
+        if factory is not None:
+            factory.messageDone(self, txn.job, outcome)
+        else:
+            _fire(txn.job, outcome)
 
     def _messageDone(self, job: OutgoingMessage, outcome: SendResult | SMTPClientError) -> None:
         if self.factory is not None:
