@@ -428,11 +428,14 @@ class ESMTPClient(_SessionSetup, Protocol):
         txn = Transaction(job, job.recipients, self.options.chunking and pipelining and "CHUNKING" in ext, pipelining)
         self.state = _State.TRANSACTION
         mail = b"MAIL FROM:" + job.senderPath + self.mailParameters(job, txn.bdat) + b"\r\n"
-        rcptDSN = job.rcptDSN if "DSN" in ext else None
-        if rcptDSN:
-            rcpts = [b"RCPT TO:" + path + dsn + b"\r\n" for path, dsn in zip(job.recipientPaths, rcptDSN, strict=True)]
+        paths = job.recipientPaths
+        rcptDSN = job.rcptDSN
+        if rcptDSN and "DSN" in ext:
+            rcpts = [b"RCPT TO:" + path + dsn + b"\r\n" for path, dsn in zip(paths, rcptDSN, strict=True)]
+        elif len(paths) == 1:
+            rcpts = [b"RCPT TO:" + paths[0] + b"\r\n"]
         else:
-            rcpts = [b"RCPT TO:" + path + b"\r\n" for path in job.recipientPaths]
+            rcpts = [b"RCPT TO:" + path + b"\r\n" for path in paths]
         self._pipeline.begin(txn, mail, rcpts)
 
     def _sendData(self, txn: Transaction) -> None:
