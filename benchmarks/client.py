@@ -22,7 +22,11 @@ The clients:
   messages from one asyncio queue, on asyncio's own event loop;
 - ``smtplib``: one ``smtplib.SMTP`` connection reused for every message;
 - ``twisted.mail``: ``twisted.mail.smtp.sendmail``, one connection per
-  message, at most 20 in flight.
+  message, at most 20 in flight;
+- ``twisted-floor``: not a client but a floor: 20 Twisted connections that
+  write canned commands, pipelined like txsmtp's, and only look at reply
+  codes; what it costs per message is the reactor's and the kernel's share,
+  under any client on Twisted.
 
 Every message must be accepted: a client's refusals, errors and messages it
 never got to send are counted, and a run with any of them is invalid (left
@@ -89,11 +93,11 @@ CLIENT_NAME = "client.bench.invalid"
 SENDER = "sender@bench.invalid"
 RECIPIENT = "recipient@bench.invalid"
 
-CLIENT_ORDER = ("txsmtp", "txsmtp-pool4", "aiosmtplib", "smtplib", "twisted.mail")
+CLIENT_ORDER = ("txsmtp", "txsmtp-pool4", "aiosmtplib", "smtplib", "twisted.mail", "twisted-floor")
 #: The anchors txsmtp's throughput is divided by, in the report's columns.
 ANCHORS = ("aiosmtplib", "smtplib", "twisted.mail")
 #: (anchor, wanted ratio of txsmtp's msg/s to the anchor's); None: no target.
-TARGETS = (("aiosmtplib", 4.0), ("twisted.mail", 30.0), ("smtplib", None))
+TARGETS = (("aiosmtplib", 7.0), ("twisted.mail", 30.0), ("smtplib", None))
 #: Pool size of the txsmtp-pool4 variant.
 SMALL_POOL = 4
 #: Distinct error texts kept per run.
@@ -422,6 +426,90 @@ def twistedMailClient():
     return run, {"reactor": f"{cls.__module__}.{cls.__name__}"}
 
 
+def twistedFloorClient():
+    """
+    Not a real client: the floor under any client on Twisted.  C{sessions}
+    connections write canned commands, pipelined as txsmtp pipelines them
+    (the next message's MAIL, RCPT and DATA in the same write as the end of
+    the current one), and only look at the reply codes: no checking of
+    addresses, no encoding of the body, no Deferred or result per message.
+    What it costs per message is what the reactor and the kernel cost.
+    """
+    from collections import deque
+
+    from twisted.internet import protocol, reactor
+
+    def run(port, message, count, sessions, tally):
+        group = b"MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n" % (SENDER.encode(), RECIPIENT.encode())
+        # makeMessage() ends in CRLF and no line starts with a dot.
+        body = message + b".\r\n"
+        left = [count]
+        open_ = [sessions]
+
+        class Canned(protocol.Protocol):
+            def connectionMade(self):
+                self.buf = b""
+                self.expect = deque(["greeting"])
+
+            def dataReceived(self, data):
+                lines = (self.buf + data).split(b"\r\n")
+                self.buf = lines.pop()
+                out = []
+                for line in lines:
+                    if line[3:4] == b"-":
+                        continue
+                    what = self.expect.popleft()
+                    code = line[:3]
+                    if what == "greeting":
+                        out.append(b"EHLO " + CLIENT_NAME.encode() + b"\r\n")
+                        self.expect.append("ehlo")
+                    elif what in ("ehlo", "data") and (what == "ehlo" or code == b"354"):
+                        if what == "data":
+                            out.append(body)
+                            self.expect.append("final")
+                        if left[0]:
+                            left[0] -= 1
+                            out.append(group)
+                            self.expect.extend(("mail", "rcpt", "data"))
+                        elif what == "ehlo":
+                            out.append(b"QUIT\r\n")
+                            self.expect.append("quit")
+                    elif what == "final":
+                        if code == b"250":
+                            tally.ok()
+                        else:
+                            tally.fail(f"refused: {line!r}")
+                        if not self.expect:
+                            out.append(b"QUIT\r\n")
+                            self.expect.append("quit")
+                    elif what == "quit":
+                        self.transport.loseConnection()
+                    elif code != b"250":
+                        tally.fail(f"refused: {line!r}")
+                        self.transport.abortConnection()
+                        return
+                if out:
+                    self.transport.write(b"".join(out))
+
+            def connectionLost(self, reason):
+                open_[0] -= 1
+                if not open_[0]:
+                    reactor.stop()
+
+        factory = protocol.ClientFactory()
+        factory.protocol = Canned
+
+        def start():
+            for _ in range(sessions):
+                reactor.connectTCP(HOST, port, factory)
+
+        reactor.callWhenRunning(start)
+        reactor.run()
+
+    cls = type(reactor)
+    return run, {"reactor": f"{cls.__module__}.{cls.__name__}"}
+
+
 def makeClient(name):
     """C{(run function, details)} for the client called C{name}."""
     if name == "txsmtp":
@@ -434,6 +522,8 @@ def makeClient(name):
         return smtplibClient()
     if name == "twisted.mail":
         return twistedMailClient()
+    if name == "twisted-floor":
+        return twistedFloorClient()
     raise ValueError(name)
 
 

@@ -350,7 +350,8 @@ class TransactionTests(unittest.TestCase):
         h = self.ready()
         h.protocol.sendMessage("a@example.com", ["b@example.com"], "caf\u00e9".encode())
         self.assertIn(b"BODY=8BITMIME", h.sent())
-        h.server(b"250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n")
+        h.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        h.server(b"250 ok\r\n")
         h.protocol.sendMessage("a@example.com", ["b@example.com"], b"plain")
         self.assertNotIn(b"BODY=", h.sent())
 
@@ -682,7 +683,8 @@ class TLSTests(unittest.TestCase):
     def test_responseInjectionPartial(self) -> None:
         """Half a line after the 220 is thrown away too."""
         h = Harness(tls=TLSPolicy.OPPORTUNISTIC)
-        h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 STARTTLS\r\n")
         h.sent()
         h.server(b"220 go ahead\r\n250 inj")
         h.server(b"250 PIPELINING\r\n")
@@ -691,7 +693,8 @@ class TLSTests(unittest.TestCase):
 
     def test_requireWithoutSTARTTLS(self) -> None:
         h = Harness(tls=TLSPolicy.REQUIRE)
-        h.server(b"220 x\r\n250 x\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250 x\r\n")
         self.assertEqual(h.sent(), b"EHLO client.example\r\nQUIT\r\n")
         h.server(b"221 bye\r\n")
         h.lose()
@@ -702,20 +705,23 @@ class TLSTests(unittest.TestCase):
     def test_verifyWithoutSTARTTLS(self) -> None:
         """The default policy goes on in plaintext with a server without STARTTLS."""
         h = Harness(tls=TLSPolicy.VERIFY)
-        h.server(b"220 x\r\n250 x\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250 x\r\n")
         self.successResultOf(h.protocol.ready)
         self.assertFalse(h.protocol.tls)
 
     def test_noneIgnoresSTARTTLS(self) -> None:
         h = Harness(tls=TLSPolicy.NONE)
-        h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 STARTTLS\r\n")
         self.successResultOf(h.protocol.ready)
         self.assertEqual(h.transport.tlsStarted, [])
 
     def test_startTLSRefused(self) -> None:
         """454: fatal when verifying (a downgrade), tolerated when opportunistic."""
         h = Harness(tls=TLSPolicy.VERIFY)
-        h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 STARTTLS\r\n")
         h.sent()
         h.server(b"454 4.7.0 TLS not available\r\n")
         self.assertEqual(h.sent(), b"QUIT\r\n")
@@ -723,7 +729,8 @@ class TLSTests(unittest.TestCase):
         f = self.failureResultOf(h.protocol.ready, SMTPTLSError)
         self.assertFalse(f.value.permanent)
         h = Harness(tls=TLSPolicy.OPPORTUNISTIC)
-        h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 STARTTLS\r\n")
         h.server(b"454 4.7.0 TLS not available\r\n")
         self.successResultOf(h.protocol.ready)
         self.assertFalse(h.protocol.tls)
@@ -758,7 +765,8 @@ class TLSTests(unittest.TestCase):
 class AuthTests(unittest.TestCase):
     def ready(self, ehlo: bytes, **options: Any) -> Harness:
         h = Harness(tls=TLSPolicy.OPPORTUNISTIC, username="alice", password="secret", **options)
-        h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 STARTTLS\r\n")
         h.server(b"220 go\r\n")
         self.assertEqual(h.sent(), b"EHLO client.example\r\nSTARTTLS\r\nEHLO client.example\r\n")
         h.server(ehlo)
@@ -865,13 +873,15 @@ class AuthTests(unittest.TestCase):
     def test_neverInPlaintext(self) -> None:
         """Credentials are not sent without TLS unless allowed."""
         h = Harness(tls=TLSPolicy.NONE, username="alice", password="secret")
-        h.server(b"220 x\r\n250-x\r\n250 AUTH PLAIN\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 AUTH PLAIN\r\n")
         self.assertEqual(h.sent(), b"EHLO client.example\r\nQUIT\r\n")
         h.lose()
         f = self.failureResultOf(h.protocol.ready, SMTPAuthError)
         self.assertIn("without TLS", str(f.value))
         h = Harness(tls=TLSPolicy.NONE, username="alice", password="secret", allowPlaintextAuth=True)
-        h.server(b"220 x\r\n250-x\r\n250 AUTH PLAIN\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 AUTH PLAIN\r\n")
         self.assertIn(b"AUTH PLAIN", h.sent())
 
     def test_longInitialResponse(self) -> None:
@@ -1283,7 +1293,10 @@ class SendmailTests(unittest.TestCase):
         )
         [h] = endpoint.connections
         h.setUp()
-        h.server(b"250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n")
+        # (The reply to the dot comes in a read of its own: one in the same
+        # read as the 354 would answer a message not yet sent.)
+        h.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        h.server(b"250 ok\r\n")
         self.assertEqual(h.sent(), b"MAIL FROM:<a@example.com> SIZE=1\r\nRCPT TO:<b@example.com>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n")
         self.assertNoResult(d)
         h.server(b"221 bye\r\n")
@@ -1299,7 +1312,8 @@ class SendmailTests(unittest.TestCase):
         )
         [h] = endpoint.connections
         h.setUp()
-        h.server(b"550 no\r\n503 no\r\n503 no\r\n250 reset\r\n")
+        h.server(b"550 no\r\n503 no\r\n503 no\r\n")
+        h.server(b"250 reset\r\n")
         h.server(b"221 bye\r\n")
         h.lose()
         self.failureResultOf(d, SMTPSenderRefused)
@@ -1438,16 +1452,20 @@ class FixesTests(unittest.TestCase):
     def test_opportunisticHandshakeFailureIsTransient(self) -> None:
         for policy, permanent in ((TLSPolicy.OPPORTUNISTIC, False), (TLSPolicy.VERIFY, True)):
             h = Harness(tls=policy)
-            h.server(b"220 x\r\n250-x\r\n250 STARTTLS\r\n220 go\r\n")
+            h.server(b"220 x\r\n")
+            h.server(b"250-x\r\n250 STARTTLS\r\n")
+            h.server(b"220 go\r\n")
             h.lose(ConnectionLost("handshake failure"))
             f = self.failureResultOf(h.protocol.ready, SMTPTLSError)
             self.assertEqual(f.value.permanent, permanent, policy)
 
     def test_lmtpAllRefusedListsEveryone(self) -> None:
         h = Harness(LMTPClient)
-        h.server(b"220 x\r\n250-x\r\n250 PIPELINING\r\n")
+        h.server(b"220 x\r\n")
+        h.server(b"250-x\r\n250 PIPELINING\r\n")
         d = h.protocol.sendMessage("a@example.com", ["b@x", "c@x"], b"x")
-        h.server(b"250 ok\r\n250 ok\r\n550 no c\r\n354 go\r\n452 b full\r\n")
+        h.server(b"250 ok\r\n250 ok\r\n550 no c\r\n354 go\r\n")
+        h.server(b"452 b full\r\n")
         f = self.failureResultOf(d, SMTPRecipientsRefused)
         self.assertEqual({r: reply.code for r, reply in f.value.recipients.items()}, {"b@x": 452, "c@x": 550})
 
@@ -1477,3 +1495,73 @@ class FixesTests(unittest.TestCase):
         self.assertNoResult(d)
         # 8-bit only in the body: no SMTPUTF8.
         self.assertFalse(OutgoingMessage.prepare("a@x.org", ["b@x.org"], "S: x\r\n\r\n\u00e9".encode()).utf8Headers)
+
+
+class ReplyOrderTests(unittest.TestCase):
+    """
+    One queue of replies owed: a reply is matched to the oldest command that
+    has been sent and not yet answered, never to one still to be written,
+    and the LMTP replies after a message's data belong to that message.
+    """
+
+    def test_lmtpQueuedMessagesKeepTheirReplies(self) -> None:
+        """
+        Issue 11, bug 1: Mailer(lmtp=True), several queued messages with two
+        recipients each, one recipient refused after the data.  The second
+        per-recipient reply of message 1 must not be taken for the reply to
+        message 2's MAIL, nor message 2's replies for message 3's.
+        """
+        clock = Clock()
+        endpoint = FakeEndpoint(clock)
+        m = Mailer(
+            "server.example", poolSize=1, lmtp=True, endpoint=endpoint, reactor=clock,
+            tls=TLSPolicy.NONE, heloName="client.example",
+        )
+        ds = [m.send("a@example.com", [f"b{i}@x", f"c{i}@x"], b"m%d" % i) for i in range(3)]
+        [h] = endpoint.connections
+        h.server(b"220 lmtp.example LMTP\r\n")
+        self.assertEqual(h.sent(), b"LHLO client.example\r\n")
+        h.server(b"250-lmtp.example\r\n250 PIPELINING\r\n")
+        self.assertEqual(
+            h.sent(), b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b0@x>\r\nRCPT TO:<c0@x>\r\nDATA\r\n"
+        )
+        h.server(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertEqual(
+            h.sent(), b"m0\r\n.\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b1@x>\r\nRCPT TO:<c1@x>\r\nDATA\r\n"
+        )
+        # Message 0: b0 stored, c0 over quota; then message 1's group.
+        h.server(b"250 2.0.0 b0 stored\r\n452 4.2.2 c0 over quota\r\n")
+        h.server(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertEqual(
+            h.sent(), b"m1\r\n.\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b2@x>\r\nRCPT TO:<c2@x>\r\nDATA\r\n"
+        )
+        # Message 1: both stored; message 2: b2 refused, c2 stored.
+        h.server(b"250 2.0.0 b1 stored\r\n250 2.0.0 c1 stored\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertEqual(h.sent(), b"m2\r\n.\r\n")
+        h.server(b"550 5.1.1 b2 gone\r\n250 2.0.0 c2 stored\r\n")
+        r0, r1, r2 = (self.successResultOf(d) for d in ds)
+        self.assertEqual({k: v.code for k, v in r0.recipients.items()}, {"b0@x": 250, "c0@x": 452})
+        self.assertEqual(r0.recipients["b0@x"].text, "b0 stored")
+        self.assertEqual(r0.recipients["c0@x"].text, "c0 over quota")
+        self.assertEqual(r1.accepted, ["b1@x", "c1@x"])
+        self.assertEqual([v.text for v in r1.recipients.values()], ["b1 stored", "c1 stored"])
+        self.assertEqual(r2.accepted, ["c2@x"])
+        self.assertEqual(r2.refused["b2@x"].text, "b2 gone")
+        self.assertEqual(r2.recipients["c2@x"].text, "c2 stored")
+
+    def test_finalReplyBeforeTheDataIsSent(self) -> None:
+        """
+        Issue 11, bug 11: a 250 in the same read as the 354, before the
+        message was even written, answers nothing the client sent: it is an
+        unexpected reply, for a small bytes message as for a streamed one.
+        """
+        for message in (b"x", io.BytesIO(b"x")):
+            h = Harness()
+            h.setUp()
+            h.sent()
+            d = h.protocol.sendMessage("a@example.com", ["b@example.com"], message)
+            h.server(b"250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 queued\r\n")
+            self.assertTrue(h.transport.disconnecting)
+            h.lose()
+            f = self.failureResultOf(d, SMTPBadReplyError)
+            self.assertIn("unexpected reply", str(f.value))

@@ -1,0 +1,217 @@
+"""
+What the client reports: :class:`SendResult` for a message the server took,
+and the :class:`SMTPClientError` family for everything else.
+"""
+
+from __future__ import annotations
+
+from txsmtp.wire.reply import Reply
+
+__all__ = [
+    "SMTPAddressError",
+    "SMTPAuthError",
+    "SMTPBadReplyError",
+    "SMTPClientError",
+    "SMTPConnectError",
+    "SMTPConnectionLost",
+    "SMTPMessageRefused",
+    "SMTPRecipientsRefused",
+    "SMTPReplyError",
+    "SMTPSenderRefused",
+    "SMTPServerRefused",
+    "SMTPTLSError",
+    "SMTPTimeoutError",
+    "SMTPUnsupportedError",
+    "SendResult",
+]
+
+
+
+class SendResult:
+    """
+    What happened to a message the server accepted for at least one recipient.
+
+    :ivar reply: the server's reply to the end of the data (for LMTP, the
+        reply for the first accepted recipient).
+    :ivar recipients: every recipient, in the order given, with the reply
+        that decided its fate: the reply to the data for an accepted one
+        (its own reply under LMTP), the reply to RCPT for a refused one.
+    """
+
+    __slots__ = ("reply", "recipients")
+
+    def __init__(self, reply: Reply, recipients: dict[str, Reply] | None = None) -> None:
+        self.reply = reply
+        self.recipients = recipients if recipients is not None else {}
+
+    def __repr__(self) -> str:
+        return f"SendResult({self.reply!r}, {self.recipients!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SendResult):
+            return NotImplemented
+        return (self.reply, self.recipients) == (other.reply, other.recipients)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def accepted(self) -> list[str]:
+        """The recipients the server took responsibility for."""
+        return [r for r, reply in self.recipients.items() if reply.code < 400]
+
+    @property
+    def refused(self) -> dict[str, Reply]:
+        """The recipients the server refused, with its reply to each."""
+        return {r: reply for r, reply in self.recipients.items() if reply.code >= 400}
+
+
+class SMTPClientError(Exception):
+    """
+    Base class of everything the client fails with.
+
+    :ivar permanent: ``True`` when sending the same message the same way
+        again cannot succeed (a 5xx refusal, a certificate that does not
+        verify, an address the server cannot take); ``False`` when a later
+        try, or another server, might.
+    """
+
+    permanent: bool = False
+    #: Whether the end of the message had been sent (see
+    #: :class:`SMTPConnectionLost` and :class:`SMTPTimeoutError`).
+    afterData: bool = False
+
+    def __init__(self, message: str, *, permanent: bool | None = None) -> None:
+        super().__init__(message)
+        if permanent is not None:
+            self.permanent = permanent
+
+
+class SMTPConnectError(SMTPClientError):
+    """The connection could not be made, or was lost before the greeting."""
+
+
+class SMTPConnectionLost(SMTPClientError):
+    """
+    The connection was lost in the middle of the session.
+
+    :ivar afterData: ``True`` when the end of the message had already been
+        sent: the server may have accepted it, so sending it again could
+        deliver it twice.
+    """
+
+    def __init__(self, message: str, *, afterData: bool = False) -> None:
+        super().__init__(message)
+        self.afterData = afterData
+
+
+class SMTPTimeoutError(SMTPClientError):
+    """
+    The server did not reply within the time RFC 5321 §4.5.3.2 allows.
+
+    :ivar afterData: ``True`` when it was the reply to the end of the
+        message that never came: the server may have the message.
+    """
+
+    def __init__(self, message: str, *, afterData: bool = False) -> None:
+        super().__init__(message)
+        self.afterData = afterData
+
+
+class SMTPTLSError(SMTPClientError):
+    """
+    TLS was required but not offered, or the handshake or the verification
+    of the server's certificate failed.
+    """
+
+    permanent = True
+
+
+class SMTPAuthError(SMTPClientError):
+    """
+    Authentication failed or could not be attempted.
+
+    :ivar reply: the server's refusal, or ``None`` when the client gave up
+        on its own (no usable mechanism, no TLS).
+    """
+
+    permanent = True
+
+    def __init__(self, message: str, reply: Reply | None = None, *, permanent: bool | None = None) -> None:
+        if permanent is None and reply is not None:
+            permanent = reply.code >= 500
+        super().__init__(message, permanent=permanent)
+        self.reply = reply
+
+
+class SMTPUnsupportedError(SMTPClientError):
+    """
+    The server lacks something the message needs: SMTPUTF8 for a non-ASCII
+    address, 8BITMIME for an 8-bit body, or a SIZE limit large enough.
+    """
+
+    permanent = True
+
+
+class SMTPAddressError(SMTPClientError, ValueError):
+    """An address or parameter is malformed; nothing was sent."""
+
+    permanent = True
+
+
+class SMTPBadReplyError(SMTPClientError):
+    """The server sent something that is not a valid SMTP reply (or one too long)."""
+
+
+class SMTPReplyError(SMTPClientError):
+    """
+    The server refused something; :attr:`reply` is its reply.
+
+    :ivar reply: the :class:`~txsmtp.wire.reply.Reply`.
+    """
+
+    def __init__(self, message: str, reply: Reply) -> None:
+        super().__init__(f"{message}: {reply}", permanent=reply.code >= 500)
+        self.reply = reply
+
+    @property
+    def code(self) -> int:
+        """The reply code."""
+        return self.reply.code
+
+    @property
+    def enhanced(self) -> str | None:
+        """The enhanced status code, if the server gave one."""
+        return self.reply.enhanced
+
+    @property
+    def text(self) -> str:
+        """The text of the reply."""
+        return self.reply.text
+
+
+class SMTPServerRefused(SMTPReplyError):
+    """The server refused the session: a 554 greeting, a 421, EHLO and HELO refused."""
+
+
+class SMTPSenderRefused(SMTPReplyError):
+    """The server refused MAIL FROM."""
+
+
+class SMTPRecipientsRefused(SMTPReplyError):
+    """
+    The server refused every recipient.
+
+    :ivar recipients: each recipient with the reply refusing it.
+    """
+
+    def __init__(self, message: str, recipients: dict[str, Reply]) -> None:
+        first = next(iter(recipients.values()))
+        super().__init__(message, first)
+        # Permanent only if every refusal is.
+        self.permanent = all(r.code >= 500 for r in recipients.values())
+        self.recipients = recipients
+
+
+class SMTPMessageRefused(SMTPReplyError):
+    """The server refused DATA or the message itself."""
+
