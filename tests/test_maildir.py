@@ -4,7 +4,7 @@ Maildir deliveries: :class:`~txsmtp.delivery.MaildirDelivery`,
 :func:`~txsmtp.deliveryplugins.makeDelivery`.
 
 Storage faults are injected by replacing the ``os`` module that
-``txsmtp.delivery`` uses (tests run as root, who ignores permission bits, so
+``txsmtp.maildir`` uses (tests run as root, who ignores permission bits, so
 a read-only directory would prove nothing).
 """
 
@@ -20,6 +20,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 import txsmtp.delivery
+import txsmtp.maildir
 from tests.twistd_helpers import maildirFiles, parseStored, readAll
 from txsmtp.delivery import DiscardDelivery, Maildir, MaildirDelivery, VirtualMaildirDelivery
 from txsmtp.deliveryplugins import deliveryFactories, makeDelivery
@@ -59,7 +60,7 @@ def snapshot(top: str) -> list[tuple[str, bool]]:
 
 
 class FaultyOS:
-    """Stands in for the ``os`` module in txsmtp.delivery; overrides some functions."""
+    """Stands in for the ``os`` module in txsmtp.maildir; overrides some functions."""
 
     def __init__(self, **overrides: Any) -> None:
         self._overrides = overrides
@@ -201,7 +202,7 @@ class MaildirReceiverTests(unittest.TestCase):
             synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
             os.fsync(fd)
 
-        self.patch(txsmtp.delivery, "os", FaultyOS(fsync=fsync))
+        self.patch(txsmtp.maildir, "os", FaultyOS(fsync=fsync))
         receiver = self.session.openMessage(envelope("a@example.com", ["b@example.com"]))
         receiver.write(b"x\r\n")
         receiver.finish()
@@ -209,7 +210,7 @@ class MaildirReceiverTests(unittest.TestCase):
 
     def test_no_sync(self) -> None:
         """sync=False never calls fsync."""
-        self.patch(txsmtp.delivery, "os", FaultyOS(fsync=enospc))
+        self.patch(txsmtp.maildir, "os", FaultyOS(fsync=enospc))
         session = MaildirDelivery(self.path, sync=False, threads=0).openSession(ConnectionInfo())
         receiver = session.openMessage(envelope("a@example.com", ["b@example.com"]))
         receiver.write(b"x\r\n")
@@ -360,7 +361,7 @@ class MaildirServerTests(unittest.TestCase):
     # storage faults: 451 4.3.0, nothing left behind, the server goes on --------------------
 
     def assertStorageFault(self, fault: FaultyOS, atData: bool = False) -> None:
-        patch = self.patch(txsmtp.delivery, "os", fault)
+        patch = self.patch(txsmtp.maildir, "os", fault)
         replies = self.harness.sendMessage(
             b"a@example.com", [b"b@example.com"], _MESSAGE + b"x" * 50_000 + b"\r\n"
         )
@@ -387,7 +388,7 @@ class MaildirServerTests(unittest.TestCase):
         """A write fails once 20 kB are written (ENOSPC): 451 after the final dot."""
         h = self.harness
         patch = self.patch(
-            txsmtp.delivery,
+            txsmtp.maildir,
             "os",
             FaultyOS(fdopen=failingFdopen(failWrite=lambda n, size: size > 20_000)),
         )
@@ -643,7 +644,7 @@ class VirtualMaildirTests(unittest.TestCase):
                 enospc()
             os.rename(src, dst)
 
-        patch = self.patch(txsmtp.delivery, "os", FaultyOS(rename=rename))
+        patch = self.patch(txsmtp.maildir, "os", FaultyOS(rename=rename))
         final = self.data()
         patch.restore()
         self.assertEqual((final.code, final.enhanced), (451, "4.3.0"))
@@ -665,7 +666,7 @@ class VirtualMaildirTests(unittest.TestCase):
                 enospc()
             return os.open(path, *args)
 
-        patch = self.patch(txsmtp.delivery, "os", FaultyOS(open=failingOpen))
+        patch = self.patch(txsmtp.maildir, "os", FaultyOS(open=failingOpen))
         reply = self.harness.command(b"DATA")
         patch.restore()
         self.assertEqual((reply.code, reply.enhanced), (451, "4.3.0"))

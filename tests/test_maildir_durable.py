@@ -12,7 +12,7 @@ Maildir durability and the reactor thread:
   service stops it after the last session.
 
 ``fsync`` calls are recorded by replacing the ``os`` module that
-txsmtp.delivery uses (see tests/test_maildir.py); the directory synced is
+txsmtp.maildir uses (see tests/test_maildir.py); the directory synced is
 read back from ``/proc/self/fd``.
 """
 
@@ -27,6 +27,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 import txsmtp.delivery
+import txsmtp.maildir
 from tests.test_maildir import FaultyOS, envelope
 from tests.twistd_helpers import maildirFiles, readAll
 from txsmtp.client import sendmail
@@ -61,7 +62,7 @@ class SyncRecorder:
 class NewDirectoriesTests(unittest.TestCase):
     def setUp(self) -> None:
         self.synced = SyncRecorder()
-        self.patch(txsmtp.delivery, "os", FaultyOS(fsync=self.synced))
+        self.patch(txsmtp.maildir, "os", FaultyOS(fsync=self.synced))
         self.top = os.path.abspath(self.mktemp())
         os.makedirs(self.top)
 
@@ -113,7 +114,7 @@ class NewDirectoriesTests(unittest.TestCase):
         def fsync(fd: int) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-        patch = self.patch(txsmtp.delivery, "os", FaultyOS(fsync=fsync))
+        patch = self.patch(txsmtp.maildir, "os", FaultyOS(fsync=fsync))
         h = ServerHarness(VirtualMaildirDelivery(self.top, threads=0))
         h.command(b"EHLO client.example")
         h.command(b"MAIL FROM:<s@example.org>")
@@ -129,7 +130,7 @@ class NewDirectoriesTests(unittest.TestCase):
 class OffTheReactorThreadTests(unittest.TestCase):
     def setUp(self) -> None:
         self.synced = SyncRecorder()
-        self.patch(txsmtp.delivery, "os", FaultyOS(fsync=self.synced))
+        self.patch(txsmtp.maildir, "os", FaultyOS(fsync=self.synced))
         self.path = os.path.abspath(self.mktemp())
 
     def delivery(self, **kwargs: Any) -> MaildirDelivery:
@@ -163,7 +164,7 @@ class OffTheReactorThreadTests(unittest.TestCase):
         def fsync(fd: int) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-        self.patch(txsmtp.delivery, "os", FaultyOS(fsync=fsync))
+        self.patch(txsmtp.maildir, "os", FaultyOS(fsync=fsync))
         receiver = delivery.openSession(ConnectionInfo()).openMessage(envelope("a@example.com", ["b@example.com"]))
         receiver.write(b"x\r\n")
         d = receiver.finish()
@@ -193,8 +194,8 @@ class OffTheReactorThreadTests(unittest.TestCase):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             real(source, target)
 
-        self.patch(txsmtp.delivery, "os", FaultyOS(fsync=self.synced, rename=rename))
-        receiver = txsmtp.delivery.MaildirReceiver(
+        self.patch(txsmtp.maildir, "os", FaultyOS(fsync=self.synced, rename=rename))
+        receiver = txsmtp.maildir.MaildirReceiver(
             [(r.data, [r]) for r in env.recipients], env, perRecipient=True, runner=delivery.runner
         )
         receiver.write(b"x\r\n")

@@ -21,7 +21,7 @@ from twisted.internet import error as ineterror
 from twisted.internet.interfaces import IHandshakeListener, IPullProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from zope.interface import implementer  # type: ignore[import-untyped]
+from zope.interface import implementer
 
 from txsmtp import saslclient
 from txsmtp._io import canWriteDirectly, writeNow

@@ -1,6 +1,6 @@
 """
-The small commands of RFC 5321 §4.1.1 (RSET, NOOP, QUIT, VRFY, EXPN, HELP)
-and STARTTLS (RFC 3207), as part of
+The greeting and EHLO/HELO/LHLO, the small commands of RFC 5321 §4.1.1
+(RSET, NOOP, QUIT, VRFY, EXPN, HELP) and STARTTLS (RFC 3207), as part of
 :class:`~txsmtp.session.core.ServerSession`.
 """
 
@@ -15,6 +15,7 @@ from txsmtp.envelope import TLSInfo
 from txsmtp.session.actions import StartTLS
 from txsmtp.session.base import SessionBase
 from txsmtp.session.table import State
+from txsmtp.wire.reply import formatReply
 
 __all__ = ["BasicCommands"]
 
@@ -24,7 +25,7 @@ _VRFY_252 = "Cannot VRFY user, but will accept message and attempt delivery"
 
 
 class BasicCommands(SessionBase):
-    """RSET, NOOP, QUIT, VRFY, EXPN, HELP and STARTTLS."""
+    """The greeting, EHLO/HELO/LHLO, RSET, NOOP, QUIT, VRFY, EXPN, HELP and STARTTLS."""
 
     if not TYPE_CHECKING:
         __slots__ = ()
@@ -132,3 +133,54 @@ class BasicCommands(SessionBase):
     def tlsEstablished(self, info: TLSInfo) -> None:
         """The TLS handshake completed (after STARTTLS or on an implicit-TLS port)."""
         self.connection.tls = info
+
+    # -- the greeting and EHLO ----------------------------------------------------
+
+    def _sessionOpened(self, session: Any, failure: Failure | None) -> None:
+        if failure is not None:
+            err = self.errorFromFailure(failure, "opening a session")
+            self.state = State.REFUSED
+            self._out.append(formatReply(err.code, f"{self.config.hostname} {err.text}"))
+            self.logRefusal("connect", err)
+            return
+        self.deliverySession = session
+        self._out.append(formatReply(220, self.host.greeting()))
+
+    def _greet(self, argument: bytes, verb: str, esmtp: bool) -> str | None:
+        """Common part of EHLO, HELO and LHLO: check the name, start afresh."""
+        name = argument.strip()
+        if not name or b" " in name:
+            self.commandError(501, "5.5.4", f"Syntax: {verb} your.host.name")
+            return None
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            self.commandError(501, "5.5.4", f"Syntax: {verb} your.host.name (not valid UTF-8)")
+            return None
+        # RFC 5321 §4.1.4: EHLO in a transaction resets it.
+        self._endTransaction("new greeting")
+        self.connection.heloName = text
+        self.connection.esmtp = esmtp
+        self.state = State.READY
+        return f"{self.config.hostname} Hello {text} [{self.connection.peerHost}]"
+
+    def do_EHLO(self, verb: str, argument: bytes) -> None:
+        if self.lmtp:
+            self.commandError(500, "5.5.1", "This is an LMTP server: use LHLO (RFC 2033)")
+            return
+        hello = self._greet(argument, verb, verb != "HELO")
+        if hello is None:
+            return
+        if verb == "HELO":
+            self.reply(250, None, hello)
+        else:
+            self.reply(250, None, [hello, *self.host.extensions()])
+        self.afterTransaction()
+
+    do_HELO = do_EHLO
+
+    def do_LHLO(self, verb: str, argument: bytes) -> None:
+        hello = self._greet(argument, "LHLO", True)
+        if hello is not None:
+            self.reply(250, None, [hello, *self.host.extensions()])
+            self.afterTransaction()

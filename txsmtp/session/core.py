@@ -71,20 +71,19 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txsmtp.envelope import ConnectionInfo, Envelope, Recipient
+from txsmtp.envelope import ConnectionInfo
 from txsmtp.errors import SMTPError
 from txsmtp.session.actions import Action, Call, Close, Notify, Scope
 from txsmtp.session.auth import AuthCommands
 from txsmtp.session.basic import BasicCommands
 from txsmtp.session.commands import CommandTable, Handler
 from txsmtp.session.logs import SessionLog
+from txsmtp.session.mail import MailCommands
 from txsmtp.session.message import MessageCommands
 from txsmtp.session.table import COMMANDS, TRANSACTION_STATES, State
 from txsmtp.session.timing import Timeouts
 from txsmtp.session.transaction import Transaction
-from txsmtp.wire.address import parsePath, splitPathAndParameters
 from txsmtp.wire.lines import TOO_LONG, LineReader
-from txsmtp.wire.params import parseMailParameters, parseRecipientParameters
 from txsmtp.wire.reply import formatReply
 
 __all__ = ["ServerSession"]
@@ -92,7 +91,9 @@ __all__ = ["ServerSession"]
 _log = Logger(namespace="txsmtp.server")
 
 
-class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, SessionLog):
+class ServerSession(
+    MailCommands, MessageCommands, AuthCommands, BasicCommands, Timeouts, SessionLog
+):
     """
     One SMTP (or, with ``lmtp=True``, LMTP) server session without I/O.
 
@@ -365,7 +366,16 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         what: str | None = None,
     ) -> Call:
         """Ask the glue for ``target.method(*args)``; ``then(value, failure)`` gets the result."""
-        c = Call(target, method, args, owner if owner is not None else self._scope, then, blocking, cleanup, what)
+        c = Call(
+            target,
+            method,
+            args,
+            owner if owner is not None else self._scope,
+            then,
+            blocking,
+            cleanup,
+            what,
+        )
         if blocking:
             self._blocked = c
             self._blockedSince = self._now
@@ -538,9 +548,7 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
         if self._blocked == "writes":
             self._unblock()
         if notify and self.deliverySession is not None:
-            self.emit(
-                Notify(self.deliverySession, "reset", (), "delivery session reset()")
-            )
+            self.emit(Notify(self.deliverySession, "reset", (), "delivery session reset()"))
 
     def _abandonTransaction(self, result: str, why: str, notify: bool = True) -> None:
         """End a transaction nobody answers; log it once its receiver is aborted."""
@@ -561,140 +569,6 @@ class ServerSession(MessageCommands, AuthCommands, BasicCommands, Timeouts, Sess
                 421, "4.3.2", f"{self.config.hostname} Service shutting down, closing connection"
             )
             self.close()
-
-    # -- the greeting and EHLO ----------------------------------------------------
-
-    def _sessionOpened(self, session: Any, failure: Failure | None) -> None:
-        if failure is not None:
-            err = self.errorFromFailure(failure, "opening a session")
-            self.state = State.REFUSED
-            self._out.append(formatReply(err.code, f"{self.config.hostname} {err.text}"))
-            self.logRefusal("connect", err)
-            return
-        self.deliverySession = session
-        self._out.append(formatReply(220, self.host.greeting()))
-
-    def _greet(self, argument: bytes, verb: str, esmtp: bool) -> str | None:
-        """Common part of EHLO, HELO and LHLO: check the name, start afresh."""
-        name = argument.strip()
-        if not name or b" " in name:
-            self.commandError(501, "5.5.4", f"Syntax: {verb} your.host.name")
-            return None
-        try:
-            text = name.decode("utf-8")
-        except UnicodeDecodeError:
-            self.commandError(501, "5.5.4", f"Syntax: {verb} your.host.name (not valid UTF-8)")
-            return None
-        # RFC 5321 §4.1.4: EHLO in a transaction resets it.
-        self._endTransaction("new greeting")
-        self.connection.heloName = text
-        self.connection.esmtp = esmtp
-        self.state = State.READY
-        return f"{self.config.hostname} Hello {text} [{self.connection.peerHost}]"
-
-    def do_EHLO(self, verb: str, argument: bytes) -> None:
-        if self.lmtp:
-            self.commandError(500, "5.5.1", "This is an LMTP server: use LHLO (RFC 2033)")
-            return
-        hello = self._greet(argument, verb, verb != "HELO")
-        if hello is None:
-            return
-        if verb == "HELO":
-            self.reply(250, None, hello)
-        else:
-            self.reply(250, None, [hello, *self.host.extensions()])
-        self.afterTransaction()
-
-    do_HELO = do_EHLO
-
-    def do_LHLO(self, verb: str, argument: bytes) -> None:
-        hello = self._greet(argument, "LHLO", True)
-        if hello is not None:
-            self.reply(250, None, [hello, *self.host.extensions()])
-            self.afterTransaction()
-
-    # -- MAIL and RCPT -----------------------------------------------------------
-
-    def do_MAIL(self, verb: str, argument: bytes) -> None:
-        if argument[:5].upper() != b"FROM:":
-            self.commandError(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
-            return
-        f = self.config
-        conn = self.connection
-        if f.requireTLS and conn.tls is None:
-            self.commandError(530, "5.7.0", "Must issue a STARTTLS command first")
-            return
-        if f.requireAuth and not conn.authenticated:
-            self.commandError(530, "5.7.0", "Authentication required")
-            return
-        host = self.host
-        try:
-            path, rawParams = splitPathAndParameters(argument[5:])
-            smtputf8 = any(p.upper() == b"SMTPUTF8" for p in rawParams)
-            keywords = host.mailKeywords | {"AUTH"} if f.portal is not None else host.mailKeywords
-            params = parseMailParameters(rawParams, keywords, smtputf8)
-            sender = parsePath(path, utf8=params.smtputf8, nullOK=True)
-            host.checkMailParameters(params)
-            if params.size is not None and params.size > f.maxMessageSize:
-                raise self.tooBig()
-        except SMTPError as e:
-            self.replyError(e)
-            self.logRefusal("MAIL", e)
-            return
-        # The transaction exists from here, so that what ends the session
-        # while checkSender runs (a timeout, a disconnect) also ends it.
-        t = self.transaction = Transaction(Envelope(sender, params, conn))
-
-        def then(value: Any, failure: Failure | None) -> None:
-            if failure is not None:
-                err = self.errorFromFailure(failure, "checkSender")
-                self.replyError(err)
-                self.logRefusal("MAIL", err, sender=sender)
-                self._endTransaction("sender refused", notify=False)
-                return
-            self.state = State.MAIL
-            self.reply(250, "2.1.0", f"Sender <{sender if sender is not None else ''}> OK")
-
-        self.call(self.deliverySession, "checkSender", (sender, params), then, owner=t)
-
-    def do_RCPT(self, verb: str, argument: bytes) -> None:
-        if argument[:3].upper() != b"TO:":
-            self.commandError(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]")
-            return
-        t = self.transaction
-        assert t is not None
-        envelope = t.envelope
-        maxRecipients = self.config.maxRecipients
-        try:
-            path, rawParams = splitPathAndParameters(argument[3:])
-            params = parseRecipientParameters(
-                rawParams, self.host.rcptKeywords, envelope.parameters.smtputf8
-            )
-            address = parsePath(path, utf8=envelope.parameters.smtputf8, postmasterOK=True)
-            if len(envelope.recipients) >= maxRecipients:
-                # RFC 5321 §4.5.3.1.10: too many recipients is 452, so the
-                # client sends the rest in another transaction.
-                raise SMTPError(
-                    452, "4.5.3", f"Too many recipients (at most {maxRecipients} per message)"
-                )
-        except SMTPError as e:
-            self.replyError(e)
-            self.logRefusal("RCPT", e)
-            return
-        assert address is not None
-        recipient = Recipient(address, params)
-
-        def then(value: Any, failure: Failure | None) -> None:
-            if failure is not None:
-                err = self.errorFromFailure(failure, "checkRecipient")
-                self.replyError(err)
-                self.logRefusal("RCPT", err, recipient=address)
-                return
-            envelope.recipients.append(recipient)
-            self.state = State.RCPT
-            self.reply(250, "2.1.5", f"Recipient <{address}> OK")
-
-        self.call(self.deliverySession, "checkRecipient", (recipient, envelope), then, owner=t)
 
 
 _CANCELLED = (CancelledError,)
