@@ -6,9 +6,10 @@ text for the operator's log.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from txsmtp.errors import SMTPError
 from txsmtp.session.base import SessionBase
@@ -16,7 +17,8 @@ from txsmtp.session.transaction import Transaction
 
 __all__ = ["SessionLog"]
 
-_log = Logger(namespace="txsmtp.server")
+_NAMESPACE = "txsmtp.server"
+_log = Logger(namespace=_NAMESPACE)
 
 
 class SessionLog(SessionBase):
@@ -66,21 +68,32 @@ class SessionLog(SessionBase):
         tlsText = f" tls={tls.version}/{tls.cipher}" if tls is not None else ""
         auth = f" auth={conn.authenticated}" if conn.authenticated else ""
         reason = f" reason=[{error}]" if error is not None else ""
-        _log.info(
-            "{text}",
-            text=(
-                f"{result} id={envelope.queueId} from={envelope.returnPath} rcpts={len(envelope.recipients)} "
-                f"size={size} peer={conn.peerHost} helo={conn.heloName}{tlsText}{auth}{reason}"
-            ),
-            result=result,
-            queueId=envelope.queueId,
-            sender=envelope.returnPath,
-            recipients=len(envelope.recipients),
-            size=size,
-            peer=conn.peerHost,
-            helo=conn.heloName,
-            tlsVersion=tls.version if tls is not None else None,
-            tlsCipher=tls.cipher if tls is not None else None,
-            authenticated=conn.authenticated,
-            session=conn.sessionId,
+        peer = conn.peerHost
+        returnPath = envelope.returnPath
+        count = len(envelope.recipients)
+        # The one event per message: built here and handed to the logger's
+        # observer, as Logger.emit would (the event keys twisted.logger
+        # documents), without its per-call level lookup.
+        _log.observer(
+            {
+                "log_logger": _log,
+                "log_level": LogLevel.info,
+                "log_namespace": _NAMESPACE,
+                "log_source": None,
+                "log_format": "{text}",
+                "log_time": time.time(),
+                "text": f"{result} id={envelope.queueId} from={returnPath} rcpts={count} "
+                f"size={size} peer={peer} helo={conn.heloName}{tlsText}{auth}{reason}",
+                "result": result,
+                "queueId": envelope.queueId,
+                "sender": returnPath,
+                "recipients": count,
+                "size": size,
+                "peer": peer,
+                "helo": conn.heloName,
+                "tlsVersion": tls.version if tls is not None else None,
+                "tlsCipher": tls.cipher if tls is not None else None,
+                "authenticated": conn.authenticated,
+                "session": conn.sessionId,
+            }
         )
