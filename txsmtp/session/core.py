@@ -172,9 +172,8 @@ class ServerSession(
         """The connection is ready (behind a proxy: its header was read): open the delivery session."""
         self._now = self._commandSince = now
         self.call(
-            self.config.delivery, "openSession", (self.connection,), self._sessionOpened,
-            cleanup=lambda s: Notify(s, "close", (), "delivery session close()"),
-        )  # fmt: skip
+            self.config.delivery, "openSession", (self.connection,), self._sessionOpened, cleanup=_closeSession
+        )
 
     def receive(self, data: bytes, now: float) -> None:
         """Octets from the client."""
@@ -258,9 +257,13 @@ class ServerSession(
         self.state = State.CLOSED
         self._blocked = None
         emit = self.emit
-        for action in self._scope.end():
-            emit(action)
-        self._authDone()
+        if self._scope.calls:
+            for action in self._scope.end():
+                emit(action)
+        else:
+            self._scope.alive = False
+        if self._mechanism is not None or self._pendingLogin is not None:
+            self._authDone()
         # An authenticated session's avatar is closed by its logout; the
         # anonymous session it replaced, and any other session, by close().
         logout, self._logout = self._logout, None
@@ -572,6 +575,11 @@ class ServerSession(
 
 
 _CANCELLED = (CancelledError,)
+
+
+def _closeSession(session: Any) -> Notify:
+    """The clean-up of a delivery session that arrived too late."""
+    return Notify(session, "close", (), "delivery session close()")
 
 #: The built-in commands: verb -> handler, with the states from the table.
 BUILTIN: dict[str, Handler] = {
