@@ -69,6 +69,12 @@ class ESMTPServer(SessionHost, Protocol):
     #: Speak LMTP (RFC 2033): LHLO, and one reply per recipient at the end.
     lmtp = False
 
+    @property
+    def _protocolName(self) -> str:
+        # ConnectionInfo.protocol: "SMTP" or "LMTP" (a constant string, not a
+        # new one per connection).
+        return "LMTP" if self.lmtp else "SMTP"
+
     #: The class of the session this protocol runs.
     sessionFactory: ClassVar[type[ServerSession]] = ServerSession
 
@@ -169,7 +175,7 @@ class ESMTPServer(SessionHost, Protocol):
         self._clock = f.clock
         self._directWrites = self.directWrites and canWriteDirectly(transport)
         self.connection = ConnectionInfo(
-            transport.getPeer(), None, self.receivedProtocol[-4:], f.queueIds.next(), transport
+            transport.getPeer(), None, self._protocolName, f.queueIds.next(), transport
         )
         if interfaces.ISSLTransport.providedBy(transport):
             # Implicit TLS (port 465): the facts arrive with handshakeCompleted.
@@ -177,7 +183,7 @@ class ESMTPServer(SessionHost, Protocol):
             self._handshakePending = True
         now = self._clock.seconds()
         self._session = self.sessionFactory(
-            f, self, self.connection, self.commandTable(), now, self._execute, self._call
+            f, self, self.connection, self.commandTable(), now, self._execute
         )
         f._register(self)
         self._register()

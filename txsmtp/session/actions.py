@@ -38,8 +38,9 @@ class Scope:
 
     def __init__(self) -> None:
         self.alive = True
-        #: Calls whose result comes later, not answered yet.
-        self.calls: set[Call] = set()
+        #: Calls whose result comes later, not answered yet (a dict used as
+        #: an ordered set: an empty one is a quarter the size of a set).
+        self.calls: dict[Call, None] | None = None
 
     def end(self) -> list[Action]:
         """
@@ -56,7 +57,7 @@ class Scope:
             return []
         cancelled = [c for c in calls if c.cleanup is None]
         for c in cancelled:
-            calls.discard(c)
+            del calls[c]
         return [Cancel(c) for c in cancelled]
 
 

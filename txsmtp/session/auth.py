@@ -135,7 +135,7 @@ class AuthCommands(SessionBase):
 
     def _authStep(self, step: Any) -> None:
         if isinstance(step, Challenge):
-            self._out.append(b"334 " + base64.b64encode(step.data) + b"\r\n")
+            self._say(b"334 " + base64.b64encode(step.data) + b"\r\n")
         elif isinstance(step, NeedKeys):
             store = self._scramKeyStore()
             if store is None:
@@ -203,7 +203,7 @@ class AuthCommands(SessionBase):
             # not authenticated.
             self.connection.authenticated = None
             self._pendingLogin = (username, avatar, logout)
-            self._out.append(b"334 " + base64.b64encode(final()) + b"\r\n")
+            self._say(b"334 " + base64.b64encode(final()) + b"\r\n")
             return
         self._install(username, avatar, logout)
         self._authSucceeded()

@@ -10,7 +10,6 @@ empty class.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 __all__ = ["SessionBase"]
@@ -37,16 +36,20 @@ class SessionBase:
         config: Any
         host: Any
         connection: ConnectionInfo
-        lmtp: bool
+
+        @property
+        def lmtp(self) -> bool: ...
+
         state: State
         deliverySession: Any
         transaction: Transaction | None
         _commands: CommandTable
         _lines: LineReader
-        _out: list[bytes]
-        _actions: deque[Action]
+        _out: list[bytes] | None
+        _actions: list[Action] | None
         _blocked: Call | str | None
-        _scope: Scope
+        alive: bool
+        calls: dict[Call, None] | None
         _errors: int
         _now: float
         _commandSince: float
@@ -54,7 +57,6 @@ class SessionBase:
         _dataSince: float
         _rateStart: float
         _rateBytes: int
-        _closingSince: float
         _shuttingDown: bool
         _mechanism: Any
         _pendingLogin: Any
@@ -82,6 +84,7 @@ class SessionBase:
         ) -> Call: ...
         def reply(self, code: int, enhanced: str | None, text: str | list[str]) -> None: ...
         def replyError(self, error: SMTPError) -> None: ...
+        def _say(self, data: bytes) -> None: ...
         def commandError(self, code: int, enhanced: str, text: str) -> None: ...
         def errorFromFailure(self, failure: Failure, what: str) -> SMTPError: ...
         def close(self) -> None: ...

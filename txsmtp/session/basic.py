@@ -140,11 +140,11 @@ class BasicCommands(SessionBase):
         if failure is not None:
             err = self.errorFromFailure(failure, "opening a session")
             self.state = State.REFUSED
-            self._out.append(formatReply(err.code, f"{self.config.hostname} {err.text}"))
+            self._say(formatReply(err.code, f"{self.config.hostname} {err.text}"))
             self.logRefusal("connect", err)
             return
         self.deliverySession = session
-        self._out.append(formatReply(220, self.host.greeting()))
+        self._say(formatReply(220, self.host.greeting()))
 
     def _greet(self, argument: bytes, verb: str, esmtp: bool) -> str | None:
         """Common part of EHLO, HELO and LHLO: check the name, start afresh."""

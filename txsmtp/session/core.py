@@ -63,7 +63,6 @@ message body in :mod:`txsmtp.session.message`; AUTH in
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -92,7 +91,7 @@ _log = Logger(namespace="txsmtp.server")
 
 
 class ServerSession(
-    MailCommands, MessageCommands, AuthCommands, BasicCommands, Timeouts, SessionLog
+    MailCommands, MessageCommands, AuthCommands, BasicCommands, Timeouts, SessionLog, Scope
 ):
     """
     One SMTP (or, with ``lmtp=True``, LMTP) server session without I/O.
@@ -109,14 +108,12 @@ class ServerSession(
         for :meth:`nextAction` (the glue's fast path: a hook that answers
         at once costs no trip through the queue).  The order of effects is
         the same either way.
-    :param callHook: with ``execute``, what carries out a :class:`Call`
-        (by default ``execute`` itself): hook calls are the common action.
     """
 
     __slots__ = (
-        "config", "host", "connection", "lmtp", "state", "deliverySession", "transaction",
-        "_commands", "_lines", "_out", "_actions", "_execute", "_callHook", "_late", "_blocked", "_scope", "_errors", "_now",
-        "_commandSince", "_blockedSince", "_dataSince", "_rateStart", "_rateBytes", "_closingSince",
+        "config", "host", "connection", "state", "deliverySession", "transaction",
+        "_commands", "_lines", "_out", "_actions", "_execute", "_late", "_blocked", "_errors", "_now",
+        "_commandSince", "_blockedSince", "_dataSince", "_rateStart", "_rateBytes",
         "_shuttingDown", "_mechanism", "_pendingLogin", "_authFailures", "_anonymousSession", "_logout",
         "_chunkLeft", "_chunkLast", "_chunkSize", "_chunkError",
     )  # fmt: skip
@@ -129,24 +126,24 @@ class ServerSession(
         commands: CommandTable,
         now: float = 0.0,
         execute: Callable[[Action], None] | None = None,
-        callHook: Callable[[Call], None] | None = None,
     ) -> None:
         self.config = config
         self.host = host
         self.connection = connection
-        self.lmtp = commands.lmtp
         self.state = State.INITIAL
         self.deliverySession: Any = None
         self.transaction: Transaction | None = None
         self._commands = commands
         self._lines = LineReader(config.maxLineLength)
-        self._out: list[bytes] = []
-        self._actions: deque[Action] = deque()
+        self._out: list[bytes] | None = None
+        # Actions queued for nextAction(); with execute= there are none.
+        self._actions: list[Action] | None = None
         self._execute = execute
-        self._callHook = callHook or execute
         self._late = 0
         self._blocked: Call | str | None = None
-        self._scope = Scope()
+        # The session is the scope of the calls made for it (a Scope itself).
+        self.alive = True
+        self.calls = None
         self._errors = 0
         self._now = now
         self._commandSince = now
@@ -154,7 +151,6 @@ class ServerSession(
         self._dataSince = now
         self._rateStart = now
         self._rateBytes = 0
-        self._closingSince = 0.0
         self._shuttingDown = False
         self._mechanism: Any = None
         self._pendingLogin: Any = None
@@ -166,13 +162,22 @@ class ServerSession(
         self._chunkSize = 0
         self._chunkError: tuple[SMTPError, int] | None = None
 
+    @property
+    def lmtp(self) -> bool:
+        """Whether this is an LMTP session (RFC 2033)."""
+        return self._commands.lmtp
+
     # -- inputs ------------------------------------------------------------------
 
     def start(self, now: float) -> None:
         """The connection is ready (behind a proxy: its header was read): open the delivery session."""
         self._now = self._commandSince = now
         self.call(
-            self.config.delivery, "openSession", (self.connection,), self._sessionOpened, cleanup=_closeSession
+            self.config.delivery,
+            "openSession",
+            (self.connection,),
+            self._sessionOpened,
+            cleanup=_closeSession,
         )
 
     def receive(self, data: bytes, now: float) -> None:
@@ -209,7 +214,11 @@ class ServerSession(
         call.late = True
         self._late += 1
         owner = call.owner
-        owner.calls.add(call)
+        calls = owner.calls
+        if calls is None:
+            owner.calls = {call: None}
+        else:
+            calls[call] = None
         if not call.blocking and isinstance(owner, Transaction) and owner.alive:
             # A receiver pushing back: stop reading until it catches up.
             if not owner.slowWrites:
@@ -226,7 +235,8 @@ class ServerSession(
         owner = call.owner
         if call.late:
             self._late -= 1
-            owner.calls.discard(call)
+            if owner.calls:
+                owner.calls.pop(call, None)
         if not owner.alive:
             # A result for a dead transaction or a closed connection.
             if failure is None and call.cleanup is not None:
@@ -257,11 +267,11 @@ class ServerSession(
         self.state = State.CLOSED
         self._blocked = None
         emit = self.emit
-        if self._scope.calls:
-            for action in self._scope.end():
+        if self.calls:
+            for action in Scope.end(self):
                 emit(action)
         else:
-            self._scope.alive = False
+            self.alive = False
         if self._mechanism is not None or self._pendingLogin is not None:
             self._authDone()
         # An authenticated session's avatar is closed by its logout; the
@@ -284,12 +294,14 @@ class ServerSession(
         (for input, or for the result of a blocking call).
         """
         actions = self._actions
+        if actions is None:
+            actions = self._actions = []
         while True:
             if not actions and self._blocked is None:
                 self._process()
             if not actions:
                 return None
-            action = actions.popleft()
+            action = actions.pop(0)
             if type(action) is Call and not action.owner.alive:
                 continue  # queued for a transaction that has ended since
             return action
@@ -307,7 +319,7 @@ class ServerSession(
                 out = self._out
                 if not out:
                     return b""
-                self._out = []
+                self._out = None
                 return out[0] if len(out) == 1 else b"".join(out)
         return b""
 
@@ -316,7 +328,7 @@ class ServerSession(
         out = self._out
         if not out:
             return b""
-        self._out = []
+        self._out = None
         return out[0] if len(out) == 1 else b"".join(out)
 
     @property
@@ -331,7 +343,7 @@ class ServerSession(
         freed at once rather than by the cycle collector.
         """
         self.host = None
-        self._execute = self._callHook = None
+        self._execute = None
 
     @property
     def waiting(self) -> bool:
@@ -353,6 +365,8 @@ class ServerSession(
         execute = self._execute
         if execute is not None:
             execute(action)
+        elif self._actions is None:
+            self._actions = [action]
         else:
             self._actions.append(action)
 
@@ -373,7 +387,7 @@ class ServerSession(
             target,
             method,
             args,
-            owner if owner is not None else self._scope,
+            owner if owner is not None else self,
             then,
             blocking,
             cleanup,
@@ -382,11 +396,11 @@ class ServerSession(
         if blocking:
             self._blocked = c
             self._blockedSince = self._now
-        callHook = self._callHook
-        if callHook is not None:
-            callHook(c)
+        execute = self._execute
+        if execute is not None:
+            execute(c)
         else:
-            self._actions.append(c)
+            self.emit(c)
         return c
 
     def _block(self, reason: Call | str) -> None:
@@ -519,7 +533,15 @@ class ServerSession(
     def reply(self, code: int, enhanced: str | None, text: str | list[str]) -> None:
         """Queue a reply (``text``: a line, or the lines of a multi-line reply)."""
         if self.state is not State.CLOSED:
-            self._out.append(formatReply(code, text, enhanced))
+            self._say(formatReply(code, text, enhanced))
+
+    def _say(self, data: bytes) -> None:
+        """Queue reply octets (the reply buffer exists only while it holds some)."""
+        out = self._out
+        if out is None:
+            self._out = [data]
+        else:
+            out.append(data)
 
     def replyError(self, error: SMTPError) -> None:
         """Queue the reply an :class:`~txsmtp.errors.SMTPError` describes."""
@@ -532,7 +554,7 @@ class ServerSession(
         if self.transaction is not None:
             self._endTransaction("connection closing")
         self.state = State.CLOSED
-        self._closingSince = self._now
+        self._blockedSince = self._now  # now the time the closing began
         self.emit(Close())
 
     # -- the transaction ---------------------------------------------------------
@@ -580,6 +602,7 @@ _CANCELLED = (CancelledError,)
 def _closeSession(session: Any) -> Notify:
     """The clean-up of a delivery session that arrived too late."""
     return Notify(session, "close", (), "delivery session close()")
+
 
 #: The built-in commands: verb -> handler, with the states from the table.
 BUILTIN: dict[str, Handler] = {

@@ -7,7 +7,7 @@ it never reads a clock.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from twisted.logger import Logger
 
@@ -86,7 +86,7 @@ class Timeouts(SessionBase):
 
     def closeOverdue(self, now: float) -> bool:
         """Whether a closing connection has lingered past ``closeTimeout``."""
-        return self.state is State.CLOSED and now - self._closingSince >= self.config.closeTimeout
+        return self.state is State.CLOSED and now - self._blockedSince >= self.config.closeTimeout
 
     def giveUp(self, text: str, why: str, enhanced: str = "4.4.2") -> None:
         """Abandon the session: ``421`` and close, whatever is under way."""
@@ -94,15 +94,17 @@ class Timeouts(SessionBase):
                   session=self.connection.sessionId)  # fmt: skip
         self._abandonTransaction(why, why)
         blocked, self._blocked = self._blocked, None
-        if isinstance(blocked, Call) and blocked.owner is self._scope:
+        # (The session is the Scope of its own calls.)
+        if isinstance(blocked, Call) and blocked.owner is cast(object, self):
             # A session-level hook in flight (verify, login, a do_VERB): its
             # result, if it still comes, is only cleaned up.
-            self._scope.calls.discard(blocked)
+            if self.calls:
+                self.calls.pop(blocked, None)
             blocked.owner = _ENDED
             if blocked.cleanup is None:
                 # (A result that must be cleaned up is waited for: see Scope.end.)
                 self.emit(Cancel(blocked))
-        self._out = []
+        self._out = None
         self.reply(421, enhanced, text)
         self.close()
 
