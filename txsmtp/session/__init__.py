@@ -5,10 +5,15 @@ operation).
 
 - :mod:`txsmtp.session.table`: the states and which command is allowed in
   which state, as data;
-- :mod:`txsmtp.session.core`: :class:`ServerSession`, the commands of RFC
-  5321, STARTTLS, time;
-- :mod:`txsmtp.session.message`: DATA and BDAT, one path to the receiver;
+- :mod:`txsmtp.session.core`: :class:`ServerSession`: the input loop,
+  dispatch, hook calls and their results;
+- :mod:`txsmtp.session.mail`: MAIL and RCPT;
+- :mod:`txsmtp.session.message`: DATA, and one path to the receiver for
+  DATA and BDAT;
+- :mod:`txsmtp.session.chunking`: BDAT (RFC 3030);
 - :mod:`txsmtp.session.auth`: the AUTH exchange;
+- :mod:`txsmtp.session.starttls`: STARTTLS (RFC 3207);
+- :mod:`txsmtp.session.basic`: the greeting, EHLO, and the small commands;
 - :mod:`txsmtp.session.transaction`: the :class:`Transaction` and the
   replies owed at its end;
 - :mod:`txsmtp.session.actions`: what the session asks of its glue.

@@ -56,9 +56,13 @@ gains nothing.  Message octets have the data-block timeout and a minimum
 average rate.  A hook that never answers is given up on after the
 command timeout as well.
 
-Where things live: the commands of RFC 5321 here; DATA, BDAT and the
-message body in :mod:`txsmtp.session.message`; AUTH in
-:mod:`txsmtp.session.auth`.
+Where things live: the input loop, dispatch and hook plumbing here; MAIL
+and RCPT in :mod:`txsmtp.session.mail`; DATA and the path of a message's
+octets to the receiver in :mod:`txsmtp.session.message`; BDAT in
+:mod:`txsmtp.session.chunking`; AUTH in :mod:`txsmtp.session.auth`;
+STARTTLS in :mod:`txsmtp.session.starttls`; the greeting and the small
+commands in :mod:`txsmtp.session.basic`; time in
+:mod:`txsmtp.session.timing`; the log in :mod:`txsmtp.session.logs`.
 """
 
 from __future__ import annotations
@@ -75,10 +79,12 @@ from txsmtp.errors import SMTPError
 from txsmtp.session.actions import Action, Call, Close, Notify, Scope
 from txsmtp.session.auth import AuthCommands
 from txsmtp.session.basic import BasicCommands
-from txsmtp.session.commands import CommandTable, Handler
+from txsmtp.session.chunking import ChunkingCommands
+from txsmtp.session.commands import CommandDispatch, CommandTable, Handler
 from txsmtp.session.logs import SessionLog
 from txsmtp.session.mail import MailCommands
 from txsmtp.session.message import MessageCommands
+from txsmtp.session.starttls import StartTLSCommand
 from txsmtp.session.table import COMMANDS, TRANSACTION_STATES, State
 from txsmtp.session.timing import Timeouts
 from txsmtp.session.transaction import Transaction
@@ -91,7 +97,16 @@ _log = Logger(namespace="txsmtp.server")
 
 
 class ServerSession(
-    MailCommands, MessageCommands, AuthCommands, BasicCommands, Timeouts, SessionLog, Scope
+    CommandDispatch,
+    MailCommands,
+    MessageCommands,
+    ChunkingCommands,
+    AuthCommands,
+    StartTLSCommand,
+    BasicCommands,
+    Timeouts,
+    SessionLog,
+    Scope,
 ):
     """
     One SMTP (or, with ``lmtp=True``, LMTP) server session without I/O.
@@ -460,73 +475,6 @@ class ServerSession(
                 # Every command received is answered: the clock of the next
                 # one starts now (or with its first octet, in receive()).
                 self._commandSince = self._now
-
-    def lineReceived(self, line: bytes) -> None:
-        """Dispatch one command line (or, inside AUTH, one SASL response)."""
-        if self.state is State.AUTH:
-            self._authResponse(line)
-            return
-        verb, _, argument = line.partition(b" ")
-        table = self._commands.dispatch
-        entry = table.get(verb)
-        if entry is None:
-            # Not spelled as the table has it: mixed case, or not a command.
-            try:
-                name = verb.decode("ascii").upper()
-            except UnicodeDecodeError:
-                name = ""
-            entry = table.get(name.encode("ascii"))
-            if entry is None:
-                if b"\r" in line or b"\n" in line:
-                    self.commandError(
-                        500,
-                        "5.5.2",
-                        "Syntax error: bare CR or LF in a command (lines end with CRLF)",
-                    )
-                elif name.isalpha():
-                    self.commandError(500, "5.5.1", f"Command not recognized: {name[:20]}")
-                else:
-                    self.commandError(500, "5.5.2", "Syntax error: command not recognized")
-                return
-        name, handler, states = entry
-        if b"\r" in argument or b"\n" in argument or b"\0" in argument:
-            self.commandError(
-                500, "5.5.2", "Syntax error: bare CR or LF in a command (lines end with CRLF)"
-            )
-            return
-        state = self.state
-        if state is State.REFUSED and name != "QUIT":
-            self.commandError(503, "5.5.1", "Service refused; only QUIT is accepted")
-            return
-        if states is not None and state not in states:
-            self._sequenceError(name)
-            return
-        handler(self, name, argument)
-
-    def _sequenceError(self, name: str) -> None:
-        state = self.state
-        if state is State.INITIAL:
-            text = f"Send {'LHLO' if self.lmtp else 'EHLO or HELO'} first (before {name})"
-        elif name == "MAIL":
-            text = "Sender already given; send RSET to start over"
-        elif state in TRANSACTION_STATES:
-            text = f"{name} is not allowed during a mail transaction; send RSET first"
-        else:
-            text = f"Bad sequence of commands: {name} needs MAIL first"
-        self.commandError(503, "5.5.1", text)
-
-    def commandError(self, code: int, enhanced: str, text: str) -> None:
-        """Refuse a command, count the error, and close after too many."""
-        self.reply(code, enhanced, text)
-        self._errors += 1
-        self.logRefusal("command", SMTPError(code, enhanced, text))
-        if self._errors >= self.config.maxErrors:
-            self.reply(421, "4.7.0", f"{self.config.hostname} Too many errors, closing connection")
-            self.close()
-
-    def _extraCommand(self, name: str, argument: bytes) -> None:
-        """A verb of the protocol's own (``do_VERB``): ask the glue to run it, in order."""
-        self.call(None, "command", (name, argument), None, what=f"do_{name}")
 
     # -- replies -----------------------------------------------------------------
 
