@@ -290,6 +290,36 @@ class MaildirDeliveryCleanupTests(unittest.TestCase):
         assert delivery.runner.pool is not None
         self.assertIn(thread, delivery.runner.pool.threads)
 
+    def test_stopCutsSweepShort(self) -> None:
+        """
+        stop() during a sweep in the pool: the sweep ends after the file at
+        hand, and stop() returns once the thread has ended.
+        """
+        delivery = MaildirDelivery(self.mktemp(), threads=1)
+        self.addCleanup(delivery.stop)
+        tmp = os.path.join(delivery.maildir.path, "tmp")
+        for i in range(5):
+            put(os.path.join(tmp, f"crash{i}"), 40 * HOUR)
+        started = threading.Event()
+
+        def unlink(path: str) -> None:
+            started.set()
+            # Hold the first removal until stop() has been asked for.
+            delivery._sweeper.stopping.wait(10)
+            os.unlink(path)
+
+        self.patch(txsmtp.maildir, "os", FaultyOS(unlink=unlink))
+        delivery.startCleanup(self.clock)
+        self.assertTrue(started.wait(10))
+        pool = delivery.runner.pool
+        assert pool is not None
+        threads = list(pool.threads)
+        self.assertEqual(len(threads), 1)
+        delivery.stop()
+        self.assertFalse(any(t.is_alive() for t in threads))
+        self.assertEqual(len(listing(tmp)), 4)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
 
 class VirtualCleanupTests(unittest.TestCase):
     def setUp(self) -> None:
