@@ -24,6 +24,7 @@ from twisted.trial import unittest
 
 import txsmtp.delivery  # noqa: F401  (first: txsmtp.maildir is imported through it)
 import txsmtp.maildir
+import txsmtp.maildirtmp
 from tests.test_maildir import FaultyOS
 from txsmtp.delivery import Maildir, MaildirDelivery, VirtualMaildirDelivery
 from txsmtp.maildir import CLEANUP_INTERVAL, STALE_AGE, cleanTmp
@@ -119,7 +120,7 @@ class CleanTmpTests(unittest.TestCase):
                 os.unlink(path)
             os.unlink(path)  # raises FileNotFoundError for "gone"
 
-        self.patch(txsmtp.maildir, "os", FaultyOS(unlink=unlink))
+        self.patch(txsmtp.maildirtmp, "os", FaultyOS(unlink=unlink))
         result = cleanTmp(self.path)
         self.assertEqual(listing(self.tmp), [])
         self.assertEqual((result.total, result.vanished, result.errors), (1, 1, []))
@@ -134,7 +135,7 @@ class CleanTmpTests(unittest.TestCase):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
             os.unlink(path)
 
-        self.patch(txsmtp.maildir, "os", FaultyOS(unlink=unlink))
+        self.patch(txsmtp.maildirtmp, "os", FaultyOS(unlink=unlink))
         result = cleanTmp(self.path)
         self.assertEqual(listing(self.tmp), ["locked"])
         self.assertEqual(result.total, 1)
@@ -146,7 +147,7 @@ class CleanTmpTests(unittest.TestCase):
         def scandir(path: str) -> Any:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
-        self.patch(txsmtp.maildir, "os", FaultyOS(scandir=scandir))
+        self.patch(txsmtp.maildirtmp, "os", FaultyOS(scandir=scandir))
         result = cleanTmp(self.path)
         self.assertEqual(result.total, 0)
         self.assertEqual([e.errno for e in result.errors], [errno.EACCES])
@@ -238,7 +239,7 @@ class MaildirDeliveryCleanupTests(unittest.TestCase):
                 os.unlink(path)
             os.unlink(path)
 
-        self.patch(txsmtp.maildir, "os", FaultyOS(unlink=unlink))
+        self.patch(txsmtp.maildirtmp, "os", FaultyOS(unlink=unlink))
         self.delivery.startCleanup(self.clock)
 
         self.assertEqual(listing(self.tmp), ["locked"])
@@ -280,7 +281,7 @@ class MaildirDeliveryCleanupTests(unittest.TestCase):
             threads.append(threading.current_thread())
             os.unlink(path)
 
-        self.patch(txsmtp.maildir, "os", FaultyOS(unlink=unlink))
+        self.patch(txsmtp.maildirtmp, "os", FaultyOS(unlink=unlink))
         result = await delivery.cleanTmp()
         assert result is not None
         self.assertEqual(result.total, 1)
@@ -308,7 +309,7 @@ class MaildirDeliveryCleanupTests(unittest.TestCase):
             delivery._sweeper.stopping.wait(10)
             os.unlink(path)
 
-        self.patch(txsmtp.maildir, "os", FaultyOS(unlink=unlink))
+        self.patch(txsmtp.maildirtmp, "os", FaultyOS(unlink=unlink))
         delivery.startCleanup(self.clock)
         self.assertTrue(started.wait(10))
         pool = delivery.runner.pool
@@ -400,7 +401,7 @@ class VirtualCleanupTests(unittest.TestCase):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
             return os.scandir(path)
 
-        self.patch(txsmtp.maildir, "os", FaultyOS(scandir=scandir))
+        self.patch(txsmtp.maildirtmp, "os", FaultyOS(scandir=scandir))
         delivery = VirtualMaildirDelivery(self.root, threads=0)
         self.addCleanup(delivery.stop)
         delivery.startCleanup(self.clock)
