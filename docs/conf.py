@@ -1,6 +1,7 @@
 """Sphinx configuration for the txsmtp documentation."""
 
 import ast
+import inspect
 import os
 import sys
 
@@ -44,3 +45,31 @@ html_theme = "alabaster"
 html_theme_options = {
     "description": "SMTP and ESMTP for Twisted",
 }
+
+
+def _interfaceMembers(app, what, name, obj, options, lines):
+    """
+    Append the methods and attributes of a zope interface to its docstring.
+
+    autodoc finds a class's members with ``dir()``, which does not show what
+    a :class:`zope.interface.Interface` declares, and no zope extension is
+    installed: ``.. autoclass:: txsmtp.interfaces.IDelivery()`` in the API
+    pages therefore gets its members from here, as nested ``py:method`` and
+    ``py:attribute`` directives, in the order of the source.
+    """
+    from zope.interface.interface import InterfaceClass, Method
+
+    if what != "class" or not isinstance(obj, InterfaceClass):
+        return
+    # The interface's own names, in the order of its class body.
+    for memberName, description in obj.namesAndDescriptions(all=False):
+        if isinstance(description, Method):
+            lines += ["", f".. py:method:: {memberName}{description.getSignatureString()}", ""]
+        else:
+            lines += ["", f".. py:attribute:: {memberName}", ""]
+        doc = description.getDoc() or ""
+        lines += ["   " + line if line.strip() else "" for line in inspect.cleandoc(doc).splitlines()]
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _interfaceMembers)
