@@ -42,7 +42,8 @@ exclude_patterns = ["_build"]
 # other projects cannot: intersphinx would need Twisted's and Python's
 # objects.inv, and the build machines have no network access to fetch them.
 # So targets outside txsmtp are not checked, and render as code without a
-# link.  The last patterns are not targets at all but pieces of type
+# link.  The third pattern is Twisted and zope names as annotations spell
+# them short; the last is not targets at all but pieces of type
 # annotations as autodoc prints them (a zope interface is an object, not a
 # class: ``<InterfaceClass ...>``; ``tuple[str`` is half of a generic).
 nitpicky = True
