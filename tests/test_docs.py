@@ -42,7 +42,6 @@ WelcomeTests.__module__ = HarnessTests.__module__ = __name__  # type: ignore[nam
 def _spoolTransaction(testCase: unittest.TestCase, namespace: dict) -> None:
     spool = testCase.mktemp()
     delivery = namespace["SpoolDelivery"](spool, ["alice@example.com"])
-    os.makedirs(spool, exist_ok=True)
     h = ServerHarness(delivery)
     h.command(b"EHLO client.example")
     h.command(b"MAIL FROM:<bob@example.net>")

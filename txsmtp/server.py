@@ -11,10 +11,10 @@ and the clock.  Its settings come from :class:`SMTPFactory`.
 
 Extending it: a subclass adds a command with a method
 ``do_VERB(self, argument)`` (it may return a Deferred or be ``async def``;
-replies stay in order either way) and its states in :attr:`allowedStates`,
-an extension keyword by overriding :meth:`extensions`, and a different
-``Received:`` or greeting by overriding :meth:`receivedHeader` or
-:meth:`greeting`.  See ``docs/architecture.rst``.
+replies stay in order either way) and its states in :attr:`~ESMTPServer.allowedStates`,
+an extension keyword by overriding :meth:`~ESMTPServer.extensions`, and a different
+``Received:`` or greeting by overriding :meth:`~ESMTPServer.receivedHeader` or
+:meth:`~ESMTPServer.greeting`.  See ``docs/architecture.rst``.
 """
 
 from __future__ import annotations
