@@ -876,3 +876,77 @@ class LMTPTwistdUsageTests(unittest.TestCase):
                 words, (result.out + result.err).decode("utf-8", "replace"), result.describe()
             )
             self.assertEqual(os.listdir(cwd), [], result.describe())
+
+
+# -- start-up failures (issue 12) -------------------------------------------------------------------
+
+
+async def _runTwistd(
+    testCase: unittest.TestCase, twistdArgs: list[str], smtpArgs: list[str]
+) -> tuple[Any, str]:
+    """Run ``twistd TWISTDARGS smtp SMTPARGS`` to its end in a new directory."""
+    cwd = os.path.abspath(testCase.mktemp())
+    os.makedirs(cwd)
+    result = await runProcess(
+        sys.executable,
+        [*TWISTD[1:], *twistdArgs, "smtp", *smtpArgs],
+        cwd=cwd,
+        env=childEnv(),
+        timeout=30,
+    )
+    return result, cwd
+
+
+class StartupFailureTests(unittest.TestCase):
+    """A server that cannot start says why in one line and exits non-zero."""
+
+    timeout = 60
+
+    def busyPort(self) -> int:
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        return int(s.getsockname()[1])
+
+    async def test_port_in_use_foreground(self) -> None:
+        """-n: one line on stderr naming the endpoint and the cause, exit 1, no traceback, no pidfile left."""
+        port = self.busyPort()
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        result, cwd = await _runTwistd(
+            self, ["-n", "--pidfile=twistd.pid", "--logfile=-"], ["--deliver", "discard", "--listen", listen]
+        )
+        self.assertEqual(result.code, 1, result.describe())
+        err = result.err.decode("utf-8", "replace")
+        self.assertEqual(
+            err.splitlines(), [f"twistd smtp: cannot listen on {listen}: Address already in use"], result.describe()
+        )
+        self.assertNotIn(b"Traceback", result.out + result.err)
+        self.assertEqual(os.listdir(cwd), [], result.describe())
+
+    async def test_port_in_use_logfile(self) -> None:
+        """-n --logfile=FILE: the line goes to the terminal and to the log."""
+        port = self.busyPort()
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        result, cwd = await _runTwistd(
+            self, ["-n", "--pidfile=", "--logfile=twistd.log"], ["--deliver", "discard", "--listen", listen]
+        )
+        self.assertEqual(result.code, 1, result.describe())
+        self.assertEqual(
+            result.err.decode().splitlines(), [f"twistd smtp: cannot listen on {listen}: Address already in use"]
+        )
+        with open(os.path.join(cwd, "twistd.log")) as f:
+            log = f.read()
+        self.assertIn(f"cannot listen on {listen}: Address already in use", log)
+        self.assertNotIn("Traceback", log)
+
+    async def test_port_in_use_daemon(self) -> None:
+        """Daemonizing: twistd's parent prints the one-line reason and exits non-zero."""
+        port = self.busyPort()
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        result, cwd = await _runTwistd(
+            self, ["--pidfile=twistd.pid", "--logfile=twistd.log"], ["--deliver", "discard", "--listen", listen]
+        )
+        self.assertNotEqual(result.code, 0, result.describe())
+        self.assertIn(f"cannot listen on {listen}: Address already in use", result.err.decode(), result.describe())
+        self.assertFalse(os.path.exists(os.path.join(cwd, "twistd.pid")))

@@ -10,10 +10,11 @@ arguments (the same delivery, TLS, AUTH, limits and host name).
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application import service, strports
 from twisted.cred import strcred
@@ -21,6 +22,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.internet import defer, endpoints
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -33,7 +35,7 @@ from txsmtp.lmtp import LMTPFactory
 from txsmtp.server import SMTPFactory
 from txsmtp.tls import ServerTLS, TLSConfigurationError
 
-__all__ = ["Options", "makeService", "SMTPService", "DEFAULT_LISTEN"]
+__all__ = ["Options", "makeService", "SMTPService", "StartupError", "DEFAULT_LISTEN"]
 
 _log = Logger(namespace="txsmtp.tap")
 
@@ -299,6 +301,51 @@ def _isOpenToNetwork(address: Any) -> bool:
     return not ip.is_loopback
 
 
+def _why(e: BaseException) -> str:
+    """The cause of a failure to listen, without Twisted's wrapping."""
+    if isinstance(e, CannotListenError) and e.socketError is not None:
+        inner = e.socketError
+        return getattr(inner, "strerror", None) or str(inner)
+    return str(e) or type(e).__name__
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why, in one line."""
+
+
+def _cannotStart(message: str, twistdOptions: Any = None) -> NoReturn:
+    """
+    Stop ``twistd`` before it runs, with ``message`` as one line.
+
+    Daemonizing (no ``-n``), twistd's parent process prints the error of an
+    exception raised here; so raise :class:`StartupError`.  In the
+    foreground (``-n``, or outside twistd) an exception would be printed as
+    a traceback: write the line to the real standard error (twistd has
+    redirected ``sys.stderr`` into its log), and to the log unless that is
+    the same terminal, then exit with status 1.
+    """
+    config = twistdOptions if hasattr(twistdOptions, "get") else {}
+    if config and not config.get("nodaemon"):
+        _log.critical("{message}", message=message)
+        raise StartupError(message) from None
+    if config.get("logfile") not in (None, "", "-"):
+        _log.critical("{message}", message=message)
+    pidfile = config.get("pidfile")
+    if pidfile:
+        try:
+            with open(pidfile) as f:
+                mine = f.read().strip() == str(os.getpid())
+            if mine:
+                os.remove(pidfile)
+        except OSError:
+            pass
+    stream = sys.__stderr__
+    if stream is not None:
+        stream.write(f"twistd smtp: {message}\n")
+        stream.flush()
+    raise SystemExit(1)
+
+
 def _bytesUsers(checker: Any) -> None:
     """
     Twisted's ``memory`` checker keeps the user names and passwords of
@@ -386,6 +433,9 @@ class SMTPService(service.MultiService):
         self.lmtpFactory = lmtpFactory
         self.grace = grace
         self._previousHUP: Any = None
+        #: twistd's own options (``nodaemon``, ``pidfile``...) when run by
+        #: ``twistd smtp``: how to report a failure to start.
+        self.twistdOptions: Any = None
         for description in descriptions:
             self._listen(reactor, description, description, factory)
         if tlsListen:
@@ -408,7 +458,22 @@ class SMTPService(service.MultiService):
         # server does not start without it.
         child = strports.service(description, factory, reactor)
         child.endpoint = _AnnouncingEndpoint(child.endpoint, label, protocol)
+        child.txsmtpLabel = label  # type: ignore[attr-defined]
         child.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        # A listener that cannot listen (a port in use, no permission)
+        # raises here; twistd would print it as a long double traceback
+        # with the cause on its last line.  Say it in one line and exit.
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except Exception as e:
+                label = getattr(child, "txsmtpLabel", None)
+                if label is None:
+                    raise
+                _cannotStart(f"cannot listen on {label}: {_why(e)}", self.twistdOptions)
+
 
     def startService(self) -> None:
         super().startService()
@@ -475,7 +540,7 @@ def makeService(options: Options) -> SMTPService:
         lmtpFactory = LMTPFactory(delivery, options["hostname"], **arguments)
         # One sequence of queue ids for the whole process.
         lmtpFactory.queueIds = factory.queueIds
-    return SMTPService(
+    smtpService = SMTPService(
         factory,
         options["listen"],
         options["shutdown-grace"],
@@ -483,3 +548,5 @@ def makeService(options: Options) -> SMTPService:
         lmtpFactory=lmtpFactory,
         lmtpListen=options["lmtp"],
     )
+    smtpService.twistdOptions = options.parent
+    return smtpService
