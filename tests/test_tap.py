@@ -950,3 +950,75 @@ class StartupFailureTests(unittest.TestCase):
         self.assertNotEqual(result.code, 0, result.describe())
         self.assertIn(f"cannot listen on {listen}: Address already in use", result.err.decode(), result.describe())
         self.assertFalse(os.path.exists(os.path.join(cwd, "twistd.pid")))
+
+
+class ClearerUsageErrorTests(_InScratchDirectory, unittest.TestCase):
+    """Usage errors that say what to do (issue 12)."""
+
+    def test_tls_cert_without_key(self) -> None:
+        """--tls-cert FILE without a key in it and no --tls-key: says --tls-key is missing."""
+        from tests.certs import certificates
+
+        c = certificates()
+        with self.assertRaises(usage.UsageError) as cm:
+            parse("--deliver", "discard", "--tls-cert", c.chain)
+        message = str(cm.exception)
+        self.assertIn(f"--tls-cert {c.chain} holds no private key", message)
+        self.assertIn("--tls-key", message)
+        self.assertNotIn("encrypted", message)
+        # A file with both, or an explicit --tls-key, still works.
+        self.assertIsNotNone(parse("--deliver", "discard", "--tls-cert", c.combined)["tls"])
+        self.assertIsNotNone(
+            parse("--deliver", "discard", "--tls-cert", c.chain, "--tls-key", c.key)["tls"]
+        )
+        # An unreadable file is still reported as such.
+        with self.assertRaises(usage.UsageError) as cm:
+            parse("--deliver", "discard", "--tls-cert", "/nonexistent/cert.pem")
+        self.assertIn("cannot read /nonexistent/cert.pem", str(cm.exception))
+
+    def test_port_number_alone(self) -> None:
+        """--listen 28551 suggests tcp:28551 (and --listen-tls, --lmtp likewise)."""
+        for option, suggestion in (
+            ("--listen", "did you mean tcp:28551?"),
+            ("--listen-tls", "did you mean tcp:28551?"),
+            ("--lmtp", "did you mean tcp:28551:interface=127.0.0.1?"),
+        ):
+            with self.assertRaises(usage.UsageError) as cm:
+                parse("--deliver", "discard", f"{option}=28551")
+            message = str(cm.exception)
+            self.assertIn(f"bad {option} '28551'", message)
+            self.assertIn(suggestion, message)
+        with self.assertRaises(usage.UsageError) as cm:
+            parse("--deliver", "discard", "--listen=bogus:1")
+        self.assertNotIn("did you mean", str(cm.exception))
+
+    def test_bad_hostname(self) -> None:
+        """--hostname must be a domain name or an address literal."""
+        for bad in (
+            "bad name",
+            "",
+            "mx..example",
+            "-mx.example",
+            "mx_1.example",
+            "mx.example.",
+            "a" * 64 + ".example",
+            "x." * 127 + "xx",
+            "[300.1.2.3]",
+            "[IPv6:nope]",
+            "[2001:db8::1]",
+            "mx.exämple",
+            "mx.example\r\nX: y",
+        ):
+            with self.assertRaises(usage.UsageError, msg=bad) as cm:
+                parse("--deliver", "discard", "--hostname", bad)
+            self.assertIn(f"--hostname {bad!r}", str(cm.exception))
+        for good in (
+            "mx.example.com",
+            "localhost",
+            "mx-1.EXAMPLE",
+            "xn--bcher-kva.example",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+            "a" * 63 + ".example",
+        ):
+            self.assertEqual(parse("--deliver", "discard", "--hostname", good)["hostname"], good)

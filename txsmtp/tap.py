@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import signal
 import socket
 import sys
@@ -159,11 +160,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["listen"] = [DEFAULT_LISTEN]
         from twisted.internet import reactor
 
-        for description in self["listen"] + self["listen-tls"]:
-            try:
-                endpoints.serverFromString(reactor, description)
-            except Exception as e:
-                raise usage.UsageError(f"bad --listen {description!r}: {e}") from None
+        for option in ("listen", "listen-tls"):
+            for description in self[option]:
+                try:
+                    endpoints.serverFromString(reactor, description)
+                except Exception as e:
+                    raise usage.UsageError(
+                        f"bad --{option} {description!r}: {e}{_endpointHint(description)}"
+                    ) from None
         for description in self["lmtp"]:
             _checkLMTPEndpoint(reactor, description, bool(self["require-auth"]))
         try:
@@ -172,9 +176,17 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(f"--deliver {self['deliver']}: {e}") from None
         if self["hostname"] is None:
             self["hostname"] = socket.getfqdn()
+        else:
+            problem = _hostnameProblem(self["hostname"])
+            if problem:
+                raise usage.UsageError(f"--hostname {self['hostname']!r}: {problem}")
         self["tls"] = None
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["tls-cert"] and not self["tls-key"] and _holdsNoKey(self["tls-cert"]):
+            raise usage.UsageError(
+                f"--tls-cert {self['tls-cert']} holds no private key: give the key file with --tls-key"
+            )
         if self["tls-cert"]:
             try:
                 self["tls"] = ServerTLS(self["tls-cert"], self["tls-key"])
@@ -195,6 +207,56 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         for checker in self.get("credCheckers") or []:
             _bytesUsers(checker)
         _useCheapLog(self.parent)
+
+
+def _endpointHint(description: str) -> str:
+    """A suggestion for an endpoint description that is only a port number."""
+    if description.isdigit():
+        return f" (a port number alone is not an endpoint: did you mean tcp:{description}?)"
+    return ""
+
+
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def _hostnameProblem(name: str) -> str | None:
+    """
+    What makes ``name`` unfit to be the server's name in the greeting, EHLO
+    and ``Received:``, or ``None``: it must be a domain name (RFC 5321
+    ``Domain``: letters, digits and hyphens in dot-separated labels) or an
+    address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``).
+    """
+    if name.startswith("[") and name.endswith("]"):
+        inner = name[1:-1]
+        try:
+            if inner[:5].lower() == "ipv6:":
+                ipaddress.IPv6Address(inner[5:])
+            else:
+                ipaddress.IPv4Address(inner)
+        except ValueError:
+            return "not a valid address literal (e.g. [192.0.2.1] or [IPv6:2001:db8::1])"
+        return None
+    if not name or len(name) > 253:
+        return "a host name must be a domain name of 1 to 253 characters, or an address literal"
+    if not name.isascii():
+        return "a host name must be ASCII: give an internationalized name in its xn-- form"
+    for label in name.split("."):
+        if not _LABEL.match(label):
+            return (
+                "not a valid domain name (letters, digits and hyphens in labels separated by "
+                "dots, e.g. mx.example.com) nor an address literal such as [192.0.2.1]"
+            )
+    return None
+
+
+def _holdsNoKey(path: str) -> bool:
+    """Whether the file at ``path`` can be read and has no PEM private key in it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False  # ServerTLS says why it cannot be read
+    return b"PRIVATE KEY-----" not in data
 
 
 def _useCheapLog(parent: Any) -> None:
@@ -235,7 +297,8 @@ def _checkLMTPEndpoint(reactor: Any, description: str, requireAuth: bool) -> Non
         endpoints.serverFromString(reactor, description)
         args, kwargs = _descriptionParts(description)
     except Exception as e:
-        raise usage.UsageError(f"bad --lmtp {description!r}: {e}") from None
+        hint = _endpointHint(description).replace("?)", ":interface=127.0.0.1?)")
+        raise usage.UsageError(f"bad --lmtp {description!r}: {e}{hint}") from None
     while args and args[0] == "haproxy":
         # The PROXY wrapper listens where the endpoint it wraps does.
         args = args[1:]
