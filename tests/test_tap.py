@@ -1022,3 +1022,44 @@ class ClearerUsageErrorTests(_InScratchDirectory, unittest.TestCase):
             "a" * 63 + ".example",
         ):
             self.assertEqual(parse("--deliver", "discard", "--hostname", good)["hostname"], good)
+
+
+class ShortUsageErrorTests(unittest.TestCase):
+    """A usage error is not buried under the help text (issue 12)."""
+
+    timeout = 60
+
+    def test_getUsage(self) -> None:
+        """Before an error getUsage() is the help; after one, a pointer to --help."""
+        options = Options()
+        self.assertIn("--max-recipients", options.getUsage())
+        with self.assertRaises(usage.UsageError):
+            options.parseOptions(["--max-size=abc"])
+        self.assertEqual(options.usageError, str(options.usageError))
+        self.assertIn("--max-size", options.usageError or "")
+        self.assertEqual(
+            options.getUsage(), "twistd smtp: usage error ('twistd smtp --help' lists the options):"
+        )
+
+    async def test_twistd_prints_the_error_not_the_help(self) -> None:
+        """twistd smtp with a bad option: at most three lines, the error last, no option list."""
+        for args, words in (
+            (["--max-size=abc"], "--max-size takes a whole number"),
+            (["--no-such-option"], "no-such-option"),
+            (["--deliver", "discard", "--listen=28551"], "did you mean tcp:28551?"),
+        ):
+            result, cwd = await _runTwistd(self, ["-n", "--pidfile=", "--logfile=-"], args)
+            self.assertEqual(result.code, 1, result.describe())
+            lines = (result.out + result.err).decode("utf-8", "replace").splitlines()
+            self.assertLessEqual(len(lines), 3, result.describe())
+            self.assertIn(words, lines[-1], result.describe())
+            self.assertIn("'twistd smtp --help' lists the options", "\n".join(lines))
+            self.assertNotIn("--max-recipients", "\n".join(lines))
+            self.assertEqual(os.listdir(cwd), [])
+
+    async def test_help_is_whole(self) -> None:
+        """twistd smtp --help still prints every option."""
+        result, _ = await _runTwistd(self, [], ["--help"])
+        self.assertEqual(result.code, 0, result.describe())
+        for option in (b"--listen", b"--max-recipients", b"--tls-key", b"--auth"):
+            self.assertIn(option, result.out)

@@ -130,9 +130,28 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def __init__(self) -> None:
         super().__init__()
+        #: the message of the usage error parsing stopped with, if any
+        self.usageError: str | None = None
         self["listen"] = []
         self["listen-tls"] = []
         self["lmtp"] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            self.usageError = str(e)
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The help text; after a usage error only a pointer to ``--help``.
+        twistd prints this before the error's message, so a mistyped
+        option ends with two lines instead of the whole help.
+        """
+        if self.usageError is not None:
+            return "twistd smtp: usage error ('twistd smtp --help' lists the options):"
+        return super().getUsage(width)
 
     def opt_listen(self, description: str) -> None:
         """Listen on this endpoint (strports syntax); repeat for several."""
