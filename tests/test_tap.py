@@ -1063,3 +1063,78 @@ class ShortUsageErrorTests(unittest.TestCase):
         self.assertEqual(result.code, 0, result.describe())
         for option in (b"--listen", b"--max-recipients", b"--tls-key", b"--auth"):
             self.assertIn(option, result.out)
+
+
+class VersionAndSummaryTests(_InScratchDirectory, unittest.TestCase):
+    """--version names txsmtp; start-up logs one summary line (issue 12)."""
+
+    timeout = 60
+
+    def test_version_option(self) -> None:
+        """Options --version prints txsmtp's, Twisted's and Python's versions and exits 0."""
+        import txsmtp
+        from twisted import copyright
+
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit) as cm:
+            parse("--version")
+        self.assertIn(cm.exception.code, (0, None))
+        self.assertEqual(
+            out.getvalue(),
+            f"txsmtp {txsmtp.__version__} (Twisted {copyright.version}, Python {sys.version.split()[0]})\n",
+        )
+
+    def test_summary_plain(self) -> None:
+        import txsmtp
+
+        options = parse("--listen", LOOPBACK, "--lmtp", "unix:lmtp.sock", "--deliver", "discard", "--hostname", "mx.test.invalid")
+        self.assertEqual(
+            txsmtp.tap.startupSummary(options),
+            f"txsmtp {txsmtp.__version__} starting as mx.test.invalid: SMTP on {LOOPBACK}, "
+            "LMTP on unix:lmtp.sock; delivery discard; TLS off; AUTH off",
+        )
+
+    def test_summary_tls_and_auth(self) -> None:
+        import txsmtp
+        from tests.certs import certificates
+
+        c = certificates()
+        options = parse(
+            "--listen", LOOPBACK, "--listen-tls", LOOPBACK, "--deliver", "maildir:Maildir",
+            "--hostname", "mx.test.invalid", "--tls-cert", c.chain, "--tls-key", c.key,
+            "--require-tls", "--auth", "memory:u:p", "--require-auth",
+        )  # fmt: skip
+        self.assertEqual(
+            txsmtp.tap.startupSummary(options),
+            f"txsmtp {txsmtp.__version__} starting as mx.test.invalid: SMTP on {LOOPBACK}, "
+            f"SMTP with implicit TLS on {LOOPBACK}; delivery maildir:Maildir; "
+            f"TLS STARTTLS with {c.chain} (key {c.key}), required before MAIL; "
+            "AUTH required before MAIL under TLS",
+        )
+        options = parse("--listen", LOOPBACK, "--deliver", "discard", "--auth", "memory:u:p", "--allow-insecure-auth")
+        self.assertTrue(txsmtp.tap.startupSummary(options).endswith("; TLS off; AUTH offered without TLS too"))
+
+    async def test_twistd_logs_summary(self) -> None:
+        """twistd smtp logs the summary before the listeners, and no 'Starting factory' line."""
+        import txsmtp
+
+        running = await startTwistd(self, "--deliver", "discard", "--hostname", "mx.test.invalid")
+        summary = (
+            f"txsmtp {txsmtp.__version__} starting as mx.test.invalid: SMTP on {LOOPBACK}; "
+            "delivery discard; TLS off; AUTH off"
+        )
+        self.assertIn(summary, running.log)
+        self.assertLess(running.log.index(summary), running.log.index("txsmtp listening on"))
+        self.assertNotIn("Starting factory", running.log)
+        self.assertEqual(running.log.count("starting as"), 1)
+        await running.stop()
+        self.assertNotIn("Stopping factory", running.log)
+
+    async def test_twistd_version(self) -> None:
+        """``twistd smtp --version`` names txsmtp's version."""
+        import txsmtp
+
+        result, _ = await _runTwistd(self, [], ["--version"])
+        self.assertEqual(result.code, 0, result.describe())
+        self.assertIn(f"txsmtp {txsmtp.__version__} (Twisted ".encode(), result.out)

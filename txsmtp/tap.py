@@ -36,7 +36,7 @@ from txsmtp.lmtp import LMTPFactory
 from txsmtp.server import SMTPFactory
 from txsmtp.tls import ServerTLS, TLSConfigurationError
 
-__all__ = ["Options", "makeService", "SMTPService", "StartupError", "DEFAULT_LISTEN"]
+__all__ = ["Options", "makeService", "SMTPService", "StartupError", "startupSummary", "DEFAULT_LISTEN"]
 
 _log = Logger(namespace="txsmtp.tap")
 
@@ -152,6 +152,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if self.usageError is not None:
             return "twistd smtp: usage error ('twistd smtp --help' lists the options):"
         return super().getUsage(width)
+
+    def opt_version(self) -> None:
+        """Print the versions of txsmtp, Twisted and Python, and exit."""
+        import txsmtp
+        from twisted import copyright
+
+        print(f"txsmtp {txsmtp.__version__} (Twisted {copyright.version}, Python {sys.version.split()[0]})")
+        sys.exit(0)
 
     def opt_listen(self, description: str) -> None:
         """Listen on this endpoint (strports syntax); repeat for several."""
@@ -518,6 +526,9 @@ class SMTPService(service.MultiService):
         #: twistd's own options (``nodaemon``, ``pidfile``...) when run by
         #: ``twistd smtp``: how to report a failure to start.
         self.twistdOptions: Any = None
+        #: the line logged at start-up (see :func:`startupSummary`)
+        self.summary = ""
+        self._summaryLogged = False
         for description in descriptions:
             self._listen(reactor, description, description, factory)
         if tlsListen:
@@ -526,6 +537,7 @@ class SMTPService(service.MultiService):
             # Implicit TLS: the whole connection is TLS, with the same
             # (reloadable) certificate as STARTTLS.
             tlsFactory = TLSMemoryBIOFactory(factory.tls, False, factory)
+            tlsFactory.noisy = False
             for description in tlsListen:
                 self._listen(reactor, description, description + " (implicit TLS)", tlsFactory)
         if lmtpListen:
@@ -547,6 +559,7 @@ class SMTPService(service.MultiService):
         # A listener that cannot listen (a port in use, no permission)
         # raises here; twistd would print it as a long double traceback
         # with the cause on its last line.  Say it in one line and exit.
+        self._logSummary()
         for child in self:
             try:
                 child.privilegedStartService()
@@ -557,7 +570,15 @@ class SMTPService(service.MultiService):
                 _cannotStart(f"cannot listen on {label}: {_why(e)}", self.twistdOptions)
 
 
+    def _logSummary(self) -> None:
+        # Once, before the listeners' own lines: under twistd they listen
+        # in privilegedStartService, otherwise in startService.
+        if self.summary and not self._summaryLogged:
+            self._summaryLogged = True
+            _log.info("{summary}", summary=self.summary)
+
     def startService(self) -> None:
+        self._logSummary()
         super().startService()
         if hasattr(signal, "SIGHUP"):
             # Operators renew certificates every few months: SIGHUP re-reads
@@ -601,6 +622,36 @@ class SMTPService(service.MultiService):
         return d
 
 
+def startupSummary(options: Options) -> str:
+    """
+    One line for the log at start-up: the txsmtp version, the host name,
+    each listener, the delivery, and the TLS and AUTH state.
+    """
+    import txsmtp
+
+    listeners = [f"SMTP on {d}" for d in options["listen"]]
+    listeners += [f"SMTP with implicit TLS on {d}" for d in options["listen-tls"]]
+    listeners += [f"LMTP on {d}" for d in options["lmtp"]]
+    if options["tls"] is not None:
+        tls = f"STARTTLS with {options['tls-cert']}"
+        if options["tls-key"]:
+            tls += f" (key {options['tls-key']})"
+        if options["require-tls"]:
+            tls += ", required before MAIL"
+    else:
+        tls = "off"
+    checkers = options.get("credCheckers") or []
+    if not checkers:
+        auth = "off"
+    else:
+        auth = "required before MAIL" if options["require-auth"] else "offered"
+        auth += " without TLS too" if options["allow-insecure-auth"] else " under TLS"
+    return (
+        f"txsmtp {txsmtp.__version__} starting as {options['hostname']}: "
+        f"{', '.join(listeners)}; delivery {options['deliver']}; TLS {tls}; AUTH {auth}"
+    )
+
+
 def makeService(options: Options) -> SMTPService:
     """Build the service ``twistd smtp`` runs."""
     delivery = options["delivery"]
@@ -617,11 +668,14 @@ def makeService(options: Options) -> SMTPService:
         allowInsecureAuth=bool(options["allow-insecure-auth"]),
     )
     factory = SMTPFactory(delivery, options["hostname"], **arguments)
+    # The start-up summary says what "Starting factory <...>" did not.
+    factory.noisy = False
     lmtpFactory = None
     if options["lmtp"]:
         lmtpFactory = LMTPFactory(delivery, options["hostname"], **arguments)
         # One sequence of queue ids for the whole process.
         lmtpFactory.queueIds = factory.queueIds
+        lmtpFactory.noisy = False
     smtpService = SMTPService(
         factory,
         options["listen"],
@@ -631,4 +685,5 @@ def makeService(options: Options) -> SMTPService:
         lmtpListen=options["lmtp"],
     )
     smtpService.twistdOptions = options.parent
+    smtpService.summary = startupSummary(options)
     return smtpService
