@@ -1138,3 +1138,56 @@ class VersionAndSummaryTests(_InScratchDirectory, unittest.TestCase):
         result, _ = await _runTwistd(self, [], ["--version"])
         self.assertEqual(result.code, 0, result.describe())
         self.assertIn(f"txsmtp {txsmtp.__version__} (Twisted ".encode(), result.out)
+
+
+class AuthFileTests(_InScratchDirectory, unittest.TestCase):
+    """--auth file:PATH that cannot be read is refused at start-up (issue 12)."""
+
+    timeout = 60
+
+    def test_unreadable_file_refused(self) -> None:
+        for path, why in (("/nonexistent/users", "No such file or directory"), (self.cwd, "Is a directory")):
+            with self.assertRaises(usage.UsageError, msg=path) as cm:
+                parse("--deliver", "discard", "--auth", f"file:{path}", "--allow-insecure-auth")
+            self.assertEqual(
+                str(cm.exception),
+                f"--auth file:{path}: cannot read the credentials file {path}: {why}",
+            )
+
+    def test_readable_file_accepted(self) -> None:
+        with open("users", "w") as f:
+            f.write("alice:secret\n")
+        options = parse("--deliver", "discard", "--auth", "file:users", "--allow-insecure-auth")
+        self.assertEqual(len(options["credCheckers"]), 1)
+
+    async def test_twistd_refuses(self) -> None:
+        result, cwd = await _runTwistd(
+            self,
+            ["-n", "--pidfile=", "--logfile=-"],
+            ["--deliver", "discard", "--auth", "file:/nonexistent/users", "--allow-insecure-auth"],
+        )
+        self.assertEqual(result.code, 1, result.describe())
+        lines = result.out.decode().splitlines()
+        self.assertIn("cannot read the credentials file /nonexistent/users", lines[-1], result.describe())
+        self.assertNotIn(b"txsmtp listening", result.out + result.err)
+
+    def test_failing_checker_is_temporary(self) -> None:
+        """A checker that fails with an unexpected error: 454 4.7.0, not 535."""
+        from twisted.cred.checkers import ICredentialsChecker
+        from twisted.cred.credentials import IUsernamePassword
+        from twisted.internet import defer
+        from zope.interface import implementer
+
+        from tests.test_tls_auth import PASSWORD, USER, authHarness, b64
+
+        @implementer(ICredentialsChecker)
+        class Broken:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+                return defer.fail(OSError(13, "Permission denied", "/etc/txsmtp/users"))
+
+        h = authHarness(checkers=[Broken()])
+        reply = h.command(b"AUTH PLAIN " + b64(f"\0{USER}\0{PASSWORD}"))
+        self.assertEqual((reply.code, reply.enhanced), (454, "4.7.0"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from twisted.application import service, strports
 from twisted.cred import strcred
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.checkers import FilePasswordDB, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.internet import defer, endpoints
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -232,6 +232,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 "or --allow-insecure-auth for a trusted transport such as loopback or a UNIX socket"
             )
         for checker in self.get("credCheckers") or []:
+            _checkReadable(checker)
             _bytesUsers(checker)
         _useCheapLog(self.parent)
 
@@ -434,6 +435,24 @@ def _cannotStart(message: str, twistdOptions: Any = None) -> NoReturn:
         stream.write(f"twistd smtp: {message}\n")
         stream.flush()
     raise SystemExit(1)
+
+
+def _checkReadable(checker: Any) -> None:
+    """
+    Refuse a credentials file (``--auth file:PATH``) that cannot be read:
+    Twisted's checker would only find out at each login, and refuse every
+    one with a permanent ``535``.
+    """
+    if not isinstance(checker, FilePasswordDB):
+        return
+    path = checker.filename
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise usage.UsageError(
+            f"--auth file:{path}: cannot read the credentials file {path}: {e.strerror or e}"
+        ) from None
 
 
 def _bytesUsers(checker: Any) -> None:
