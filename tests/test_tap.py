@@ -1191,3 +1191,47 @@ class AuthFileTests(_InScratchDirectory, unittest.TestCase):
         reply = h.command(b"AUTH PLAIN " + b64(f"\0{USER}\0{PASSWORD}"))
         self.assertEqual((reply.code, reply.enhanced), (454, "4.7.0"))
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class BacklogTests(_InScratchDirectory, unittest.TestCase):
+    """Listeners get a mail server's listen backlog unless the description names one (issue 12)."""
+
+    timeout = 30
+
+    def test_withBacklog(self) -> None:
+        from txsmtp.tap import DEFAULT_BACKLOG, withBacklog
+
+        self.assertEqual(DEFAULT_BACKLOG, 1024)
+        for description, expected in (
+            ("tcp:25", "tcp:25:backlog=1024"),
+            ("tcp:25:interface=127.0.0.1", "tcp:25:interface=127.0.0.1:backlog=1024"),
+            ("tcp6:25:interface=\\:\\:1", "tcp6:25:interface=\\:\\:1:backlog=1024"),
+            ("unix:/run/txsmtp.sock", "unix:/run/txsmtp.sock:backlog=1024"),
+            ("ssl:465:privateKey=k.pem", "ssl:465:privateKey=k.pem:backlog=1024"),
+            ("haproxy:tcp:25", "haproxy:tcp:25:backlog=1024"),
+            # An explicit backlog is kept.
+            ("tcp:25:backlog=20", "tcp:25:backlog=20"),
+            ("tcp:backlog=20:25", "tcp:backlog=20:25"),
+            ("haproxy:tcp:25:backlog=5000", "haproxy:tcp:25:backlog=5000"),
+            ("unix:/s.sock:backlog=7", "unix:/s.sock:backlog=7"),
+            # Endpoints that take no backlog are left alone.
+            ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+        ):
+            self.assertEqual(withBacklog(description), expected, description)
+        self.assertEqual(withBacklog("tcp:25", 99), "tcp:25:backlog=99")
+
+    async def _ports(self, descriptions: list[str]) -> list[Any]:
+        events = LogEvents(self)
+        service = SMTPService(SMTPFactory(DiscardDelivery(), "test.invalid"), descriptions)
+        service.startService()
+        self.addCleanup(service.stopService)
+        await events.waitForCount(_isListening, len(descriptions))
+        return [child.endpoint.port for child in service]
+
+    async def test_listeners_get_the_backlog(self) -> None:
+        """The default 1024 reaches the listening ports; an explicit backlog= is kept."""
+        sock = os.path.join(_shortDirectory(self), "s.sock")
+        ports = await self._ports(
+            [LOOPBACK, f"{LOOPBACK}:backlog=17", f"unix:{sock}", f"haproxy:{LOOPBACK}"]
+        )
+        self.assertEqual([port.backlog for port in ports], [1024, 17, 1024, 1024])

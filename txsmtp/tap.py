@@ -36,13 +36,30 @@ from txsmtp.lmtp import LMTPFactory
 from txsmtp.server import SMTPFactory
 from txsmtp.tls import ServerTLS, TLSConfigurationError
 
-__all__ = ["Options", "makeService", "SMTPService", "StartupError", "startupSummary", "DEFAULT_LISTEN"]
+__all__ = [
+    "Options",
+    "makeService",
+    "SMTPService",
+    "StartupError",
+    "startupSummary",
+    "withBacklog",
+    "DEFAULT_LISTEN",
+    "DEFAULT_BACKLOG",
+]
 
 _log = Logger(namespace="txsmtp.tap")
 
 #: Where ``twistd smtp`` listens when neither ``--listen``, ``--listen-tls``
 #: nor ``--lmtp`` is given.
 DEFAULT_LISTEN = "tcp:8025:interface=127.0.0.1"
+
+#: The listen backlog of ``tcp``, ``tcp6``, ``unix`` and ``ssl`` listeners
+#: whose description names none (``backlog=``): a mail server takes bursts
+#: of connections that Twisted's default of 50 would refuse or delay.
+DEFAULT_BACKLOG = 1024
+
+#: Endpoint types whose descriptions take ``backlog=``.
+_BACKLOG_ENDPOINTS = ("tcp", "tcp6", "unix", "ssl")
 
 #: Endpoint types that listen on a network address, with the address in
 #: ``interface=`` (every address when it is left out).
@@ -344,6 +361,20 @@ def _checkLMTPEndpoint(reactor: Any, description: str, requireAuth: bool) -> Non
         )
 
 
+def withBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """
+    ``description`` with ``backlog=BACKLOG`` added when it is a ``tcp``,
+    ``tcp6``, ``unix`` or ``ssl`` endpoint (also under ``haproxy:``) that
+    names no backlog of its own; any other description as it is.
+    """
+    args, kwargs = _descriptionParts(description)
+    while args and args[0] == "haproxy":
+        args = args[1:]
+    if not args or args[0] not in _BACKLOG_ENDPOINTS or "backlog" in kwargs:
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 def _descriptionParts(description: str) -> tuple[list[str], dict[str, str]]:
     """
     The positional and keyword parts of a strports description, in the
@@ -481,11 +512,14 @@ class _AnnouncingEndpoint:
         self._endpoint = endpoint
         self._description = description
         self._protocol = protocol
+        #: the listening port, once there is one
+        self.port: Any = None
 
     def listen(self, factory: Any) -> defer.Deferred[Any]:
         d = self._endpoint.listen(factory)
 
         def listening(port: Any) -> Any:
+            self.port = port
             address = port.getHost()
             if self._protocol == "LMTP":
                 _log.info(
@@ -569,7 +603,7 @@ class SMTPService(service.MultiService):
         # strports.service makes a listener that raises at startService when
         # it cannot listen (a port in use), as twistd's own do, so that the
         # server does not start without it.
-        child = strports.service(description, factory, reactor)
+        child = strports.service(withBacklog(description), factory, reactor)
         child.endpoint = _AnnouncingEndpoint(child.endpoint, label, protocol)
         child.txsmtpLabel = label  # type: ignore[attr-defined]
         child.setServiceParent(self)
