@@ -1235,3 +1235,98 @@ class BacklogTests(_InScratchDirectory, unittest.TestCase):
             [LOOPBACK, f"{LOOPBACK}:backlog=17", f"unix:{sock}", f"haproxy:{LOOPBACK}"]
         )
         self.assertEqual([port.backlog for port in ports], [1024, 17, 1024, 1024])
+
+
+def _nobody() -> tuple[int, int] | None:
+    """nobody's uid and nogroup's gid, when both exist and this runs as root."""
+    import grp
+    import pwd
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        return None
+
+
+class DropPrivilegesTests(unittest.TestCase):
+    """
+    ``twistd --uid nobody --gid nogroup smtp --deliver maildir:DIR`` as
+    root: the Maildir is given to nobody, or the start is refused (issue 12).
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        ids = _nobody()
+        if ids is None:
+            raise unittest.SkipTest("needs root, and the user nobody and the group nogroup")
+        self.uid, self.gid = ids
+        import tempfile
+
+        # A directory nobody can reach (the trial directory may not be).
+        self.base = tempfile.mkdtemp(prefix="txsmtp-uid-")
+        os.chmod(self.base, 0o755)
+        self.addCleanup(shutil.rmtree, self.base, True)
+
+    def start(self, maildir: str) -> Any:
+        from twisted.internet import reactor
+
+        from tests.twistd_helpers import RunningTwistd, _TwistdProcess
+
+        args = [
+            *TWISTD, "-n", "--pidfile=", "--logfile=-", "--uid", "nobody", "--gid", "nogroup",
+            "smtp", "--listen", LOOPBACK, "--deliver", f"maildir:{maildir}",
+        ]  # fmt: skip
+        process = _TwistdProcess()
+        reactor.spawnProcess(process, sys.executable, args, env=childEnv(), path=self.base)  # type: ignore[attr-defined]
+        running = RunningTwistd(process, self.base)
+        self.addCleanup(running.stop)
+        return running
+
+    async def test_new_maildir_is_given_to_the_user(self) -> None:
+        """A Maildir created at start-up belongs to nobody:nogroup, and a message is stored in it."""
+        maildir = os.path.join(self.base, "Maildir")
+        running = self.start(maildir)
+        m = await running.waitForLog(r"txsmtp listening on .*?port=(\d+)")
+        await running.waitForLog(r"set uid/gid")
+        for d in (maildir, *(os.path.join(maildir, sub) for sub in ("tmp", "new", "cur"))):
+            st = os.stat(d)
+            self.assertEqual((st.st_uid, st.st_gid), (self.uid, self.gid), d)
+        client = await connectClient(self, int(m.group(1)))
+        for line in (b"EHLO client.test.invalid", b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.com>"):
+            [reply] = await client.command(line)
+            self.assertEqual(reply.code, 250, running.log)
+        await client.command(b"DATA")
+        [done] = await client.command(b"Subject: uid\r\n\r\nhello\r\n.")
+        self.assertEqual(done.code, 250, running.log)
+        [stored] = maildirFiles(maildir)
+        self.assertEqual(os.stat(stored).st_uid, self.uid)
+
+    async def test_unwritable_maildir_refused(self) -> None:
+        """A Maildir that root made before, and nobody cannot write: refused, in one line, exit 1."""
+        maildir = os.path.join(self.base, "Maildir")
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(maildir, sub), mode=0o755)
+        running = self.start(maildir)
+        ended = await running.process.whenEnded()
+        self.assertIsInstance(ended, ProcessTerminated, running.log)
+        self.assertEqual(ended.exitCode, 1, running.log)
+        lines = running.log.splitlines()
+        self.assertIn(
+            f"--deliver maildir:{maildir}: {maildir} is not writable by uid {self.uid} gid {self.gid}",
+            lines[-1],
+        )
+        self.assertNotIn("txsmtp listening", running.log)
+        self.assertEqual(os.stat(maildir).st_uid, 0)
+
+    async def test_unreachable_maildir_refused(self) -> None:
+        """A Maildir under a directory closed to nobody: refused, naming that directory."""
+        closed = os.path.join(self.base, "closed")
+        os.mkdir(closed, 0o700)
+        maildir = os.path.join(closed, "Maildir")
+        running = self.start(maildir)
+        ended = await running.process.whenEnded()
+        self.assertEqual(getattr(ended, "exitCode", None), 1, running.log)
+        self.assertIn(f"cannot reach {maildir}: {closed} is closed to it", running.log.splitlines()[-1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import re
 import signal
 import socket
@@ -214,10 +215,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                     ) from None
         for description in self["lmtp"]:
             _checkLMTPEndpoint(reactor, description, bool(self["require-auth"]))
+        runAs = _runAs(self.parent)
+        maildirs = _maildirDirectories(self["deliver"])
+        missing = [d for d in maildirs if not os.path.lexists(d)]
         try:
             self["delivery"] = makeDelivery(self["deliver"])
         except ValueError as e:
             raise usage.UsageError(f"--deliver {self['deliver']}: {e}") from None
+        if runAs is not None and maildirs:
+            _giveMaildir(self["deliver"], maildirs, missing, *runAs)
         if self["hostname"] is None:
             self["hostname"] = socket.getfqdn()
         else:
@@ -252,6 +258,85 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             _checkReadable(checker)
             _bytesUsers(checker)
         _useCheapLog(self.parent)
+
+
+def _runAs(parent: Any) -> tuple[int, int] | None:
+    """
+    The user and group twistd switches to after start-up (its ``--uid``
+    and ``--gid``), when it runs as root and is told to switch; else None.
+    """
+    if parent is None or not hasattr(parent, "get") or os.geteuid() != 0:
+        return None
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is None and gid is None:
+        return None
+    if uid is None:
+        uid = os.geteuid()
+    if gid is None:
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = os.getegid()
+    return int(uid), int(gid)
+
+
+def _maildirDirectories(spec: str) -> list[str]:
+    """For ``maildir:DIR``: DIR and its ``tmp``, ``new`` and ``cur``; else []."""
+    kind, _, argument = spec.partition(":")
+    if kind != "maildir" or not argument:
+        return []
+    path = os.path.abspath(argument)
+    return [path] + [os.path.join(path, sub) for sub in ("tmp", "new", "cur")]
+
+
+def _giveMaildir(spec: str, directories: list[str], created: list[str], uid: int, gid: int) -> None:
+    """
+    twistd runs as root now and as ``uid``/``gid`` once started: give it
+    the Maildir directories created just now (as root), and refuse to start
+    when the Maildir is not writable by that user, rather than answer every
+    message with 451.
+    """
+    for d in created:
+        os.chown(d, uid, gid)
+    try:
+        groups = set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        groups = {gid}
+    path = directories[0]
+    parent = os.path.dirname(path)
+    ancestors = []
+    while True:
+        ancestors.append(parent)
+        up = os.path.dirname(parent)
+        if up == parent:
+            break
+        parent = up
+    for d in reversed(ancestors):
+        if not _allows(d, uid, groups, 0o1):
+            raise usage.UsageError(
+                f"--deliver {spec}: uid {uid} (twistd --uid/--gid) cannot reach {path}: "
+                f"{d} is closed to it"
+            )
+    for d in directories:
+        if not _allows(d, uid, groups, 0o3):
+            raise usage.UsageError(
+                f"--deliver {spec}: {d} is not writable by uid {uid} gid {gid}, which twistd "
+                "--uid/--gid runs as: give the Maildir to that user (chown -R) or choose another"
+            )
+
+
+def _allows(path: str, uid: int, groups: set[int], bits: int) -> bool:
+    """Whether the mode of ``path`` grants ``bits`` (1 search, 2 write) to ``uid`` in ``groups``."""
+    if uid == 0:
+        return True
+    st = os.stat(path)
+    if st.st_uid == uid:
+        mode = st.st_mode >> 6
+    elif st.st_gid in groups:
+        mode = st.st_mode >> 3
+    else:
+        mode = st.st_mode
+    return mode & bits == bits
 
 
 def _endpointHint(description: str) -> str:
