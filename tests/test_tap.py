@@ -876,3 +876,457 @@ class LMTPTwistdUsageTests(unittest.TestCase):
                 words, (result.out + result.err).decode("utf-8", "replace"), result.describe()
             )
             self.assertEqual(os.listdir(cwd), [], result.describe())
+
+
+# -- start-up failures (issue 12) -------------------------------------------------------------------
+
+
+async def _runTwistd(
+    testCase: unittest.TestCase, twistdArgs: list[str], smtpArgs: list[str]
+) -> tuple[Any, str]:
+    """Run ``twistd TWISTDARGS smtp SMTPARGS`` to its end in a new directory."""
+    cwd = os.path.abspath(testCase.mktemp())
+    os.makedirs(cwd)
+    result = await runProcess(
+        sys.executable,
+        [*TWISTD[1:], *twistdArgs, "smtp", *smtpArgs],
+        cwd=cwd,
+        env=childEnv(),
+        timeout=30,
+    )
+    return result, cwd
+
+
+class StartupFailureTests(unittest.TestCase):
+    """A server that cannot start says why in one line and exits non-zero."""
+
+    timeout = 60
+
+    def busyPort(self) -> int:
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        return int(s.getsockname()[1])
+
+    async def test_port_in_use_foreground(self) -> None:
+        """-n: one line on stderr naming the endpoint and the cause, exit 1, no traceback, no pidfile left."""
+        port = self.busyPort()
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        result, cwd = await _runTwistd(
+            self, ["-n", "--pidfile=twistd.pid", "--logfile=-"], ["--deliver", "discard", "--listen", listen]
+        )
+        self.assertEqual(result.code, 1, result.describe())
+        err = result.err.decode("utf-8", "replace")
+        self.assertEqual(
+            err.splitlines(), [f"twistd smtp: cannot listen on {listen}: Address already in use"], result.describe()
+        )
+        self.assertNotIn(b"Traceback", result.out + result.err)
+        self.assertEqual(os.listdir(cwd), [], result.describe())
+
+    async def test_port_in_use_logfile(self) -> None:
+        """-n --logfile=FILE: the line goes to the terminal and to the log."""
+        port = self.busyPort()
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        result, cwd = await _runTwistd(
+            self, ["-n", "--pidfile=", "--logfile=twistd.log"], ["--deliver", "discard", "--listen", listen]
+        )
+        self.assertEqual(result.code, 1, result.describe())
+        self.assertEqual(
+            result.err.decode().splitlines(), [f"twistd smtp: cannot listen on {listen}: Address already in use"]
+        )
+        with open(os.path.join(cwd, "twistd.log")) as f:
+            log = f.read()
+        self.assertIn(f"cannot listen on {listen}: Address already in use", log)
+        self.assertNotIn("Traceback", log)
+
+    async def test_port_in_use_daemon(self) -> None:
+        """Daemonizing: twistd's parent prints the one-line reason and exits non-zero."""
+        port = self.busyPort()
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        result, cwd = await _runTwistd(
+            self, ["--pidfile=twistd.pid", "--logfile=twistd.log"], ["--deliver", "discard", "--listen", listen]
+        )
+        self.assertNotEqual(result.code, 0, result.describe())
+        self.assertIn(f"cannot listen on {listen}: Address already in use", result.err.decode(), result.describe())
+        self.assertFalse(os.path.exists(os.path.join(cwd, "twistd.pid")))
+
+
+class ClearerUsageErrorTests(_InScratchDirectory, unittest.TestCase):
+    """Usage errors that say what to do (issue 12)."""
+
+    def test_tls_cert_without_key(self) -> None:
+        """--tls-cert FILE without a key in it and no --tls-key: says --tls-key is missing."""
+        from tests.certs import certificates
+
+        c = certificates()
+        with self.assertRaises(usage.UsageError) as cm:
+            parse("--deliver", "discard", "--tls-cert", c.chain)
+        message = str(cm.exception)
+        self.assertIn(f"--tls-cert {c.chain} holds no private key", message)
+        self.assertIn("--tls-key", message)
+        self.assertNotIn("encrypted", message)
+        # A file with both, or an explicit --tls-key, still works.
+        self.assertIsNotNone(parse("--deliver", "discard", "--tls-cert", c.combined)["tls"])
+        self.assertIsNotNone(
+            parse("--deliver", "discard", "--tls-cert", c.chain, "--tls-key", c.key)["tls"]
+        )
+        # An unreadable file is still reported as such.
+        with self.assertRaises(usage.UsageError) as cm:
+            parse("--deliver", "discard", "--tls-cert", "/nonexistent/cert.pem")
+        self.assertIn("cannot read /nonexistent/cert.pem", str(cm.exception))
+
+    def test_port_number_alone(self) -> None:
+        """--listen 28551 suggests tcp:28551 (and --listen-tls, --lmtp likewise)."""
+        for option, suggestion in (
+            ("--listen", "did you mean tcp:28551?"),
+            ("--listen-tls", "did you mean tcp:28551?"),
+            ("--lmtp", "did you mean tcp:28551:interface=127.0.0.1?"),
+        ):
+            with self.assertRaises(usage.UsageError) as cm:
+                parse("--deliver", "discard", f"{option}=28551")
+            message = str(cm.exception)
+            self.assertIn(f"bad {option} '28551'", message)
+            self.assertIn(suggestion, message)
+        with self.assertRaises(usage.UsageError) as cm:
+            parse("--deliver", "discard", "--listen=bogus:1")
+        self.assertNotIn("did you mean", str(cm.exception))
+
+    def test_bad_hostname(self) -> None:
+        """--hostname must be a domain name or an address literal."""
+        for bad in (
+            "bad name",
+            "",
+            "mx..example",
+            "-mx.example",
+            "mx_1.example",
+            "mx.example.",
+            "a" * 64 + ".example",
+            "x." * 127 + "xx",
+            "[300.1.2.3]",
+            "[IPv6:nope]",
+            "[2001:db8::1]",
+            "mx.exämple",
+            "mx.example\r\nX: y",
+        ):
+            with self.assertRaises(usage.UsageError, msg=bad) as cm:
+                parse("--deliver", "discard", "--hostname", bad)
+            self.assertIn(f"--hostname {bad!r}", str(cm.exception))
+        for good in (
+            "mx.example.com",
+            "localhost",
+            "mx-1.EXAMPLE",
+            "xn--bcher-kva.example",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+            "a" * 63 + ".example",
+        ):
+            self.assertEqual(parse("--deliver", "discard", "--hostname", good)["hostname"], good)
+
+
+class ShortUsageErrorTests(unittest.TestCase):
+    """A usage error is not buried under the help text (issue 12)."""
+
+    timeout = 60
+
+    def test_getUsage(self) -> None:
+        """Before an error getUsage() is the help; after one, a pointer to --help."""
+        options = Options()
+        self.assertIn("--max-recipients", options.getUsage())
+        with self.assertRaises(usage.UsageError):
+            options.parseOptions(["--max-size=abc"])
+        self.assertEqual(options.usageError, str(options.usageError))
+        self.assertIn("--max-size", options.usageError or "")
+        self.assertEqual(
+            options.getUsage(), "twistd smtp: usage error ('twistd smtp --help' lists the options):"
+        )
+
+    async def test_twistd_prints_the_error_not_the_help(self) -> None:
+        """twistd smtp with a bad option: at most three lines, the error last, no option list."""
+        for args, words in (
+            (["--max-size=abc"], "--max-size takes a whole number"),
+            (["--no-such-option"], "no-such-option"),
+            (["--deliver", "discard", "--listen=28551"], "did you mean tcp:28551?"),
+        ):
+            result, cwd = await _runTwistd(self, ["-n", "--pidfile=", "--logfile=-"], args)
+            self.assertEqual(result.code, 1, result.describe())
+            lines = (result.out + result.err).decode("utf-8", "replace").splitlines()
+            self.assertLessEqual(len(lines), 3, result.describe())
+            self.assertIn(words, lines[-1], result.describe())
+            self.assertIn("'twistd smtp --help' lists the options", "\n".join(lines))
+            self.assertNotIn("--max-recipients", "\n".join(lines))
+            self.assertEqual(os.listdir(cwd), [])
+
+    async def test_help_is_whole(self) -> None:
+        """twistd smtp --help still prints every option."""
+        result, _ = await _runTwistd(self, [], ["--help"])
+        self.assertEqual(result.code, 0, result.describe())
+        for option in (b"--listen", b"--max-recipients", b"--tls-key", b"--auth"):
+            self.assertIn(option, result.out)
+
+
+class VersionAndSummaryTests(_InScratchDirectory, unittest.TestCase):
+    """--version names txsmtp; start-up logs one summary line (issue 12)."""
+
+    timeout = 60
+
+    def test_version_option(self) -> None:
+        """Options --version prints txsmtp's, Twisted's and Python's versions and exits 0."""
+        import txsmtp
+        from twisted import copyright
+
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit) as cm:
+            parse("--version")
+        self.assertIn(cm.exception.code, (0, None))
+        self.assertEqual(
+            out.getvalue(),
+            f"txsmtp {txsmtp.__version__} (Twisted {copyright.version}, Python {sys.version.split()[0]})\n",
+        )
+
+    def test_summary_plain(self) -> None:
+        import txsmtp
+
+        options = parse("--listen", LOOPBACK, "--lmtp", "unix:lmtp.sock", "--deliver", "discard", "--hostname", "mx.test.invalid")
+        self.assertEqual(
+            txsmtp.tap.startupSummary(options),
+            f"txsmtp {txsmtp.__version__} starting as mx.test.invalid: SMTP on {LOOPBACK}, "
+            "LMTP on unix:lmtp.sock; delivery discard; TLS off; AUTH off",
+        )
+
+    def test_summary_tls_and_auth(self) -> None:
+        import txsmtp
+        from tests.certs import certificates
+
+        c = certificates()
+        options = parse(
+            "--listen", LOOPBACK, "--listen-tls", LOOPBACK, "--deliver", "maildir:Maildir",
+            "--hostname", "mx.test.invalid", "--tls-cert", c.chain, "--tls-key", c.key,
+            "--require-tls", "--auth", "memory:u:p", "--require-auth",
+        )  # fmt: skip
+        self.assertEqual(
+            txsmtp.tap.startupSummary(options),
+            f"txsmtp {txsmtp.__version__} starting as mx.test.invalid: SMTP on {LOOPBACK}, "
+            f"SMTP with implicit TLS on {LOOPBACK}; delivery maildir:Maildir; "
+            f"TLS STARTTLS with {c.chain} (key {c.key}), required before MAIL; "
+            "AUTH required before MAIL under TLS",
+        )
+        options = parse("--listen", LOOPBACK, "--deliver", "discard", "--auth", "memory:u:p", "--allow-insecure-auth")
+        self.assertTrue(txsmtp.tap.startupSummary(options).endswith("; TLS off; AUTH offered without TLS too"))
+
+    async def test_twistd_logs_summary(self) -> None:
+        """twistd smtp logs the summary before the listeners, and no 'Starting factory' line."""
+        import txsmtp
+
+        running = await startTwistd(self, "--deliver", "discard", "--hostname", "mx.test.invalid")
+        summary = (
+            f"txsmtp {txsmtp.__version__} starting as mx.test.invalid: SMTP on {LOOPBACK}; "
+            "delivery discard; TLS off; AUTH off"
+        )
+        self.assertIn(summary, running.log)
+        self.assertLess(running.log.index(summary), running.log.index("txsmtp listening on"))
+        self.assertNotIn("Starting factory", running.log)
+        self.assertEqual(running.log.count("starting as"), 1)
+        await running.stop()
+        self.assertNotIn("Stopping factory", running.log)
+
+    async def test_twistd_version(self) -> None:
+        """``twistd smtp --version`` names txsmtp's version."""
+        import txsmtp
+
+        result, _ = await _runTwistd(self, [], ["--version"])
+        self.assertEqual(result.code, 0, result.describe())
+        self.assertIn(f"txsmtp {txsmtp.__version__} (Twisted ".encode(), result.out)
+
+
+class AuthFileTests(_InScratchDirectory, unittest.TestCase):
+    """--auth file:PATH that cannot be read is refused at start-up (issue 12)."""
+
+    timeout = 60
+
+    def test_unreadable_file_refused(self) -> None:
+        for path, why in (("/nonexistent/users", "No such file or directory"), (self.cwd, "Is a directory")):
+            with self.assertRaises(usage.UsageError, msg=path) as cm:
+                parse("--deliver", "discard", "--auth", f"file:{path}", "--allow-insecure-auth")
+            self.assertEqual(
+                str(cm.exception),
+                f"--auth file:{path}: cannot read the credentials file {path}: {why}",
+            )
+
+    def test_readable_file_accepted(self) -> None:
+        with open("users", "w") as f:
+            f.write("alice:secret\n")
+        options = parse("--deliver", "discard", "--auth", "file:users", "--allow-insecure-auth")
+        self.assertEqual(len(options["credCheckers"]), 1)
+
+    async def test_twistd_refuses(self) -> None:
+        result, cwd = await _runTwistd(
+            self,
+            ["-n", "--pidfile=", "--logfile=-"],
+            ["--deliver", "discard", "--auth", "file:/nonexistent/users", "--allow-insecure-auth"],
+        )
+        self.assertEqual(result.code, 1, result.describe())
+        lines = result.out.decode().splitlines()
+        self.assertIn("cannot read the credentials file /nonexistent/users", lines[-1], result.describe())
+        self.assertNotIn(b"txsmtp listening", result.out + result.err)
+
+    def test_failing_checker_is_temporary(self) -> None:
+        """A checker that fails with an unexpected error: 454 4.7.0, not 535."""
+        from twisted.cred.checkers import ICredentialsChecker
+        from twisted.cred.credentials import IUsernamePassword
+        from twisted.internet import defer
+        from zope.interface import implementer
+
+        from tests.test_tls_auth import PASSWORD, USER, authHarness, b64
+
+        @implementer(ICredentialsChecker)
+        class Broken:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+                return defer.fail(OSError(13, "Permission denied", "/etc/txsmtp/users"))
+
+        h = authHarness(checkers=[Broken()])
+        reply = h.command(b"AUTH PLAIN " + b64(f"\0{USER}\0{PASSWORD}"))
+        self.assertEqual((reply.code, reply.enhanced), (454, "4.7.0"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class BacklogTests(_InScratchDirectory, unittest.TestCase):
+    """Listeners get a mail server's listen backlog unless the description names one (issue 12)."""
+
+    timeout = 30
+
+    def test_withBacklog(self) -> None:
+        from txsmtp.tap import DEFAULT_BACKLOG, withBacklog
+
+        self.assertEqual(DEFAULT_BACKLOG, 1024)
+        for description, expected in (
+            ("tcp:25", "tcp:25:backlog=1024"),
+            ("tcp:25:interface=127.0.0.1", "tcp:25:interface=127.0.0.1:backlog=1024"),
+            ("tcp6:25:interface=\\:\\:1", "tcp6:25:interface=\\:\\:1:backlog=1024"),
+            ("unix:/run/txsmtp.sock", "unix:/run/txsmtp.sock:backlog=1024"),
+            ("ssl:465:privateKey=k.pem", "ssl:465:privateKey=k.pem:backlog=1024"),
+            ("haproxy:tcp:25", "haproxy:tcp:25:backlog=1024"),
+            # An explicit backlog is kept.
+            ("tcp:25:backlog=20", "tcp:25:backlog=20"),
+            ("tcp:backlog=20:25", "tcp:backlog=20:25"),
+            ("haproxy:tcp:25:backlog=5000", "haproxy:tcp:25:backlog=5000"),
+            ("unix:/s.sock:backlog=7", "unix:/s.sock:backlog=7"),
+            # Endpoints that take no backlog are left alone.
+            ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+        ):
+            self.assertEqual(withBacklog(description), expected, description)
+        self.assertEqual(withBacklog("tcp:25", 99), "tcp:25:backlog=99")
+
+    async def _ports(self, descriptions: list[str]) -> list[Any]:
+        events = LogEvents(self)
+        service = SMTPService(SMTPFactory(DiscardDelivery(), "test.invalid"), descriptions)
+        service.startService()
+        self.addCleanup(service.stopService)
+        await events.waitForCount(_isListening, len(descriptions))
+        return [child.endpoint.port for child in service]
+
+    async def test_listeners_get_the_backlog(self) -> None:
+        """The default 1024 reaches the listening ports; an explicit backlog= is kept."""
+        sock = os.path.join(_shortDirectory(self), "s.sock")
+        ports = await self._ports(
+            [LOOPBACK, f"{LOOPBACK}:backlog=17", f"unix:{sock}", f"haproxy:{LOOPBACK}"]
+        )
+        self.assertEqual([port.backlog for port in ports], [1024, 17, 1024, 1024])
+
+
+def _nobody() -> tuple[int, int] | None:
+    """nobody's uid and nogroup's gid, when both exist and this runs as root."""
+    import grp
+    import pwd
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        return None
+
+
+class DropPrivilegesTests(unittest.TestCase):
+    """
+    ``twistd --uid nobody --gid nogroup smtp --deliver maildir:DIR`` as
+    root: the Maildir is given to nobody, or the start is refused (issue 12).
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        ids = _nobody()
+        if ids is None:
+            raise unittest.SkipTest("needs root, and the user nobody and the group nogroup")
+        self.uid, self.gid = ids
+        import tempfile
+
+        # A directory nobody can reach (the trial directory may not be).
+        self.base = tempfile.mkdtemp(prefix="txsmtp-uid-")
+        os.chmod(self.base, 0o755)
+        self.addCleanup(shutil.rmtree, self.base, True)
+
+    def start(self, maildir: str) -> Any:
+        from twisted.internet import reactor
+
+        from tests.twistd_helpers import RunningTwistd, _TwistdProcess
+
+        args = [
+            *TWISTD, "-n", "--pidfile=", "--logfile=-", "--uid", "nobody", "--gid", "nogroup",
+            "smtp", "--listen", LOOPBACK, "--deliver", f"maildir:{maildir}",
+        ]  # fmt: skip
+        process = _TwistdProcess()
+        reactor.spawnProcess(process, sys.executable, args, env=childEnv(), path=self.base)  # type: ignore[attr-defined]
+        running = RunningTwistd(process, self.base)
+        self.addCleanup(running.stop)
+        return running
+
+    async def test_new_maildir_is_given_to_the_user(self) -> None:
+        """A Maildir created at start-up belongs to nobody:nogroup, and a message is stored in it."""
+        maildir = os.path.join(self.base, "Maildir")
+        running = self.start(maildir)
+        m = await running.waitForLog(r"txsmtp listening on .*?port=(\d+)")
+        await running.waitForLog(r"set uid/gid")
+        for d in (maildir, *(os.path.join(maildir, sub) for sub in ("tmp", "new", "cur"))):
+            st = os.stat(d)
+            self.assertEqual((st.st_uid, st.st_gid), (self.uid, self.gid), d)
+        client = await connectClient(self, int(m.group(1)))
+        for line in (b"EHLO client.test.invalid", b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.com>"):
+            [reply] = await client.command(line)
+            self.assertEqual(reply.code, 250, running.log)
+        await client.command(b"DATA")
+        [done] = await client.command(b"Subject: uid\r\n\r\nhello\r\n.")
+        self.assertEqual(done.code, 250, running.log)
+        [stored] = maildirFiles(maildir)
+        self.assertEqual(os.stat(stored).st_uid, self.uid)
+
+    async def test_unwritable_maildir_refused(self) -> None:
+        """A Maildir that root made before, and nobody cannot write: refused, in one line, exit 1."""
+        maildir = os.path.join(self.base, "Maildir")
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(maildir, sub), mode=0o755)
+        running = self.start(maildir)
+        ended = await running.process.whenEnded()
+        self.assertIsInstance(ended, ProcessTerminated, running.log)
+        self.assertEqual(ended.exitCode, 1, running.log)
+        lines = running.log.splitlines()
+        self.assertIn(
+            f"--deliver maildir:{maildir}: {maildir} is not writable by uid {self.uid} gid {self.gid}",
+            lines[-1],
+        )
+        self.assertNotIn("txsmtp listening", running.log)
+        self.assertEqual(os.stat(maildir).st_uid, 0)
+
+    async def test_unreachable_maildir_refused(self) -> None:
+        """A Maildir under a directory closed to nobody: refused, naming that directory."""
+        closed = os.path.join(self.base, "closed")
+        os.mkdir(closed, 0o700)
+        maildir = os.path.join(closed, "Maildir")
+        running = self.start(maildir)
+        ended = await running.process.whenEnded()
+        self.assertEqual(getattr(ended, "exitCode", None), 1, running.log)
+        self.assertIn(f"cannot reach {maildir}: {closed} is closed to it", running.log.splitlines()[-1])
