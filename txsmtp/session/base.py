@@ -62,6 +62,7 @@ class SessionBase:
         _mechanism: Any
         _pendingLogin: Any
         _authFailures: int
+        _authChain: tuple[str, list[str]] | None
         _anonymousSession: Any
         _logout: Any
         _chunkLeft: int
