@@ -113,5 +113,9 @@ class SessionBase:
         # logs
         def logRefusal(self, command: str, error: SMTPError, **extra: Any) -> None: ...
         def _logTransaction(
-            self, result: str, error: SMTPError | None, size: int | None = None
+            self,
+            result: str,
+            error: SMTPError | None,
+            size: int | None = None,
+            results: list[SMTPError | None] | None = None,
         ) -> None: ...

@@ -48,9 +48,13 @@ class SessionLog(SessionBase):
         )
 
     def _logTransaction(
-        self, result: str, error: SMTPError | None, size: int | None = None
+        self,
+        result: str,
+        error: SMTPError | None,
+        size: int | None = None,
+        results: list[SMTPError | None] | None = None,
     ) -> None:
-        self.logTransaction(result, error, size, self.transaction)
+        self.logTransaction(result, error, size, self.transaction, results)
 
     def logTransaction(
         self,
@@ -58,8 +62,17 @@ class SessionLog(SessionBase):
         error: SMTPError | None,
         size: int | None,
         t: Transaction | None,
+        results: list[SMTPError | None] | None = None,
     ) -> None:
-        """Log the outcome of transaction ``t``: one line an operator can follow."""
+        """
+        Log the outcome of transaction ``t``: one line an operator can follow.
+
+        The line names the recipients; when the delivery answered for each
+        (LMTP, or a message stored for some only) each with its result:
+        ``to=<a@example.com> ok, <b@example.org> [452 4.2.2 Mailbox full]``.
+        A field that is not known (the size of a message refused before its
+        end) is left out.
+        """
         if t is None:
             return
         envelope = t.envelope
@@ -68,9 +81,24 @@ class SessionLog(SessionBase):
         tlsText = f" tls={tls.version}/{tls.cipher}" if tls is not None else ""
         auth = f" auth={conn.authenticated}" if conn.authenticated else ""
         reason = f" reason=[{error}]" if error is not None else ""
+        sizeText = f" size={size}" if size is not None else ""
         peer = conn.peerHost
         returnPath = envelope.returnPath
-        count = len(envelope.recipients)
+        addresses = [str(r.address) for r in envelope.recipients]
+        fields: dict[str, Any] = {}
+        if (
+            results is not None
+            and len(results) == len(addresses)
+            and any([isinstance(r, SMTPError) for r in results])
+        ):
+            # Which recipients have the message and why the others do not.
+            errors = [str(r) if isinstance(r, SMTPError) else None for r in results]
+            to = ", ".join(
+                [f"<{a}> [{e}]" if e is not None else f"<{a}> ok" for a, e in zip(addresses, errors, strict=True)]
+            )
+            fields["recipientResults"] = errors
+        else:
+            to = ",".join([f"<{a}>" for a in addresses])
         # The one event per message: built here and handed to the logger's
         # observer, as Logger.emit would (the event keys twisted.logger
         # documents), without its per-call level lookup.
@@ -82,12 +110,13 @@ class SessionLog(SessionBase):
                 "log_source": None,
                 "log_format": "{text}",
                 "log_time": time.time(),
-                "text": f"{result} id={envelope.queueId} from={returnPath} rcpts={count} "
-                f"size={size} peer={peer} helo={conn.heloName}{tlsText}{auth}{reason}",
+                "text": f"{result} id={envelope.queueId} from={returnPath} to={to}"
+                f"{sizeText} peer={peer} helo={conn.heloName}{tlsText}{auth}{reason}",
                 "result": result,
                 "queueId": envelope.queueId,
                 "sender": returnPath,
-                "recipients": count,
+                "recipients": addresses,
+                "rcpts": len(addresses),
                 "size": size,
                 "peer": peer,
                 "helo": conn.heloName,
@@ -95,5 +124,6 @@ class SessionLog(SessionBase):
                 "tlsCipher": tls.cipher if tls is not None else None,
                 "authenticated": conn.authenticated,
                 "session": conn.sessionId,
+                **fields,
             }
         )
