@@ -79,3 +79,77 @@ class TransactionLineTests(unittest.TestCase):
         text = formatEvent(event)
         self.assertNotIn("None", text)
         self.assertIn(" to=<b@example.org> ", text)
+
+
+class RefusalLineTests(unittest.TestCase):
+    """The first refusals of a connection are logged one by one, the rest counted."""
+
+    def setUp(self) -> None:
+        self.events = LogEvents(self)
+
+    def lines(self) -> list[str]:
+        return [formatEvent(e) for e in self.events.events if "refused" in formatEvent(e)]
+
+    def refuse(self, h: ServerHarness, n: int) -> None:
+        for i in range(n):
+            self.assertEqual(h.command(b"XYZZY%d" % i).code, 500)
+
+    def test_firstFiveThenSummary(self) -> None:
+        h = ServerHarness(maxErrors=100)
+        h.command(b"EHLO client.example")
+        self.refuse(h, 8)
+        lines = self.lines()
+        self.assertEqual(len(lines), 5)
+        self.assertTrue(all(line.startswith("refused command from 192.0.2.7: 500") for line in lines), lines)
+        h.disconnect()
+        [summary] = self.lines()[5:]
+        self.assertEqual(summary, "3 more refused commands from 192.0.2.7 not logged (8 in all on this connection)")
+        [event] = [e for e in self.events.events if "refusalsNotLogged" in e]
+        self.assertEqual((event["refusalsNotLogged"], event["refusals"]), (3, 8))
+
+    def test_noSummaryWithinTheLimit(self) -> None:
+        h = ServerHarness(maxErrors=100)
+        h.command(b"EHLO client.example")
+        self.refuse(h, 5)
+        h.disconnect()
+        self.assertEqual(len(self.lines()), 5)
+        self.assertEqual([e for e in self.events.events if "refusalsNotLogged" in e], [])
+
+    def test_perConnection(self) -> None:
+        """Each connection has its own allowance; every kind of refusal counts."""
+        delivery = MemoryDelivery()
+        delivery.refusedRecipients["no@example.org"] = SMTPError(550, "5.1.1", "no such user")
+        first = ServerHarness(delivery, maxErrors=100)
+        first.command(b"EHLO client.example")
+        self.refuse(first, 6)
+        second = ServerHarness(delivery, maxErrors=100)
+        second.command(b"EHLO client.example")
+        second.command(b"MAIL FROM:<a@example.com>")
+        for _ in range(3):
+            self.assertEqual(second.command(b"RCPT TO:<no@example.org>").code, 550)
+        self.assertEqual(second.command(b"RSET").code, 250)
+        self.refuse(second, 3)
+        lines = self.lines()
+        self.assertEqual(len(lines), 10)
+        self.assertEqual(sum("refused RCPT" in line for line in lines), 3)
+        second.disconnect()
+        first.disconnect()
+        summaries = [line for line in self.lines() if "not logged" in line]
+        self.assertEqual(
+            summaries,
+            [
+                "1 more refused command from 192.0.2.7 not logged (6 in all on this connection)",
+                "1 more refused command from 192.0.2.7 not logged (6 in all on this connection)",
+            ],
+        )
+
+    def test_serverCloses(self) -> None:
+        """When the server closes the connection (too many errors) the summary still comes."""
+        h = ServerHarness(maxErrors=7)
+        h.command(b"EHLO client.example")
+        replies = h.send(b"".join(b"XYZZY\r\n" for _ in range(7)))
+        self.assertEqual(replies[-1].code, 421)
+        self.assertTrue(h.closed)
+        h.disconnect()
+        [summary] = [line for line in self.lines() if "not logged" in line]
+        self.assertTrue(summary.startswith("2 more refused commands"), summary)

@@ -63,6 +63,8 @@ class SessionBase:
         _pendingLogin: Any
         _authFailures: int
         _authChain: tuple[str, list[str]] | None
+        _refusals: int
+        refusalsLogged: int
         _anonymousSession: Any
         _logout: Any
         _chunkLeft: int
@@ -112,6 +114,7 @@ class SessionBase:
 
         # logs
         def logRefusal(self, command: str, error: SMTPError, **extra: Any) -> None: ...
+        def logRefusalsNotLogged(self) -> None: ...
         def _logTransaction(
             self,
             result: str,

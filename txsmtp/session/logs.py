@@ -1,7 +1,8 @@
 """
-What a session logs: one line per refused command and one per transaction,
-each an event with its fields for structured observers and a ready-made
-text for the operator's log.
+What a session logs: one line per refused command (the first
+:attr:`SessionLog.refusalsLogged` of a connection, then one line at its end
+for the rest) and one per transaction, each an event with its fields for
+structured observers and a ready-made text for the operator's log.
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ class SessionLog(SessionBase):
     # already formatted (cheaper than twisted.logger's field formatting,
     # which matters at thousands of messages a second).
 
+    #: How many refused commands of one connection are logged one by one;
+    #: the others are counted, and one line at the end of the connection
+    #: says how many were left out (a client that repeats a refused command
+    #: in a loop does not flood the log).
+    refusalsLogged = 5
+
     def logRefusal(self, command: str, error: SMTPError, **extra: Any) -> None:
+        self._refusals += 1
+        if self._refusals > self.refusalsLogged:
+            return
         conn = self.connection
         detail = "".join(f" {k}=<{v}>" for k, v in extra.items())
         _log.info(
@@ -44,6 +54,20 @@ class SessionLog(SessionBase):
             code=error.code,
             enhanced=error.enhanced,
             reason=error.text,
+            session=conn.sessionId,
+        )
+
+    def logRefusalsNotLogged(self) -> None:
+        """At the end of a connection: how many refused commands were not logged."""
+        conn = self.connection
+        count = self._refusals - self.refusalsLogged
+        _log.info(
+            "{text}",
+            text=f"{count} more refused command{'s' if count != 1 else ''} from {conn.peerHost} not logged "
+            f"({self._refusals} in all on this connection)",
+            peer=conn.peerHost,
+            refusalsNotLogged=count,
+            refusals=self._refusals,
             session=conn.sessionId,
         )
 
