@@ -1929,12 +1929,18 @@ class BruteForceTests(unittest.TestCase):
         self.assertEqual(codes(h.replies()), [535])
 
     def test_every_mechanism_counts(self) -> None:
-        """Failures with different mechanisms add up."""
+        """
+        Failures with different mechanisms add up once another command
+        comes between them (in a row, they are one client's fallback: see
+        tests/test_auth_fallback.py).
+        """
         h = authHarness(authFailureDelay=0, maxAuthFailures=3)
         h.command(b"AUTH LOGIN " + b64(USER))
         self.assertEqual(h.command(b64("wrong")).code, 535)
+        self.assertEqual(h.command(b"NOOP").code, 250)
         challenge = unb64(h.command(b"AUTH CRAM-MD5"))
         self.assertEqual(h.command(b64(cramResponse(USER.encode(), b"wrong", challenge))).code, 535)
+        self.assertEqual(h.command(b"RSET").code, 250)
         client = ScramClient(USER, "wrong")
         serverFirst = h.command(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
         replies = h.send(b64(client.final(unb64(serverFirst))) + b"\r\n")

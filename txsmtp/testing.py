@@ -290,9 +290,17 @@ class ServerHarness:
         Run a whole transaction (EHLO, MAIL, RCPT..., DATA, body, final dot)
         in one pipelined write and return every reply.  ``body`` is sent as
         is: stuff dots and end it with CRLF yourself.
+
+        When the server refuses ``DATA`` (no recipient accepted, the
+        delivery's ``openMessage`` failed, ...) the body is not sent: the
+        replies so far are returned, the refusal last.
         """
         parts = [b"EHLO " + ehlo + b"\r\n", b"MAIL FROM:<" + sender + b">\r\n"]
         parts += [b"RCPT TO:<" + r + b">\r\n" for r in recipients]
         parts.append(b"DATA\r\n")
         replies = self.send(b"".join(parts))
+        if len(replies) == len(recipients) + 3 and replies[-1].code != 354:
+            # DATA answered, and not with "go ahead": the body would only
+            # come back as one refused command per line.
+            return replies
         return replies + self.send(body + b".\r\n")

@@ -8,7 +8,9 @@ through a ``login`` hook call.  A success replaces the delivery session by
 the realm's avatar (the anonymous session is kept and comes back after
 STARTTLS resets the session).  A failure is answered after a delay that
 doubles with each failure on the connection, and the connection is closed
-after ``maxAuthFailures``.  The delay is a hook call too, so it is
+after ``maxAuthFailures``; a client's fallback through several mechanisms
+with the same user name, with no other command between them, is one
+failure.  The delay is a hook call too, so it is
 cancelled with the connection.
 """
 
@@ -237,13 +239,30 @@ class AuthCommands(SessionBase):
         if isinstance(username, bytes):
             username = username.decode("utf-8", "replace")
         self._authDone()
-        self._authFailures += 1
+        # A client that falls back from one mechanism to the next with the
+        # same user name (Python's smtplib.login tries CRAM-MD5, PLAIN, then
+        # LOGIN) makes one attempt, not several: the mechanisms tried in a
+        # row, with no other command between them, count as one failure and
+        # are delayed once.  Another user name, or a mechanism tried again,
+        # is a new attempt.  (Any other command ends the run: see
+        # CommandDispatch.lineReceived.)
+        chain = self._authChain
+        again = chain is not None and chain[0] == username and name not in chain[1]
+        if again:
+            assert chain is not None
+            chain[1].append(name)
+            tried = ", ".join(chain[1][:-1])
+            note = f", the same attempt as with {tried}"
+        else:
+            self._authChain = (username, [name])
+            self._authFailures += 1
+            note = ""
         failures = self._authFailures
         # Passwords never reach the log; the user name does (for fail2ban).
         _log.info(
             "{text}",
             text=f"authentication failed for {username!r} with {name} from {self.connection.peerHost} "
-            f"(failure {failures} of {f.maxAuthFailures})",
+            f"(failure {failures} of {f.maxAuthFailures}{note})",
             user=username,
             mechanism=name,
             peer=self.connection.peerHost,
@@ -262,8 +281,9 @@ class AuthCommands(SessionBase):
                 self.close()
 
         # Brute force: each failure is answered later than the one before,
-        # and the connection is closed after maxAuthFailures.
-        delay = min(f.authFailureDelay * 2 ** (failures - 1), 30.0)
+        # and the connection is closed after maxAuthFailures.  A fallback
+        # to another mechanism was delayed with its first try.
+        delay = 0.0 if again else min(f.authFailureDelay * 2 ** (failures - 1), 30.0)
         if delay <= 0:
             answer()
         else:

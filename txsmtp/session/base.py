@@ -62,6 +62,9 @@ class SessionBase:
         _mechanism: Any
         _pendingLogin: Any
         _authFailures: int
+        _authChain: tuple[str, list[str]] | None
+        _refusals: int
+        refusalsLogged: int
         _anonymousSession: Any
         _logout: Any
         _chunkLeft: int
@@ -111,6 +114,11 @@ class SessionBase:
 
         # logs
         def logRefusal(self, command: str, error: SMTPError, **extra: Any) -> None: ...
+        def logRefusalsNotLogged(self) -> None: ...
         def _logTransaction(
-            self, result: str, error: SMTPError | None, size: int | None = None
+            self,
+            result: str,
+            error: SMTPError | None,
+            size: int | None = None,
+            results: list[SMTPError | None] | None = None,
         ) -> None: ...

@@ -76,6 +76,9 @@ class CommandDispatch(SessionBase):
             self._authResponse(line)
             return
         verb, _, argument = line.partition(b" ")
+        if self._authChain is not None and verb.upper() != b"AUTH":
+            # Another command ends a client's run of AUTH mechanisms.
+            self._authChain = None
         table = self._commands.dispatch
         entry = table.get(verb)
         if entry is None:

@@ -129,7 +129,7 @@ class ServerSession(
         "config", "host", "connection", "state", "deliverySession", "transaction",
         "_commands", "_lines", "_out", "_actions", "_execute", "_late", "_blocked", "_errors", "_now",
         "_commandSince", "_blockedSince", "_dataSince", "_rateStart", "_rateBytes",
-        "_shuttingDown", "_mechanism", "_pendingLogin", "_authFailures", "_anonymousSession", "_logout",
+        "_shuttingDown", "_mechanism", "_pendingLogin", "_authFailures", "_authChain", "_anonymousSession", "_logout", "_refusals",
         "_chunkLeft", "_chunkLast", "_chunkSize", "_chunkError",
     )  # fmt: skip
 
@@ -170,6 +170,8 @@ class ServerSession(
         self._mechanism: Any = None
         self._pendingLogin: Any = None
         self._authFailures = 0
+        self._authChain: tuple[str, list[str]] | None = None
+        self._refusals = 0
         self._anonymousSession: Any = None
         self._logout: Any = None
         self._chunkLeft = 0
@@ -289,6 +291,8 @@ class ServerSession(
             self.alive = False
         if self._mechanism is not None or self._pendingLogin is not None:
             self._authDone()
+        if self._refusals > self.refusalsLogged:
+            self.logRefusalsNotLogged()
         # An authenticated session's avatar is closed by its logout; the
         # anonymous session it replaced, and any other session, by close().
         logout, self._logout = self._logout, None

@@ -1,7 +1,8 @@
 """
-What a session logs: one line per refused command and one per transaction,
-each an event with its fields for structured observers and a ready-made
-text for the operator's log.
+What a session logs: one line per refused command (the first
+:attr:`SessionLog.refusalsLogged` of a connection, then one line at its end
+for the rest) and one per transaction, each an event with its fields for
+structured observers and a ready-made text for the operator's log.
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ class SessionLog(SessionBase):
     # already formatted (cheaper than twisted.logger's field formatting,
     # which matters at thousands of messages a second).
 
+    #: How many refused commands of one connection are logged one by one;
+    #: the others are counted, and one line at the end of the connection
+    #: says how many were left out (a client that repeats a refused command
+    #: in a loop does not flood the log).
+    refusalsLogged = 5
+
     def logRefusal(self, command: str, error: SMTPError, **extra: Any) -> None:
+        self._refusals += 1
+        if self._refusals > self.refusalsLogged:
+            return
         conn = self.connection
         detail = "".join(f" {k}=<{v}>" for k, v in extra.items())
         _log.info(
@@ -47,10 +57,28 @@ class SessionLog(SessionBase):
             session=conn.sessionId,
         )
 
+    def logRefusalsNotLogged(self) -> None:
+        """At the end of a connection: how many refused commands were not logged."""
+        conn = self.connection
+        count = self._refusals - self.refusalsLogged
+        _log.info(
+            "{text}",
+            text=f"{count} more refused command{'s' if count != 1 else ''} from {conn.peerHost} not logged "
+            f"({self._refusals} in all on this connection)",
+            peer=conn.peerHost,
+            refusalsNotLogged=count,
+            refusals=self._refusals,
+            session=conn.sessionId,
+        )
+
     def _logTransaction(
-        self, result: str, error: SMTPError | None, size: int | None = None
+        self,
+        result: str,
+        error: SMTPError | None,
+        size: int | None = None,
+        results: list[SMTPError | None] | None = None,
     ) -> None:
-        self.logTransaction(result, error, size, self.transaction)
+        self.logTransaction(result, error, size, self.transaction, results)
 
     def logTransaction(
         self,
@@ -58,8 +86,17 @@ class SessionLog(SessionBase):
         error: SMTPError | None,
         size: int | None,
         t: Transaction | None,
+        results: list[SMTPError | None] | None = None,
     ) -> None:
-        """Log the outcome of transaction ``t``: one line an operator can follow."""
+        """
+        Log the outcome of transaction ``t``: one line an operator can follow.
+
+        The line names the recipients; when the delivery answered for each
+        (LMTP, or a message stored for some only) each with its result:
+        ``to=<a@example.com> ok, <b@example.org> [452 4.2.2 Mailbox full]``.
+        A field that is not known (the size of a message refused before its
+        end) is left out.
+        """
         if t is None:
             return
         envelope = t.envelope
@@ -68,9 +105,24 @@ class SessionLog(SessionBase):
         tlsText = f" tls={tls.version}/{tls.cipher}" if tls is not None else ""
         auth = f" auth={conn.authenticated}" if conn.authenticated else ""
         reason = f" reason=[{error}]" if error is not None else ""
+        sizeText = f" size={size}" if size is not None else ""
         peer = conn.peerHost
         returnPath = envelope.returnPath
-        count = len(envelope.recipients)
+        addresses = [str(r.address) for r in envelope.recipients]
+        fields: dict[str, Any] = {}
+        if (
+            results is not None
+            and len(results) == len(addresses)
+            and any([isinstance(r, SMTPError) for r in results])
+        ):
+            # Which recipients have the message and why the others do not.
+            errors = [str(r) if isinstance(r, SMTPError) else None for r in results]
+            to = ", ".join(
+                [f"<{a}> [{e}]" if e is not None else f"<{a}> ok" for a, e in zip(addresses, errors, strict=True)]
+            )
+            fields["recipientResults"] = errors
+        else:
+            to = ",".join([f"<{a}>" for a in addresses])
         # The one event per message: built here and handed to the logger's
         # observer, as Logger.emit would (the event keys twisted.logger
         # documents), without its per-call level lookup.
@@ -82,12 +134,13 @@ class SessionLog(SessionBase):
                 "log_source": None,
                 "log_format": "{text}",
                 "log_time": time.time(),
-                "text": f"{result} id={envelope.queueId} from={returnPath} rcpts={count} "
-                f"size={size} peer={peer} helo={conn.heloName}{tlsText}{auth}{reason}",
+                "text": f"{result} id={envelope.queueId} from={returnPath} to={to}"
+                f"{sizeText} peer={peer} helo={conn.heloName}{tlsText}{auth}{reason}",
                 "result": result,
                 "queueId": envelope.queueId,
                 "sender": returnPath,
-                "recipients": count,
+                "recipients": addresses,
+                "rcpts": len(addresses),
                 "size": size,
                 "peer": peer,
                 "helo": conn.heloName,
@@ -95,5 +148,6 @@ class SessionLog(SessionBase):
                 "tlsCipher": tls.cipher if tls is not None else None,
                 "authenticated": conn.authenticated,
                 "session": conn.sessionId,
+                **fields,
             }
         )

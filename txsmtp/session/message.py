@@ -204,7 +204,7 @@ class MessageCommands(SessionBase):
                 f"451 so the client tries again, and {', '.join(stored)} may receive it twice ({error})",
                 queueId=envelope.queueId,
             )
-        self._logTransaction(outcome, error, t.size)
+        self._logTransaction(outcome, error, t.size, results)
         self._endTransaction("message answered")
         self.afterTransaction()
 
