@@ -211,6 +211,29 @@ class ServiceTests(_InScratchDirectory, unittest.TestCase):
             await client.command(b"QUIT")
             await client.whenLost()
 
+    async def test_start_sweeps_stale_tmp(self) -> None:
+        """Starting the service starts the delivery's tmp/ clean-up (Maildir); stopping ends it."""
+        from txsmtp.maildir import MaildirDelivery
+
+        delivery = MaildirDelivery(os.path.abspath("md"), threads=0)
+        started: list[bool] = []
+        realStart = delivery.startCleanup
+
+        def startCleanup(*args: Any, **kwargs: Any) -> None:
+            started.append(True)
+            realStart(*args, **kwargs)
+
+        delivery.startCleanup = startCleanup  # type: ignore[method-assign]
+        stale = os.path.join("md", "tmp", "left-by-a-crash")
+        with open(stale, "wb"):
+            pass
+        os.utime(stale, (time.time() - 40 * 3600,) * 2)
+        service, ports = await self._start(delivery)
+        self.assertEqual(started, [True])
+        # threads=0: the start-up sweep ran in startService itself.
+        self.assertFalse(os.path.exists(stale))
+        await service.stopService()
+
     async def test_stop_idle_client_gets_421(self) -> None:
         """stopService(): an idle client gets 421 4.3.2 and is closed; no new connection is accepted."""
         service, [port] = await self._start(DiscardDelivery())

@@ -5,6 +5,14 @@ and the :class:`SMTPClientError` family for everything else.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from twisted.internet import error as ineterror
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from txsmtp.client.options import ClientOptions
+
 from txsmtp.wire.reply import Reply
 
 __all__ = [
@@ -215,3 +223,43 @@ class SMTPRecipientsRefused(SMTPReplyError):
 class SMTPMessageRefused(SMTPReplyError):
     """The server refused DATA or the message itself."""
 
+
+def _reasonText(reason: Failure | BaseException | None) -> str:
+    if reason is None:
+        return "unknown reason"
+    value = reason.value if isinstance(reason, Failure) else reason
+    if isinstance(value, ineterror.ConnectionDone):
+        return "the server closed the connection"
+    text = str(value) or type(value).__name__
+    return text
+
+
+def _tlsFailureText(reason: Failure | BaseException | None, options: ClientOptions) -> str:
+    """
+    Why a TLS handshake failed, in words, and for a certificate that did
+    not verify, what to do about it (the options of :class:`ClientOptions`
+    that would make it work).
+    """
+    value = reason.value if isinstance(reason, Failure) else reason
+    text = _reasonText(reason)
+    args = getattr(value, "args", None)
+    if args and isinstance(args[0], list):
+        # pyOpenSSL's SSL.Error: [(library, function, reason), ...]
+        reasons = [r[2] for r in args[0] if isinstance(r, tuple) and len(r) == 3 and r[2]]
+        if reasons:
+            text = "; ".join(reasons)
+    if "certificate verify failed" in text:
+        where = "the trustRoot given" if options.trustRoot is not None else "the platform's authorities"
+        text += (
+            f" (the server's certificate is not signed by {where}, as with a self-signed"
+            " certificate): pass trustRoot= the certificate or its authority to trust it, or"
+            ' tls="opportunistic" to encrypt without checking it'
+        )
+    elif type(value).__name__ == "VerificationError":
+        # service_identity: the certificate is valid but for another name.
+        name = options.tlsHostname or options.host
+        text = (
+            f"the server's certificate is not valid for {name!r} ({text}): pass tlsHostname= the name it"
+            ' carries, or tls="opportunistic" to encrypt without checking it'
+        )
+    return text

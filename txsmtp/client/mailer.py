@@ -23,10 +23,11 @@ from txsmtp.client.errors import (
     SMTPConnectError,
     SMTPConnectionLost,
     SMTPServerRefused,
+    _reasonText,
 )
 from txsmtp.client.message import OutgoingMessage
 from txsmtp.client.options import ClientOptions
-from txsmtp.client.protocol import ESMTPClient, LMTPClient, _fire, _reasonText
+from txsmtp.client.protocol import ESMTPClient, LMTPClient, _fire
 from txsmtp.client.session import _State
 
 __all__ = ["Mailer", "SMTPClientFactory", "sendmail"]
