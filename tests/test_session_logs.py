@@ -153,3 +153,44 @@ class RefusalLineTests(unittest.TestCase):
         h.disconnect()
         [summary] = [line for line in self.lines() if "not logged" in line]
         self.assertTrue(summary.startswith("2 more refused commands"), summary)
+
+
+class StoredLocationTests(unittest.TestCase):
+    """The transaction line names where the delivery stored the message (issue 12, item 7)."""
+
+    def test_maildirPathLogged(self) -> None:
+        import os
+
+        from twisted.logger import globalLogPublisher
+
+        from txsmtp.maildir import MaildirDelivery
+        from txsmtp.testing import ServerHarness
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        path = os.path.abspath(self.mktemp())
+        h = ServerHarness(MaildirDelivery(path, threads=0))
+        h.command(b"EHLO c.example")
+        replies = h.sendMessage(b"a@example.com", [b"b@example.com"], b"Subject: x\r\n\r\nhi\r\n")
+        self.assertEqual(replies[-1].code, 250)
+        [stored] = [os.path.join(path, "new", n) for n in os.listdir(os.path.join(path, "new"))]
+        [event] = [e for e in events if e.get("result") == "accepted"]
+        self.assertEqual(event["stored"], [stored])
+        self.assertIn(f" stored={stored} ", event["text"] + " ")
+
+    def test_noLocationNoField(self) -> None:
+        """A receiver that says nothing of where it stored: no stored= at all."""
+        from twisted.logger import globalLogPublisher
+
+        from txsmtp.testing import ServerHarness
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = ServerHarness()
+        h.command(b"EHLO c.example")
+        h.sendMessage(b"a@example.com", [b"b@example.com"], b"hi\r\n")
+        [event] = [e for e in events if e.get("result") == "accepted"]
+        self.assertNotIn("stored", event)
+        self.assertNotIn("stored=", event["text"])

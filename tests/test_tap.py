@@ -1293,14 +1293,14 @@ class DropPrivilegesTests(unittest.TestCase):
         os.chmod(self.base, 0o755)
         self.addCleanup(shutil.rmtree, self.base, True)
 
-    def start(self, maildir: str) -> Any:
+    def start(self, maildir: str, kind: str = "maildir") -> Any:
         from twisted.internet import reactor
 
         from tests.twistd_helpers import RunningTwistd, _TwistdProcess
 
         args = [
             *TWISTD, "-n", "--pidfile=", "--logfile=-", "--uid", "nobody", "--gid", "nogroup",
-            "smtp", "--listen", LOOPBACK, "--deliver", f"maildir:{maildir}",
+            "smtp", "--listen", LOOPBACK, "--deliver", f"{kind}:{maildir}",
         ]  # fmt: skip
         process = _TwistdProcess()
         reactor.spawnProcess(process, sys.executable, args, env=childEnv(), path=self.base)  # type: ignore[attr-defined]
@@ -1326,6 +1326,28 @@ class DropPrivilegesTests(unittest.TestCase):
         self.assertEqual(done.code, 250, running.log)
         [stored] = maildirFiles(maildir)
         self.assertEqual(os.stat(stored).st_uid, self.uid)
+
+    async def test_virtual_root_of_the_user_accepted(self) -> None:
+        """virtual:DIR (which must exist) that nobody:nogroup can write: the server starts."""
+        root = os.path.join(self.base, "vhosts")
+        os.makedirs(root, mode=0o755)
+        os.chown(root, self.uid, self.gid)
+        running = self.start(root, "virtual")
+        await running.waitForLog(r"txsmtp listening on")
+        await running.waitForLog(r"set uid/gid")
+
+    async def test_unwritable_virtual_root_refused(self) -> None:
+        """A virtual root that root made before, and nobody cannot write: refused, in one line."""
+        root = os.path.join(self.base, "vhosts")
+        os.makedirs(root, mode=0o755)
+        running = self.start(root, "virtual")
+        ended = await running.process.whenEnded()
+        self.assertIsInstance(ended, ProcessTerminated, running.log)
+        self.assertEqual(ended.exitCode, 1, running.log)
+        self.assertIn(
+            f"--deliver virtual:{root}: {root} is not writable by uid {self.uid} gid {self.gid}",
+            running.log.splitlines()[-1],
+        )
 
     async def test_unwritable_maildir_refused(self) -> None:
         """A Maildir that root made before, and nobody cannot write: refused, in one line, exit 1."""

@@ -111,6 +111,10 @@ class IMessageReceiver(Interface):
     The first chunk written is the server's ``Received:`` header.  Chunks
     are never re-assembled by the server: a receiver that writes them to
     disk as they come holds almost nothing in memory.
+
+    Optionally, a receiver may set ``storedAt`` (a string, or a list of
+    them: file paths, queue ids) once ``finish`` has stored the message;
+    the server's transaction log line then names it (``stored=``).
     """
 
     def write(chunk):

@@ -237,12 +237,14 @@ class CommitRunner:
 class _MaildirFile:
     """One file being written in a Maildir's tmp/."""
 
-    __slots__ = ("maildir", "name", "tmpPath", "file")
+    __slots__ = ("maildir", "name", "tmpPath", "file", "stored")
 
     def __init__(self, maildir: Maildir, header: bytes) -> None:
         self.maildir = maildir
         self.name = maildir.uniqueName()
         self.tmpPath = os.path.join(maildir.path, "tmp", self.name)
+        #: The file's path in new/ once committed.
+        self.stored: str | None = None
         fd = os.open(self.tmpPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.file = os.fdopen(fd, "wb", buffering=256 * 1024)
         try:
@@ -270,6 +272,7 @@ class _MaildirFile:
                 except OSError:
                     pass
                 raise
+        self.stored = newPath
         return newPath
 
     def discard(self) -> None:
@@ -401,6 +404,8 @@ class MaildirReceiver:
         self, files: list[_MaildirFile], errors: list[OSError | None]
     ) -> list[SMTPError | None] | None:
         """Back on the reactor thread: log what failed and give the results."""
+        # Where the copies went, for the server's log line (IMessageReceiver.storedAt).
+        self.storedAt = [f.stored for f in files if f.stored is not None]
         if self.perRecipient:
             for f, error in zip(files, errors, strict=True):
                 if error is not None:

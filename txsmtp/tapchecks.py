@@ -63,11 +63,17 @@ def _runAs(parent: Any) -> tuple[int, int] | None:
 
 
 def _maildirDirectories(spec: str) -> list[str]:
-    """For ``maildir:DIR``: DIR and its ``tmp``, ``new`` and ``cur``; else []."""
+    """
+    The directories the server's user must be able to write: for
+    ``maildir:DIR``, DIR and its ``tmp``, ``new`` and ``cur``; for
+    ``virtual:DIR``, DIR (where mailboxes' directories are made); else [].
+    """
     kind, _, argument = spec.partition(":")
-    if kind != "maildir" or not argument:
+    if not argument or kind not in ("maildir", "virtual"):
         return []
     path = os.path.abspath(argument)
+    if kind == "virtual":
+        return [path]
     return [path] + [os.path.join(path, sub) for sub in ("tmp", "new", "cur")]
 
 
@@ -103,7 +109,7 @@ def _giveMaildir(spec: str, directories: list[str], created: list[str], uid: int
         if not _allows(d, uid, groups, 0o3):
             raise usage.UsageError(
                 f"--deliver {spec}: {d} is not writable by uid {uid} gid {gid}, which twistd "
-                "--uid/--gid runs as: give the Maildir to that user (chown -R) or choose another"
+                "--uid/--gid runs as: give it to that user (chown -R) or choose another directory"
             )
 
 

@@ -94,8 +94,9 @@ class SessionLog(SessionBase):
         The line names the recipients; when the delivery answered for each
         (LMTP, or a message stored for some only) each with its result:
         ``to=<a@example.com> ok, <b@example.org> [452 4.2.2 Mailbox full]``.
-        A field that is not known (the size of a message refused before its
-        end) is left out.
+        When the receiver said where it stored the message (``storedAt``),
+        ``stored=`` names it.  A field that is not known (the size of a
+        message refused before its end) is left out.
         """
         if t is None:
             return
@@ -123,6 +124,13 @@ class SessionLog(SessionBase):
             fields["recipientResults"] = errors
         else:
             to = ",".join([f"<{a}>" for a in addresses])
+        stored = t.storedAt
+        if stored:
+            locations = [stored] if isinstance(stored, str) else [str(x) for x in stored]
+            fields["stored"] = locations
+            storedText = f" stored={','.join(locations)}"
+        else:
+            storedText = ""
         # The one event per message: built here and handed to the logger's
         # observer, as Logger.emit would (the event keys twisted.logger
         # documents), without its per-call level lookup.
@@ -135,7 +143,7 @@ class SessionLog(SessionBase):
                 "log_format": "{text}",
                 "log_time": time.time(),
                 "text": f"{result} id={envelope.queueId} from={returnPath} to={to}"
-                f"{sizeText} peer={peer} helo={conn.heloName}{tlsText}{auth}{reason}",
+                f"{sizeText} peer={peer} helo={conn.heloName}{tlsText}{auth}{storedText}{reason}",
                 "result": result,
                 "queueId": envelope.queueId,
                 "sender": returnPath,

@@ -181,6 +181,7 @@ class MessageCommands(SessionBase):
             if failure is not None:
                 self._refuseMessage(t, self.errorFromFailure(failure, "finish"))
             else:
+                t.storedAt = getattr(receiver, "storedAt", None)
                 self._messageStored(t, results)
 
         self.call(receiver, "finish", (), then, owner=t)

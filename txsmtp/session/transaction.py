@@ -59,6 +59,7 @@ class Transaction(Scope):
         "error",
         "chunked",
         "size",
+        "storedAt",
     )
 
     def __init__(self, envelope: Envelope) -> None:
@@ -71,6 +72,9 @@ class Transaction(Scope):
         self.error: SMTPError | None = None
         self.chunked = False
         self.size = 0
+        #: Where the delivery stored the message (its receiver's optional
+        #: ``storedAt``), for the log.
+        self.storedAt: Any = None
 
     def end(self, why: str = "transaction ended") -> list[Action]:
         """
