@@ -368,7 +368,9 @@ class MaildirReceiver:
 
     @staticmethod
     def _smtpError() -> SMTPError:
-        return SMTPError(451, "4.3.0", "Mailbox temporarily unavailable (local storage error); try again later")
+        return SMTPError(
+            451, "4.3.0", "Mailbox temporarily unavailable (local storage error); try again later"
+        )
 
     def write(self, chunk: bytes) -> None:
         if self._error is not None:
@@ -412,7 +414,11 @@ class MaildirReceiver:
                     self._logError(error, "commit")
                     self._failed.update(id(r) for r in self._recipientsOf.pop(id(f), []))
             return [
-                SMTPError(451, "4.3.0", f"<{r.address}>: mailbox temporarily unavailable (local storage error); try again later")
+                SMTPError(
+                    451,
+                    "4.3.0",
+                    f"<{r.address}>: mailbox temporarily unavailable (local storage error); try again later",
+                )
                 if id(r) in self._failed
                 else None
                 for r in self.envelope.recipients
@@ -465,35 +471,16 @@ class _MaildirSession(BaseDeliverySession):
 
     def openMessage(self, envelope: Envelope) -> MaildirReceiver:
         d = self.delivery
-        return MaildirReceiver([(d.maildir, envelope.recipients)], envelope, d.sync, runner=d.runner)
+        return MaildirReceiver(
+            [(d.maildir, envelope.recipients)], envelope, d.sync, runner=d.runner
+        )
 
 
-class MaildirDelivery(BaseDelivery):
-    """
-    Every accepted message, whatever its recipients, into one Maildir (a
-    catch-all), with ``Return-Path:`` and one ``Delivered-To:`` per
-    recipient.
+class _SweptDelivery(BaseDelivery):
+    """What both Maildir deliveries share: the commit pool and the sweeps of ``tmp/``."""
 
-    :param path: the Maildir; created when missing.
-    :param sync: ``fsync`` before answering 250 (default).
-    :param threads: how many messages may be committed at once, in the
-        delivery's thread pool (see :class:`CommitRunner`); ``0`` commits
-        on the reactor thread.
-    :param reactor: the reactor (the global one by default).
-
-    :ivar runner: the :class:`CommitRunner`.
-    """
-
-    sessionFactory = _MaildirSession
-
-    def __init__(self, path: str, sync: bool = True, *, threads: int = 4, reactor: Any = None) -> None:
-        self.maildir = Maildir(path, sync=sync)
-        self.sync = sync
-        self.runner = CommitRunner(threads, reactor)
-        self._sweeper = _TmpSweeper(self.runner, self._sweep, self.maildir.path)
-
-    def _sweep(self, maxAge: float, stopping: threading.Event) -> TmpCleanup:
-        return cleanTmp(self.maildir.path, maxAge, stopping=stopping)
+    runner: CommitRunner
+    _sweeper: _TmpSweeper
 
     def startCleanup(
         self, clock: Any = None, interval: float = CLEANUP_INTERVAL, maxAge: float = STALE_AGE
@@ -504,6 +491,8 @@ class MaildirDelivery(BaseDelivery):
         once, then every ``interval`` seconds (6 hours) until :meth:`stop`.
         Each sweep runs in the commit thread pool, and logs one line when it
         removed anything.  Starting it again while it runs does nothing.
+        For ``virtual:``, every existing mailbox with a ``tmp/`` is swept
+        (``DIR/<domain>/<local part>/`` and ``DIR/postmaster/``).
 
         :param clock: what schedules the sweeps (the delivery's reactor by
             default; a :class:`~twisted.internet.task.Clock` in tests).
@@ -523,6 +512,36 @@ class MaildirDelivery(BaseDelivery):
         self.runner.stop()
 
 
+class MaildirDelivery(_SweptDelivery):
+    """
+    Every accepted message, whatever its recipients, into one Maildir (a
+    catch-all), with ``Return-Path:`` and one ``Delivered-To:`` per
+    recipient.
+
+    :param path: the Maildir; created when missing.
+    :param sync: ``fsync`` before answering 250 (default).
+    :param threads: how many messages may be committed at once, in the
+        delivery's thread pool (see :class:`CommitRunner`); ``0`` commits
+        on the reactor thread.
+    :param reactor: the reactor (the global one by default).
+
+    :ivar runner: the :class:`CommitRunner`.
+    """
+
+    sessionFactory = _MaildirSession
+
+    def __init__(
+        self, path: str, sync: bool = True, *, threads: int = 4, reactor: Any = None
+    ) -> None:
+        self.maildir = Maildir(path, sync=sync)
+        self.sync = sync
+        self.runner = CommitRunner(threads, reactor)
+        self._sweeper = _TmpSweeper(self.runner, self._sweep, self.maildir.path)
+
+    def _sweep(self, maxAge: float, stopping: threading.Event) -> TmpCleanup:
+        return cleanTmp(self.maildir.path, maxAge, stopping=stopping)
+
+
 class _VirtualSession(BaseDeliverySession):
     delivery: VirtualMaildirDelivery
 
@@ -540,10 +559,12 @@ class _VirtualSession(BaseDeliverySession):
         # Under LMTP each mailbox's fate is reported on its own.
         perRecipient = envelope.connection.protocol == "LMTP"
         d = self.delivery
-        return MaildirReceiver(list(byMaildir.values()), envelope, d.sync, perRecipient, runner=d.runner)
+        return MaildirReceiver(
+            list(byMaildir.values()), envelope, d.sync, perRecipient, runner=d.runner
+        )
 
 
-class VirtualMaildirDelivery(BaseDelivery):
+class VirtualMaildirDelivery(_SweptDelivery):
     """
     One Maildir per address: ``DIR/<domain>/<local part>/``.
 
@@ -561,7 +582,9 @@ class VirtualMaildirDelivery(BaseDelivery):
 
     sessionFactory = _VirtualSession
 
-    def __init__(self, path: str, sync: bool = True, *, threads: int = 4, reactor: Any = None) -> None:
+    def __init__(
+        self, path: str, sync: bool = True, *, threads: int = 4, reactor: Any = None
+    ) -> None:
         self.path = os.path.abspath(path)
         if not os.path.isdir(self.path):
             raise ValueError(f"virtual mailbox directory does not exist: {self.path}")
@@ -571,28 +594,6 @@ class VirtualMaildirDelivery(BaseDelivery):
 
     def _sweep(self, maxAge: float, stopping: threading.Event) -> TmpCleanup:
         return _cleanVirtual(self.path, maxAge, stopping)
-
-    def startCleanup(
-        self, clock: Any = None, interval: float = CLEANUP_INTERVAL, maxAge: float = STALE_AGE
-    ) -> None:
-        """
-        As :meth:`MaildirDelivery.startCleanup`, for every existing mailbox
-        (``DIR/<domain>/<local part>/`` and ``DIR/postmaster/``) that has a
-        ``tmp/``; one log line per sweep names the Maildirs cleaned.
-        """
-        self._sweeper.start(clock, interval, maxAge)
-
-    def cleanTmp(self) -> Deferred[TmpCleanup | None]:
-        """One sweep now (logged as the periodic ones are): fires with what it did."""
-        return self._sweeper.once()
-
-    def stop(self) -> None:
-        """
-        Stop the sweeps of ``tmp/`` and end the commit threads, once the
-        servers using this delivery have stopped.
-        """
-        self._sweeper.stop()
-        self.runner.stop()
 
     def mailboxFor(self, address: Address) -> Maildir | None:
         """The :class:`Maildir` for ``address``, or ``None`` when there is none."""
@@ -613,7 +614,9 @@ class VirtualMaildirDelivery(BaseDelivery):
                     return Maildir(path, sync=self.sync)
                 except OSError as e:
                     _log.error("cannot prepare mailbox {path}: {error}", path=path, error=e)
-                    raise SMTPError(451, "4.3.0", "Mailbox temporarily unavailable; try again later") from e
+                    raise SMTPError(
+                        451, "4.3.0", "Mailbox temporarily unavailable; try again later"
+                    ) from e
         return None
 
 
