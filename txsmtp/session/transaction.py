@@ -138,10 +138,5 @@ def finalReplies(
     return [_reply(PARTIAL_FAILURE)], "refused (stored for some recipients)", failures[0]
 
 
-def refusalReplies(error: SMTPError, owed: int) -> list[Reply]:
-    """A message refused as a whole: the same reply for each reply owed."""
-    return [_reply(error)] * owed
-
-
 def _reply(error: SMTPError) -> Reply:
     return (error.code, error.enhanced or f"{error.code // 100}.0.0", error.text)
