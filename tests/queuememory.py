@@ -75,12 +75,16 @@ class MemoryStore:
         self._serial = itertools.count(1)
 
     def newId(self) -> str:
-        n = int(self.clock.seconds() * 1000) * 1000 + next(self._serial) % 1000
-        digits = []
-        while n:
-            n, d = divmod(n, 62)
-            digits.append(_DIGITS[d])
-        return "".join(reversed(digits)).rjust(16, "0")
+        """16 characters of [0-9A-Za-z], sortable by time: milliseconds, then a serial number."""
+
+        def base62(n: int, width: int) -> str:
+            digits = []
+            while n:
+                n, d = divmod(n, 62)
+                digits.append(_DIGITS[d])
+            return "".join(reversed(digits)).rjust(width, "0")
+
+        return base62(int(self.clock.seconds() * 1000), 8) + base62(next(self._serial), 8)
 
     def add(self, sender: str, addresses: list[str], envelope: dict[str, Any] | None = None, body: bytes = b"Subject: t\r\n\r\nhi\r\n", arrival: float | None = None, **recipientFields: Any) -> str:
         """Queue a message at once (synchronously); :return: its id."""
