@@ -225,7 +225,7 @@ class ControlProtocolTests(unittest.TestCase):
         """A request above MAX_REQUEST_SIZE closes the connection; the server lives."""
         padding = ["p" * 1000] * (MAX_REQUEST_SIZE // 1000 + 5)
         d = self.client.protocol.callRemote(_Big, id=self.first, padding=padding)
-        await self.assertFailure(withTimeout(d, 10, lambda: "the server kept the connection"), error.ConnectionDone)
+        await self.assertFailure(withTimeout(d, 10, lambda: "the server kept the connection"), error.ConnectionDone, error.ConnectionLost)
         other = await connectControl(self.path, reactor, timeout=30)
         self.addCleanup(other.close)
         self.assertEqual(len(await other.list()), 2)
