@@ -4,7 +4,7 @@ outbound delivery, and records what became of them.
 
 - It wakes at once when the store says new work may be due (a commit, a
   flush, a release), and otherwise at the earliest due time the store gives
-  (:meth:`~txsmtp.queue.interfaces.IQueueStore.nextDue`); it never polls in
+  (its ``nextDue()``); it never polls in
   a loop.
 - It claims only what it has room for: at most ``maxRecipients`` per free
   attempt slot, and never more than ``concurrency * maxRecipients``
@@ -74,13 +74,13 @@ MINIMUM_TIMER = 1.0
 
 
 class IRouter(Protocol):
-    """What the scheduler needs of a router (:class:`txsmtp.queue.routing.Router`)."""
+    """What the scheduler needs of a router (such as ``txsmtp.queue.routing.Router``)."""
 
     def route(self, address: str) -> NextHop:
         """The next hop for ``address``."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Batch:
     """Recipients of one message for one hop: one transaction."""
 
@@ -90,7 +90,7 @@ class _Batch:
     deferred: Deferred[Any] | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Held:
     """A lease the scheduler holds, with how many of its batches are not done."""
 
@@ -183,6 +183,7 @@ class Scheduler(service.Service):
         self._wanted = False
         self._dispatching = False
         self._dispatchAgain = False
+        self._starved = False
         self._stopping = False
         self._idle: list[Deferred[None]] = []
 
@@ -271,7 +272,8 @@ class Scheduler(service.Service):
                 self._wanted = False
                 limit = self._claimLimit()
                 if limit <= 0:
-                    # Full: an attempt that ends wakes the scheduler again.
+                    # Full: the next attempt that ends wakes the scheduler.
+                    self._starved = True
                     return
                 self._cancelTimer()
                 try:
@@ -408,7 +410,11 @@ class Scheduler(service.Service):
                     d.callback(None)
             return
         self._dispatch()
-        self.wake()
+        if self._starved:
+            # Due work was left unclaimed for want of room; there is some now.
+            # (Otherwise the store's wake-ups and the timer cover what is due.)
+            self._starved = False
+            self.wake()
 
     def _batchDone(self, batch: _Batch) -> None:
         held = self._held.get(batch.lease.token)
