@@ -265,8 +265,13 @@ class ReturnedMessageTests(ReporterTestsMixin, unittest.TestCase):
 
     def test_headerSectionBounded(self) -> None:
         """A huge header section is returned cut at a line within HEADER_LIMIT, read a chunk at a time."""
+        for size in (3 * HEADER_LIMIT, HEADER_LIMIT + 1000):
+            self.checkHeaderLimit(size)
+            self.store.bodies.clear()
+
+    def checkHeaderLimit(self, size: int) -> None:
         header = b"X-Filler: " + b"x" * 70 + b"\r\n"
-        body = header * (3 * HEADER_LIMIT // len(header)) + b"\r\nbody\r\n"
+        body = header * (size // len(header)) + b"\r\nbody\r\n"
         message = self.queue([QueuedRecipient(0, "bob@example.com")], body=body)
         [reportId] = self.report(message, [(message.recipients[0], failed())])
         headers = self.parsed(reportId).get_payload()[2].get_content()

@@ -306,6 +306,18 @@ class ReportTests(SchedulerTestsMixin, unittest.TestCase):
         events = self.store.events
         self.assertLess(events.index(f"commit {report.message.id}"), events.index(f"record {messageId} ok"))
         self.assertEqual(report.message.recipients[0].address, "alice@example.org")
+        # The report is mail like any other: tried at once, from <> to the sender.
+        [attempt] = self.attemptsFor("")
+        self.assertEqual(attempt.addresses, ["alice@example.org"])
+        self.assertEqual(attempt.hop, NextHop("mx", "example.org"))
+
+    def test_noReportAboutReport(self) -> None:
+        """A report that bounces is dropped without a report of its own."""
+        self.start(reporter=True)
+        self.store.add("", ["alice@example.org"])
+        self.outbound.attempts[0].answer(Result.FAILED, "5.1.1", "no such user")
+        self.assertEqual(self.store.rows, {})
+        self.assertEqual(len(self.outbound.attempts), 1)
 
     def test_delayWarningOnce(self) -> None:
         """With delayWarning, one delay report once the message is that old, never again."""
@@ -454,6 +466,24 @@ class LeaseTests(SchedulerTestsMixin, unittest.TestCase):
         self.assertEqual(self.outbound.attempts[1].message.id, second)
         self.outbound.attempts[1].answer(Result.DELIVERED)
         self.assertEqual([ok for _, _, ok in self.store.records], [True, True])
+
+
+class RenewalLossTests(SchedulerTestsMixin, unittest.TestCase):
+    def test_waitingLeaseLost(self) -> None:
+        """A waiting lease that cannot be renewed is dropped (logged); the recipients are claimed again later."""
+        self.start(leaseSeconds=60, destinationConcurrency=1)
+        self.store.add("alice@example.org", ["a@example.com"])
+        second = self.store.add("alice@example.org", ["b@example.com"])
+        self.store.rows[second].leases[0] = ("someone-else", NOW + 100)
+        self.advance(50)
+        self.assertEqual(self.scheduler.waiting, 0)
+        self.assertTrue(any("lease lost" in line and second in line for line in self.logged))
+        self.outbound.attempts[0].answer(Result.DELIVERED)
+        self.assertEqual(len(self.outbound.attempts), 1)
+        # The other claim lapses at +100; the scheduler looks again at the
+        # latest one lease period after its last look (+60, then +120).
+        self.advance(70)
+        self.assertEqual([a.message.id for a in self.outbound.attempts[1:]], [second])
 
 
 class StopTests(SchedulerTestsMixin, unittest.TestCase):

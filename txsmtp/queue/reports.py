@@ -128,7 +128,10 @@ def _readHeaders(body: BinaryIO, limit: int = HEADER_LIMIT) -> bytes:
         ends = [i for i in (buf.find(b"\r\n\r\n"), buf.find(b"\n\n")) if i >= 0]
         if ends:
             end = min(ends)
-            return buf[: end + (2 if buf.startswith(b"\r\n", end) else 1)]
+            buf = buf[: end + (2 if buf.startswith(b"\r\n", end) else 1)]
+            if len(buf) <= limit:
+                return buf
+            break
         if len(buf) >= limit:
             break
         chunk = body.read(CHUNK)
