@@ -422,7 +422,7 @@ _EXPLAIN = {
     "4.2": "the connection to the receiving server failed or was cut",
     "4.4": "no mail server could be found or reached for the destination",
     "4.6": "the message went round in a loop between mail servers",
-    "4.7": "it stayed in the queue too long: every attempt failed until the time limit",
+    "4.7": "it stayed in the queue too long (every attempt failed until the time limit)",
     "5.4": "the mail servers did not understand each other",
     "6.3": "the message could not be converted for the receiving server",
     "1": "there is a problem with the address",
