@@ -223,7 +223,8 @@ class ESMTPClient(_SessionSetup, Protocol):
         :param recipients: the forward-paths.
         :param message: the message: bytes, or a binary file read from its
             current position in chunks.
-        :param dsn: ``ret``, ``envid``, ``notify``, ``orcpt``; see
+        :param dsn: ``ret``, ``envid``, ``notify``, ``orcpt``,
+            ``recipientParams``; see
             :meth:`~txsmtp.client.OutgoingMessage.prepare`.
         :return: a Deferred firing with a :class:`~txsmtp.client.SendResult`.
         """
@@ -501,6 +502,8 @@ class ESMTPClient(_SessionSetup, Protocol):
                 self._start(job)
 
     def _transactionDone(self, txn: Transaction, outcome: SendResult | SMTPClientError) -> None:
+        if type(outcome) is SendResult:
+            outcome.dsn = "DSN" in self.extensions
         if not self._pipeline.txns:
             self._becomeIdle()
             if self.factory is not None:
