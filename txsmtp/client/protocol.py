@@ -272,8 +272,16 @@ class ESMTPClient(_SessionSetup, Protocol):
     def setIdleTimeout(self, seconds: float | None) -> None:
         """Say QUIT after ``seconds`` idle (used by :class:`~txsmtp.client.Mailer`)."""
         self._idleTimeout = seconds
-        if seconds is not None:
-            self._tick = min(self._tick, seconds)
+        if seconds is not None and seconds < self._tick:
+            self._tick = seconds
+            timer = self._timer
+            if timer is not None and timer.active():
+                # Armed for the old, longer tick: it would fire too late
+                # for this timeout.  (When it fires, it works out the
+                # deadlines again.)
+                timer.cancel()
+                self._timer = None
+                self._arm(seconds)
         if self.state is _State.IDLE:
             self._becomeIdle()
 
