@@ -34,11 +34,13 @@ from txsmtp.auth import makePortal
 from txsmtp.errors import SMTPError
 from txsmtp.lmtp import LMTPFactory
 from txsmtp.maildir import MaildirDelivery, VirtualMaildirDelivery
+from txsmtp.queue.attempts import replyResult, statusOf
 from txsmtp.queue.model import AttemptResult, NextHop, QueuedMessage, Result
 from txsmtp.queue.outbound import Outbound
 from txsmtp.queue.routing import parseRelayHost, parseRoute
 from txsmtp.testing import MemoryDelivery
 from txsmtp.tls import ServerTLS
+from txsmtp.wire.reply import Reply
 
 USER = "relay-user"
 PASSWORD = "S3cret-relay-pw"
@@ -384,3 +386,45 @@ def _rmtree(path: str) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+class ResultWordsTests(unittest.TestCase):
+    """The words of :mod:`txsmtp.queue.attempts` and the checks made before any connection."""
+
+    def test_statusOf(self) -> None:
+        self.assertEqual(statusOf(550, "5.1.1"), "5.1.1")
+        self.assertEqual(statusOf(550, None), "5.0.0")
+        self.assertEqual(statusOf(451, None), "4.0.0")
+        # The reply code decides the class (RFC 3463 §2).
+        self.assertEqual(statusOf(550, "4.2.2"), "5.2.2")
+        self.assertEqual(statusOf(250, "2.6.0"), "2.6.0")
+
+    def test_multiLineReply(self) -> None:
+        r = replyResult(Reply(452, ("Mailbox full", "try later"), "4.2.2"), "mx[192.0.2.1]:25", "dns; mx")
+        self.assertEqual(r.diagnostic, "smtp; 452 4.2.2 Mailbox full try later")
+        self.assertEqual(r.reason, "mx[192.0.2.1]:25 said: 452 4.2.2 Mailbox full try later")
+        self.assertEqual((r.result, r.status, r.remoteMTA), (Result.DEFERRED, "4.2.2", "dns; mx"))
+
+    def test_badHostname(self) -> None:
+        with self.assertRaises(ValueError):
+            Outbound("two words")
+
+    async def test_unknownKind(self) -> None:
+        outbound = Outbound("relay.test.invalid")
+        message = queued(["a@example.com"])
+        [r] = await outbound.deliver(NextHop("carrier-pigeon", "x"), message, message.recipients, body())
+        self.assertEqual((r.result, r.status), (Result.DEFERRED, "4.3.5"))
+
+    async def test_badSender(self) -> None:
+        """A sender the client cannot send fails every recipient (5.1.7), with no connection."""
+        outbound = Outbound("relay.test.invalid")
+        message = queued(["a@example.com", "b@example.com"])
+        message.sender = "bad sender@example.org"
+        hop = NextHop("smtp", f"[127.0.0.1]:{freePort()}", (("tls", "none"),))
+        results = await outbound.deliver(hop, message, message.recipients, body())
+        self.assertEqual([(r.result, r.status) for r in results], [(Result.FAILED, "5.1.7")] * 2)
+        self.assertEqual(outbound.connections, 0)
+
+    async def test_noRecipients(self) -> None:
+        outbound = Outbound("relay.test.invalid")
+        self.assertEqual(await outbound.deliver(NextHop("mx", "example.com"), queued([]), [], body()), [])

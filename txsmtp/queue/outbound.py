@@ -193,6 +193,8 @@ class Outbound:
         connectionsPerHost: int = 10,
         mxAddressLimit: int = 5,
     ) -> None:
+        if not hostname or any(c.isspace() or c < " " for c in hostname):
+            raise ValueError(f"the host name given in EHLO must be one word, not {hostname!r}")
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
@@ -223,6 +225,12 @@ class Outbound:
         Try once to deliver ``message`` to ``recipients`` through ``hop``;
         see :meth:`txsmtp.queue.interfaces.IOutbound.deliver`.  Never fails:
         anything unexpected is logged and defers every recipient (``4.3.0``).
+
+        A connection lost (or a reply never received) after the final dot
+        defers the recipients although the next hop may have taken the
+        message: the next attempt may then deliver it twice.  It is the one
+        case of a duplicate; the alternative, calling it delivered, could
+        lose mail.
         """
         attempt = _Attempt(hop, message, list(recipients), body)
         if not attempt.recipients:
