@@ -204,6 +204,16 @@ class LockTests(_StoreTestCase):
         fourth = await self.openStore()
         self.assertEqual(await self.body(fourth, messageId), BODY)
 
+    async def test_closedWhileOpening(self) -> None:
+        """close() right after open(): the open finishes, then the lock is let go."""
+        store = self.newStore()
+        opening = store.open()
+        await store.close()
+        await opening
+        await self.assertFailure(store.list(), QueueError)
+        again = await self.openStore()
+        self.assertEqual(await again.list(), [])
+
     async def test_lockedInAnotherProcess(self) -> None:
         """The lock holds against another process too (a flock on DIR/lock)."""
         import subprocess

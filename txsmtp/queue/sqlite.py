@@ -20,7 +20,8 @@ one directory ``fsync`` and one SQLite transaction (see
 runs off the reactor thread, except the buffered writes of the bodies.
 
 The schema is versioned and migrates forward
-(:mod:`txsmtp.queue.sqliteschema`).
+(:mod:`txsmtp.queue.sqliteschema`); the SQL of each operation is in
+:mod:`txsmtp.queue.sqlitequeries`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import builtins
 import errno
 import fcntl
 import os
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterable
 from typing import IO, Any
@@ -40,15 +40,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txsmtp.queue import sqlitequeries as queries
 from txsmtp.queue.errors import QueueError, QueueLockedError
 from txsmtp.queue.interfaces import IQueueStore
-from txsmtp.queue.model import (
-    Lease,
-    QueuedMessage,
-    RecipientOutcome,
-    RecipientState,
-    Result,
-)
+from txsmtp.queue.model import Lease, QueuedMessage, RecipientOutcome
 from txsmtp.queue.sqlitebody import (
     BodyFiles,
     BodyWriter,
@@ -57,14 +52,7 @@ from txsmtp.queue.sqlitebody import (
     syncDirectory,
     validId,
 )
-from txsmtp.queue.sqliteschema import (
-    MESSAGE_COLUMNS,
-    RECIPIENT_COLUMNS,
-    messageFromRow,
-    migrate,
-    recipientFromRow,
-    recipientValues,
-)
+from txsmtp.queue.sqliteschema import migrate
 from txsmtp.queue.sqlitethreads import Worker
 
 __all__ = ["SQLiteStore"]
@@ -120,6 +108,8 @@ class SQLiteStore:
         else) loses acknowledged mail on a power cut.
 
     :ivar path: the queue directory, absolute.
+    :ivar databasePath: ``DIR/queue.sqlite``.
+    :ivar files: the :class:`~txsmtp.queue.sqlitebody.BodyFiles` of the bodies.
     :ivar transactions: how many SQLite transactions the writer thread has
         committed (one per group of commits, one per claim, record, ...).
     :ivar groups: how many groups of messages were committed.
@@ -173,11 +163,14 @@ class SQLiteStore:
         d = self._writer.call(self._openBlocking)
 
         def opened(result: None) -> None:
-            self._state = "open"
+            if self._state == "opening":  # not closed meanwhile
+                self._state = "open"
 
         def failed(f: Failure) -> Failure:
             self._state = "closed"
-            self._stopThreads()
+            self._stopThreads().addErrback(
+                lambda e: _log.failure("closing {store} after a failed open", e, store=self)
+            )
             return f
 
         return d.addCallbacks(opened, failed)
@@ -276,22 +269,11 @@ class SQLiteStore:
         assert db is not None
         db.execute("BEGIN IMMEDIATE")
         try:
-            leases = db.execute(
-                "UPDATE recipients SET lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
-                " WHERE lease_token IS NOT NULL"
-            ).rowcount
+            leases = queries.clearLeases(db)
             db.execute("COMMIT")
         finally:
             _rollback(db)
-
-        def known(names: Iterable[str]) -> set[str]:
-            found: set[str] = set()
-            for name in names:
-                if db.execute("SELECT 1 FROM messages WHERE id = ?", (name,)).fetchone():
-                    found.add(name)
-            return found
-
-        stale, orphans = self.files.clean(known)
+        stale, orphans = self.files.clean(lambda names: queries.knownMessages(db, names))
         if self.sync:
             # The database, its WAL and the subdirectories are entries of DIR.
             syncDirectory(self.path)
@@ -326,7 +308,11 @@ class SQLiteStore:
         return None
 
     def _write(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """``function(db, *args)`` in one write transaction, on the writer thread."""
+        """
+        ``function(db, *args)`` in one write transaction, on the writer
+        thread; it answers ``(result, removed)``, ``removed`` the id of a
+        message whose body to remove after the commit, or ``None``.
+        """
         error = self._notOpen()
         if error is not None:
             return defer.fail(error)
@@ -339,7 +325,7 @@ class SQLiteStore:
             raise QueueError(f"the queue {self.path} is closed")
         try:
             db.execute("BEGIN IMMEDIATE")
-            result, after = function(db, *args)
+            result, removed = function(db, *args)
             db.execute("COMMIT")
         except (OSError, sqlite3.Error) as e:
             _rollback(db)
@@ -348,9 +334,10 @@ class SQLiteStore:
             _rollback(db)
             raise
         self.transactions += 1
-        if after is not None:
+        if removed is not None:
+            # After the commit: a crash before it leaves a body with no row, removed at open.
             try:
-                after()
+                self.files.remove(removed)
             except OSError as e:
                 # Committed already: what is left is removed at the next open.
                 _log.error("queue {path}: {error}", path=self.path, error=e)
@@ -386,9 +373,11 @@ class SQLiteStore:
         return result
 
     def addWakeListener(self, listener: Callable[[], object]) -> None:
+        """Call ``listener()`` on the reactor thread after each commit, flush and release."""
         self._listeners.append(listener)
 
     def removeWakeListener(self, listener: Callable[[], object]) -> None:
+        """Stop calling ``listener``."""
         if listener in self._listeners:
             self._listeners.remove(listener)
 
@@ -434,16 +423,7 @@ class SQLiteStore:
                 if self.sync:
                     syncDirectory(self.files.bodies)
                 db.execute("BEGIN IMMEDIATE")
-                for m in ready:
-                    db.execute(
-                        f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                        (m.id, m.sender, m.arrival, m.size, m.envelope),
-                    )
-                    db.executemany(
-                        f"INSERT INTO recipients ({RECIPIENT_COLUMNS})"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [recipientValues(m.id, i, r, m.arrival) for i, r in enumerate(m.recipients)],
-                    )
+                queries.insertMessages(db, ready)
                 db.execute("COMMIT")
                 self.transactions += 1
                 self.groups += 1
@@ -466,45 +446,11 @@ class SQLiteStore:
         :class:`~txsmtp.queue.model.Lease` per message (each with a token of
         its own), the message whose first recipient was due earliest first.
         A recipient is due when it is queued or deferred, its next attempt
-        is not after now, and any lease on it has expired.
+        is not after now, and any lease on it has expired.  Runs on the
+        writer thread (a claim writes the leases).
         """
         now = self.clock.seconds()
-        return self._write(self._claim, owner, limit, now, now + leaseSeconds)
-
-    @staticmethod
-    def _claim(
-        db: sqlite3.Connection, owner: str, limit: int, now: float, expires: float
-    ) -> tuple[list[Lease], None]:
-        rows = db.execute(
-            f"SELECT {RECIPIENT_COLUMNS} FROM recipients"
-            " WHERE state != 'held' AND next_attempt <= ?"
-            " AND (lease_expires IS NULL OR lease_expires <= ?)"
-            " ORDER BY next_attempt, message, idx LIMIT ?",
-            (now, now, max(0, limit)),
-        ).fetchall()
-        leases: dict[str, Lease] = {}
-        for row in rows:
-            messageId = row[0]
-            lease = leases.get(messageId)
-            if lease is None:
-                found = db.execute(
-                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (messageId,)
-                ).fetchone()
-                if found is None:
-                    continue  # cannot be: recipients go with their message
-                lease = Lease(messageFromRow(found), owner, secrets.token_hex(16), expires)
-                leases[messageId] = lease
-            lease.message.recipients.append(recipientFromRow(row))
-        for lease in leases.values():
-            db.executemany(
-                "UPDATE recipients SET lease_owner = ?, lease_token = ?, lease_expires = ?"
-                " WHERE message = ? AND idx = ?",
-                [
-                    (owner, lease.token, expires, lease.message.id, r.index)
-                    for r in lease.message.recipients
-                ],
-            )
-        return list(leases.values()), None
+        return self._write(_noRemoval(queries.claim), owner, limit, now, now + leaseSeconds)
 
     def renew(self, lease: Lease, leaseSeconds: float) -> Deferred[bool]:
         """
@@ -514,19 +460,12 @@ class SQLiteStore:
         """
         expires = self.clock.seconds() + leaseSeconds
 
-        def renew(db: sqlite3.Connection) -> tuple[bool, None]:
-            changed = db.execute(
-                "UPDATE recipients SET lease_expires = ? WHERE message = ? AND lease_token = ?",
-                (expires, lease.message.id, lease.token),
-            ).rowcount
-            return changed > 0, None
-
         def renewed(held: bool) -> bool:
             if held:
                 lease.expires = expires
             return held
 
-        return self._write(renew).addCallback(renewed)
+        return self._write(_noRemoval(queries.renew), lease, expires).addCallback(renewed)
 
     def record(self, lease: Lease, outcomes: Iterable[RecipientOutcome]) -> Deferred[bool]:
         """
@@ -539,56 +478,7 @@ class SQLiteStore:
         stays set once set); a held recipient stays held.  Other results
         remove the recipient; the message and its body go with the last.
         """
-        now = self.clock.seconds()
-        return self._write(self._record, lease, list(outcomes), now)
-
-    def _record(
-        self, db: sqlite3.Connection, lease: Lease, outcomes: list[RecipientOutcome], now: float
-    ) -> tuple[bool, Callable[[], None] | None]:
-        messageId = lease.message.id
-        if not outcomes:
-            held = db.execute(
-                "SELECT 1 FROM recipients WHERE message = ? AND lease_token = ? LIMIT 1",
-                (messageId, lease.token),
-            ).fetchone()
-            return held is not None, None
-        for o in outcomes:
-            if not db.execute(
-                "SELECT 1 FROM recipients WHERE message = ? AND idx = ? AND lease_token = ?",
-                (messageId, o.index, lease.token),
-            ).fetchone():
-                return False, None
-        for o in outcomes:
-            if Result(o.result) is Result.DEFERRED:
-                db.execute(
-                    "UPDATE recipients SET"
-                    " state = CASE WHEN state = 'held' THEN 'held' ELSE 'deferred' END,"
-                    " attempts = attempts + 1, next_attempt = ?, last_error = ?,"
-                    " delay_reported = max(delay_reported, ?),"
-                    " lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
-                    " WHERE message = ? AND idx = ?",
-                    (
-                        now if o.nextAttempt is None else o.nextAttempt,
-                        o.lastError,
-                        int(bool(o.delayReported)),
-                        messageId,
-                        o.index,
-                    ),
-                )
-            else:
-                db.execute(
-                    "DELETE FROM recipients WHERE message = ? AND idx = ?", (messageId, o.index)
-                )
-        return True, self._dropIfDone(db, messageId)
-
-    def _dropIfDone(self, db: sqlite3.Connection, messageId: str) -> Callable[[], None] | None:
-        """Delete the message row when it has no recipient left; the body goes after COMMIT."""
-        if db.execute("SELECT 1 FROM recipients WHERE message = ? LIMIT 1", (messageId,)).fetchone():
-            return None
-        if not db.execute("DELETE FROM messages WHERE id = ?", (messageId,)).rowcount:
-            return None
-        # After the commit: a crash before it leaves a body with no row, removed at open.
-        return lambda: self.files.remove(messageId)
+        return self._write(queries.record, lease, list(outcomes), self.clock.seconds())
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -616,98 +506,34 @@ class SQLiteStore:
         next attempt, or the end of the lease on it if that is later.
         ``None`` when the queue holds no such recipient.
         """
-        return self._read(self._nextDue)
-
-    @staticmethod
-    def _nextDue(db: sqlite3.Connection) -> float | None:
-        free = db.execute(
-            "SELECT next_attempt FROM recipients WHERE state != 'held' AND lease_expires IS NULL"
-            " ORDER BY next_attempt LIMIT 1"
-        ).fetchone()
-        leased = db.execute(
-            "SELECT min(max(next_attempt, lease_expires)) FROM recipients"
-            " WHERE state != 'held' AND lease_expires IS NOT NULL"
-        ).fetchone()
-        times = [float(r[0]) for r in (free, leased) if r is not None and r[0] is not None]
-        return min(times) if times else None
+        return self._read(queries.nextDue)
 
     def list(self) -> Deferred[builtins.list[QueuedMessage]]:
         """Every message with its recipients, oldest (by arrival) first."""
-        return self._read(self._messages, None)
+        return self._read(queries.messages, None)
 
     def show(self, messageId: str) -> Deferred[QueuedMessage | None]:
         """One message with its recipients, or ``None``."""
-        d = self._read(self._messages, messageId)
+        d = self._read(queries.messages, messageId)
         return d.addCallback(lambda found: found[0] if found else None)
-
-    @staticmethod
-    def _messages(
-        db: sqlite3.Connection, messageId: str | None
-    ) -> builtins.list[QueuedMessage]:
-        if messageId is None:
-            messages = db.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY arrival, id"
-            ).fetchall()
-            recipients = db.execute(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients ORDER BY message, idx"
-            ).fetchall()
-        else:
-            messages = db.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (messageId,)
-            ).fetchall()
-            recipients = db.execute(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message = ? ORDER BY idx",
-                (messageId,),
-            ).fetchall()
-        byId = {row[0]: messageFromRow(row) for row in messages}
-        for row in recipients:
-            message = byId.get(row[0])
-            if message is not None:
-                message.recipients.append(recipientFromRow(row))
-        return list(byId.values())
 
     # -- the operator's commands --------------------------------------------------------------
 
     def hold(self, messageId: str) -> Deferred[bool]:
         """Hold every recipient of the message: never claimed until released."""
-
-        def hold(db: sqlite3.Connection) -> tuple[bool, None]:
-            db.execute(
-                "UPDATE recipients SET state = ? WHERE message = ?",
-                (RecipientState.HELD.value, messageId),
-            )
-            return _exists(db, messageId), None
-
-        return self._write(hold)
+        return self._write(_noRemoval(queries.hold), messageId)
 
     def release(self, messageId: str) -> Deferred[bool]:
         """
         Release the held recipients of a message: due now, queued again (or
         deferred when they were tried before).  Wakes the listeners.
         """
-        now = self.clock.seconds()
-
-        def release(db: sqlite3.Connection) -> tuple[bool, None]:
-            db.execute(
-                "UPDATE recipients SET"
-                " state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END,"
-                " next_attempt = ? WHERE message = ? AND state = 'held'",
-                (now, messageId),
-            )
-            return _exists(db, messageId), None
-
-        return self._write(release).addCallback(self._wake)
+        d = self._write(_noRemoval(queries.release), messageId, self.clock.seconds())
+        return d.addCallback(self._wake)
 
     def delete(self, messageId: str) -> Deferred[bool]:
         """Remove a message, body and all, without any report (a lease on it is lost)."""
-
-        def delete(db: sqlite3.Connection) -> tuple[bool, Callable[[], None] | None]:
-            db.execute("DELETE FROM recipients WHERE message = ?", (messageId,))
-            if not db.execute("DELETE FROM messages WHERE id = ?", (messageId,)).rowcount:
-                return False, None
-            return True, lambda: self.files.remove(messageId)
-
-        return self._write(delete)
+        return self._write(queries.delete, messageId)
 
     def flush(self, messageId: str | None = None) -> Deferred[int]:
         """
@@ -715,18 +541,14 @@ class SQLiteStore:
         message, or of all) due now; wakes the listeners.  Answers how many
         were made due.
         """
-        now = self.clock.seconds()
-
-        def flush(db: sqlite3.Connection) -> tuple[int, None]:
-            sql = "UPDATE recipients SET next_attempt = ? WHERE state != 'held' AND next_attempt > ?"
-            args: tuple[Any, ...] = (now, now)
-            if messageId is not None:
-                sql += " AND message = ?"
-                args += (messageId,)
-            return db.execute(sql, args).rowcount, None
-
-        return self._write(flush).addCallback(self._wake)
+        d = self._write(_noRemoval(queries.flush), messageId, self.clock.seconds())
+        return d.addCallback(self._wake)
 
 
-def _exists(db: sqlite3.Connection, messageId: str) -> bool:
-    return db.execute("SELECT 1 FROM messages WHERE id = ?", (messageId,)).fetchone() is not None
+def _noRemoval(function: Callable[..., Any]) -> Callable[..., tuple[Any, None]]:
+    """``function`` answering as the ones that may remove a message do: ``(result, None)``."""
+
+    def wrapper(db: sqlite3.Connection, *args: Any) -> tuple[Any, None]:
+        return function(db, *args), None
+
+    return wrapper
