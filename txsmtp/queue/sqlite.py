@@ -352,10 +352,10 @@ class SQLiteStore:
         return self._reader.call(self._readTransaction, function, args)
 
     def _readTransaction(self, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        if self._readDb is None:
-            self._readDb = _connect(self.databasePath, self.sync, readOnly=True)
-        db = self._readDb
         try:
+            if self._readDb is None:
+                self._readDb = _connect(self.databasePath, self.sync, readOnly=True)
+            db = self._readDb
             db.execute("BEGIN")
             try:
                 return function(db, *args)
