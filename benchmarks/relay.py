@@ -211,8 +211,14 @@ class Txsmtp:
     @staticmethod
     def unavailable(repo: str) -> str | None:
         env = dict(os.environ, PYTHONPATH=repo)
+        # From the checkout's directory: `python -c` puts the working directory first on sys.path.
         out = subprocess.run(
-            [*TWISTD, "smtp", "--help"], env=env, capture_output=True, text=True, timeout=60
+            [*TWISTD, "smtp", "--help"],
+            env=env,
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if "--relay-host" not in out.stdout:
             return "this checkout's twistd smtp has no --relay-host (the relay is not there yet)"
@@ -383,7 +389,7 @@ def queueAtSize(args, workdir: str, sink: Sink) -> dict:
     env = dict(os.environ, PYTHONPATH=args.repo)
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--claim-worker", directory,
-         "--queued", str(args.queued), "--claims", str(args.claims)],
+         "--queued", str(args.queued), "--claims", str(args.claims), "--repo", args.repo],
         env=env, capture_output=True, text=True, timeout=args.run_timeout * 10,
     )  # fmt: skip
     if out.returncode != 0:
@@ -453,6 +459,8 @@ def parseArgs(argv=None):
 def main(argv=None) -> int:
     args = parseArgs(argv)
     if args.claim_worker:
+        # The store of the checkout measured, not of this script's.
+        sys.path.insert(0, os.path.abspath(args.repo))
         claimWorker(args.claim_worker, args.queued, args.claims)
         return 0
     workdir = tempfile.mkdtemp(prefix="relay-bench.", dir=args.dir)
