@@ -121,6 +121,41 @@ class PostfixIntoTxsmtpTests(unittest.TestCase):
         self.assertEqual(rest, sent)
 
 
+class PostfixIntoTxsmtpQueueTests(unittest.TestCase):
+    """The same, with txsmtp's relay on: the message goes through its queue to ``--deliver``."""
+
+    async def test_postfixRelaysThroughTheQueue(self) -> None:
+        queue = os.path.abspath(self.mktemp())
+        twistd = await startTwistd(
+            self,
+            "--hostname", TXSMTP_NAME,
+            "--deliver", "maildir:Maildir",
+            "--queue", queue,
+            "--local-domains", TXSMTP_RCPT.rpartition("@")[2],
+        )  # fmt: skip
+        postfix = await startPostfix(
+            self, relayHost=f"[{LOOPBACK}]:{twistd.port}", hostname=POSTFIX_NAME
+        )
+        sent = message("postfix into the queue")
+        await submit(postfix.port, TXSMTP_RCPT, sent)
+
+        [match] = await postfix.waitForLog(r"status=sent \(250 2\.0\.0 OK: queued as (\w+)\)")
+        accepted = await twistd.waitForLog(rf"accepted id={match.group(1)} .* stored=(\w+)")
+        await twistd.waitForLog(
+            rf"{accepted.group(1)}: to=<{re.escape(TXSMTP_RCPT)}> hop=local: result=delivered"
+        )
+        [name] = os.listdir(twistd.path("Maildir", "new"))
+        with open(twistd.path("Maildir", "new", name), "rb") as f:
+            stored = parseStored(f.read())
+        self.assertEqual(stored.returnPath, SENDER.encode())
+        self.assertEqual(stored.deliveredTo, [TXSMTP_RCPT.encode()])
+        self.assertEqual(stored.heloName, POSTFIX_NAME.encode())
+        self.assertEqual(stored.peer, b"[127.0.0.1]")
+        self.assertEqual(stored.queueId.decode(), match.group(1))
+        _, rest = splitPostfixReceived(stored.body)
+        self.assertEqual(rest, sent)
+
+
 class TxsmtpIntoPostfixTests(unittest.TestCase):
     """txsmtp relays out of its queue into a real Postfix, the final destination."""
 
