@@ -32,6 +32,7 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from twisted.internet import defer
@@ -53,11 +54,14 @@ from txsmtp.queue.sqlitebody import (
     validId,
 )
 from txsmtp.queue.sqliteschema import migrate
-from txsmtp.queue.sqlitethreads import Worker
+from txsmtp.queue.sqlitethreads import Remover, Worker
 
 __all__ = ["SQLiteStore"]
 
 _log = Logger(namespace="txsmtp.queue.sqlite")
+
+#: How many bodies of one group of commits are synced at once.
+SYNC_THREADS = 8
 
 #: How long a connection waits for a lock held by the other one (seconds).
 _BUSY_TIMEOUT = 30.0
@@ -139,6 +143,8 @@ class SQLiteStore:
         self._readDb: sqlite3.Connection | None = None
         self._writer: Worker | None = None
         self._reader: Worker | None = None
+        self._remover: Remover | None = None
+        self._syncPool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -213,8 +219,12 @@ class SQLiteStore:
             f"txsmtp-queue-writer {self.path}", self._reactor, self._commitGroup, self._wake
         )
         self._reader = Worker(f"txsmtp-queue-reader {self.path}", self._reactor)
+        self._remover = Remover(f"txsmtp-queue-remover {self.path}", self.files.remove)
+        if self.sync:
+            self._syncPool = ThreadPoolExecutor(SYNC_THREADS, f"txsmtp-queue-sync {self.path}")
         self._writer.start()
         self._reader.start()
+        self._remover.start()
 
     def _stopThreads(self) -> Deferred[None]:
         stops = []
@@ -291,6 +301,13 @@ class SQLiteStore:
             )
 
     def _closeWriter(self) -> None:
+        # The bodies of messages gone go before the lock: a new owner finds none.
+        remover, self._remover = self._remover, None
+        if remover is not None:
+            remover.stop()
+        pool, self._syncPool = self._syncPool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         db, self._db = self._db, None
         if db is not None:
             db.close()
@@ -347,13 +364,10 @@ class SQLiteStore:
             _rollback(db)
             raise
         self.transactions += 1
-        if removed is not None:
-            # After the commit: a crash before it leaves a body with no row, removed at open.
-            try:
-                self.files.remove(removed)
-            except OSError as e:
-                # Committed already: what is left is removed at the next open.
-                _log.error("queue {path}: {error}", path=self.path, error=e)
+        if removed is not None and self._remover is not None:
+            # After the commit (a crash before it leaves a body with no row,
+            # removed at open), and on a thread of its own.
+            self._remover.put(removed)
         return result
 
     def _setSync(self, db: sqlite3.Connection, durable: bool) -> None:
@@ -430,12 +444,24 @@ class SQLiteStore:
         """
         results: dict[str, str | Failure] = {}
         ready: list[PendingMessage] = []
-        for m in messages:
+
+        def finish(m: PendingMessage) -> Exception | None:
             try:
                 m.finishBody()
-                ready.append(m)
             except Exception as e:
-                results[m.id] = Failure(asQueueError(e, "storing the body"))
+                return e
+            return None
+
+        # The bodies are synced side by side: the file system commits
+        # concurrent fsync calls together, one after the other it would
+        # commit its journal once for each.
+        pool = self._syncPool
+        errors = list(pool.map(finish, messages)) if pool is not None and len(messages) > 1 else map(finish, messages)
+        for m, error in zip(messages, errors, strict=True):
+            if error is None:
+                ready.append(m)
+            else:
+                results[m.id] = Failure(asQueueError(error, "storing the body"))
         db = self._db
         if ready:
             try:
@@ -509,11 +535,14 @@ class SQLiteStore:
         error = self._notOpen()
         if error is not None:
             return defer.fail(error)
-        assert self._reader is not None
-        return self._reader.call(self._openBody, messageId)
-
-    def _openBody(self, messageId: str) -> IO[bytes]:
         if not validId(messageId):
+            return defer.fail(KeyError(messageId))
+        return self._read(self._openBody, messageId)
+
+    def _openBody(self, db: sqlite3.Connection, messageId: str) -> IO[bytes]:
+        # The row decides: a body whose message left the queue may still be
+        # on disk for a moment (the remover thread deletes it).
+        if db.execute("SELECT 1 FROM messages WHERE id = ?", (messageId,)).fetchone() is None:
             raise KeyError(messageId)
         try:
             return open(self.files.bodyPath(messageId), "rb")
