@@ -63,7 +63,14 @@ if REPO not in map(os.path.abspath, sys.path):
     # tests/postfixd.py writes Postfix's configuration.
     sys.path.insert(0, REPO)
 
-from _bench import BenchError, freePort, machineInfo, progress, waitForQuiet  # noqa: E402
+from _bench import (  # noqa: E402
+    BenchError,
+    MachineTime,
+    freePort,
+    machineInfo,
+    progress,
+    waitForQuiet,
+)
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -291,6 +298,7 @@ def run(
     if reuse:
         argv.append("-d")
     argv.append(f"127.0.0.1:{relay.port}")
+    machine = MachineTime.now()
     start = time.perf_counter()
     source = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     accepted = time.perf_counter() - start
@@ -303,7 +311,12 @@ def run(
             f"{relay.name}: smtp-sink counted {sink.count - target + messages} of {messages}"
         )
     elapsed = time.perf_counter() - start
+    spent = MachineTime.now() - machine
     return {
+        # The machine's CPU in use during the run, everything included (the
+        # relay, smtp-source, smtp-sink and whatever else runs): near 100 %
+        # the run was CPU-bound, and other work on the machine slowed it.
+        "machineBusy": (spent.busy + spent.steal) / spent.total if spent.total else 0.0,
         "msgPerSec": messages / elapsed,
         "acceptPerSec": messages / accepted,
         "seconds": elapsed,
@@ -516,7 +529,8 @@ def main(argv=None) -> int:
                     continue
                 results["runs"][name].append(r)
                 progress(
-                    f"  rep {rep + 1} {name}: {r['msgPerSec']:.0f} msg/s end to end, accepted at {r['acceptPerSec']:.0f} msg/s"
+                    f"  rep {rep + 1} {name}: {r['msgPerSec']:.0f} msg/s end to end, accepted at {r['acceptPerSec']:.0f} msg/s,"
+                    f" machine {r['machineBusy']:.0%} busy"
                 )
         if "txsmtp" in relays:
             results["txsmtpRss"] = relays["txsmtp"].rss()
@@ -542,6 +556,7 @@ def report(args, results) -> None:
             summary[name] = {
                 "msgPerSec": statistics.median(r["msgPerSec"] for r in runs),
                 "acceptPerSec": statistics.median(r["acceptPerSec"] for r in runs),
+                "machineBusy": statistics.median(r["machineBusy"] for r in runs),
                 "runs": len(runs),
             }
     results["summary"] = summary
@@ -549,9 +564,14 @@ def report(args, results) -> None:
     print(
         f"relay end to end: {args.messages:,} messages of {args.size} octets, {args.sessions} sessions, {mode}, median of {args.reps}"
     )
-    print(f"{'relay':<10}{'msg/s end to end':>20}{'accepted msg/s':>18}")
+    print(f"{'relay':<10}{'msg/s end to end':>20}{'accepted msg/s':>18}{'machine busy':>15}")
     for name, s in summary.items():
-        print(f"{name:<10}{s['msgPerSec']:>20,.0f}{s['acceptPerSec']:>18,.0f}")
+        print(
+            f"{name:<10}{s['msgPerSec']:>20,.0f}{s['acceptPerSec']:>18,.0f}{s['machineBusy']:>15.0%}"
+        )
+    print(
+        f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs)"
+    )
     for name, reason in results["unavailable"].items():
         print(f"{name:<10}  unavailable: {reason}")
     for name, errors in results["errors"].items():
