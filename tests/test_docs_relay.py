@@ -13,14 +13,15 @@ passes here starts as written, given those files.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
+from typing import Any
 
 from twisted.trial import unittest
 
 from tests.certs import certificates
-from txsmtp.queue.senders import SenderLoginMap
 from txsmtp.tap import Options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +52,20 @@ def literalAfter(text: str, marker: str) -> str:
     return "".join(line[4:] + "\n" for line in m.group(1).splitlines()).strip() + "\n"
 
 
+#: The relay's twistd options (txsmtp/tapqueue.py) are in this checkout.
+RELAY = importlib.util.find_spec("txsmtp.tapqueue") is not None
+
+
+def senderLoginMap(path: str) -> Any:
+    from txsmtp.queue.senders import SenderLoginMap
+
+    return SenderLoginMap.fromFile(path)
+
+
 class DocumentedCommandsTests(unittest.TestCase):
+    if not RELAY:
+        skip = "the relay's twistd options (txsmtp.tapqueue) are not in this checkout"
+
     def setUp(self) -> None:
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
@@ -128,7 +142,7 @@ class DocumentedCommandsTests(unittest.TestCase):
             self.assertIsNotNone(self.parse(words)["relaySetup"].policy.senderLogins)
 
     def test_senderMapAsPrinted(self) -> None:
-        logins = SenderLoginMap.fromFile(self.senders)
+        logins = senderLoginMap(self.senders)
         self.assertTrue(logins.allows("alice", "alice@example.com"))
         self.assertTrue(logins.allows("alice", "postmaster@example.com"))
         self.assertFalse(logins.allows("bob", "alice@example.com"))
@@ -138,6 +152,6 @@ class DocumentedCommandsTests(unittest.TestCase):
         path = os.path.join(os.path.dirname(self.senders), "relay-senders")
         with open(path, "w", encoding="utf-8") as f:
             f.write(relayMap)
-        logins = SenderLoginMap.fromFile(path)
+        logins = senderLoginMap(path)
         self.assertTrue(logins.allows("bob@example.org", "anyone@lists.example.org"))
         self.assertFalse(logins.allows("alice", "bob@example.org"))
