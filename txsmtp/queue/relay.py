@@ -205,6 +205,12 @@ class RelayDelivery:
         d = defer.maybeDeferred(self.inner.openSession, connection)
         return d.addCallback(lambda inner: RelaySession(self, connection, inner))
 
+    def startCleanup(self, *args: Any, **kwargs: Any) -> None:
+        """Start the inner delivery's sweeps of stale files, when it has them (the Maildir deliveries)."""
+        start = getattr(self.inner, "startCleanup", None)
+        if callable(start):
+            start(*args, **kwargs)
+
     # -- the policy hooks -----------------------------------------------------
 
     def acceptsFromAnyone(self, domain: str) -> bool:
