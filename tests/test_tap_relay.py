@@ -233,6 +233,40 @@ class TwistdRelayTests(unittest.TestCase):
         client = await connectClient(self, first.port)
         await client.close()
 
+    async def test_locked_queue_daemon(self) -> None:
+        """Daemonizing, twistd's parent prints the reason and exits non-zero; no pid file is left."""
+        first = await startTwistd(self, "--deliver", "discard", "--queue", "queue")
+        result = await runProcess(
+            TWISTD[0],
+            [*TWISTD[1:], "--pidfile=twistd.pid", "--logfile=twistd.log", "smtp", "--deliver", "discard",
+             "--queue", "queue", "--listen", f"tcp:{_freePort()}:interface=127.0.0.1"],
+            cwd=first.cwd,
+            env=childEnv(),
+            timeout=30,
+        )  # fmt: skip
+        self.assertNotEqual(result.code, 0, result.describe())
+        self.assertIn("is in use by another process", result.err.decode(), result.describe())
+        self.assertFalse(os.path.exists(os.path.join(first.cwd, "twistd.pid")))
+
+    async def test_unusable_queue(self) -> None:
+        """A queue directory that cannot be made: one line, exit 1."""
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        with open(os.path.join(cwd, "file"), "w"):
+            pass
+        result = await runProcess(
+            TWISTD[0],
+            [*TWISTD[1:], "-n", "--pidfile=", "--logfile=-", "smtp", "--deliver", "discard",
+             "--queue", "file/queue", "--listen", f"tcp:{_freePort()}:interface=127.0.0.1"],
+            cwd=cwd,
+            env=childEnv(),
+            timeout=30,
+        )  # fmt: skip
+        self.assertEqual(result.code, 1, result.describe())
+        lines = result.err.decode().splitlines()
+        self.assertEqual(len(lines), 1, result.describe())
+        self.assertRegex(lines[0], r"^twistd smtp: cannot open the queue \S+/file/queue: ")
+
 
 def _freePort() -> int:
     with socket.socket() as s:
