@@ -1,0 +1,594 @@
+"""
+The scheduler: takes due recipients out of a store, hands them to an
+outbound delivery, and records what became of them.
+
+- It wakes at once when the store says new work may be due (a commit, a
+  flush, a release), and otherwise at the earliest due time the store gives
+  (its ``nextDue()``); it never polls in
+  a loop.
+- It claims only what it has room for: at most ``maxRecipients`` per free
+  attempt slot, and never more than ``concurrency * maxRecipients``
+  recipients waiting in memory.  Claimed recipients are grouped by message
+  and next hop (:attr:`~txsmtp.queue.model.NextHop.key`), at most
+  ``maxRecipients`` per transaction, and started while the hop has fewer
+  than ``destinationConcurrency`` attempts under way and the scheduler
+  fewer than ``concurrency``.
+- Each result becomes a :class:`~txsmtp.queue.model.RecipientOutcome`: a
+  temporary failure is tried again at the time the
+  :class:`~txsmtp.queue.retry.RetryPolicy` gives, or bounced with status
+  ``4.4.7`` once the message is older than its lifetime.  Reports are
+  queued (:class:`~txsmtp.queue.reports.Reporter`) before the outcomes are
+  recorded: a crash in between sends a report twice, never not at all.
+- Leases of recipients waiting in memory or under way are renewed before
+  they lapse.  When anything fails (the store, the outbound delivery, the
+  reporter), the error is logged and the recipients concerned stay leased
+  until their lease lapses; they are then claimed again.
+
+Every attempt is logged in one line per outcome (``txsmtp.queue``
+namespace), e.g.::
+
+    M0001: to=<a@example.com>,<b@example.com> hop=mx:example.com
+      result=deferred status=4.3.0 attempts=2 next=2026-12-06T22:40:00Z
+      reason="mx.example.com[192.0.2.1] said: 451 4.3.0 try later"
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txsmtp.queue.model import (
+    AttemptResult,
+    Lease,
+    NextHop,
+    QueuedRecipient,
+    RecipientOutcome,
+    Result,
+)
+from txsmtp.queue.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from txsmtp.queue.reports import Reporter
+
+__all__ = ["Scheduler", "IRouter"]
+
+_log = Logger(namespace="txsmtp.queue")
+
+_T = TypeVar("_T")
+
+#: Seconds to wait before claiming again after the store failed.
+ERROR_BACKOFF = 10.0
+#: The shortest timer: a store whose next due time is already past (a race
+#: with a lease that just lapsed) is asked again after this, never at once.
+MINIMUM_TIMER = 1.0
+
+
+class IRouter(Protocol):
+    """What the scheduler needs of a router (such as ``txsmtp.queue.routing.Router``)."""
+
+    def route(self, address: str) -> NextHop:
+        """The next hop for ``address``."""
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Recipients of one message for one hop: one transaction."""
+
+    lease: Lease
+    hop: NextHop
+    recipients: list[QueuedRecipient]
+    deferred: Deferred[Any] | None = None
+
+
+@dataclass(eq=False)
+class _Held:
+    """A lease the scheduler holds, with how many of its batches are not done."""
+
+    lease: Lease
+    batches: list[_Batch] = field(default_factory=list)
+    lost: bool = False
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Scheduler(service.Service):
+    """
+    Runs the queue: see the module's description.
+
+    :param store: the :class:`~txsmtp.queue.interfaces.IQueueStore`.
+    :param router: an object with ``route(address) -> NextHop``
+        (:class:`IRouter`).
+    :param outbound: the :class:`~txsmtp.queue.interfaces.IOutbound`.
+    :param reporter: the :class:`~txsmtp.queue.reports.Reporter`, or
+        ``None`` for no reports at all.  Give it the same lifetime as
+        ``retry``.
+    :param retry: the :class:`~txsmtp.queue.retry.RetryPolicy` (default:
+        Postfix's schedule).
+    :param clock: the :class:`~twisted.internet.interfaces.IReactorTime`
+        for timers and "now" (default: the store's ``clock``, else the
+        reactor).
+    :param owner: the name leases are taken under.
+    :param maxRecipients: the most recipients in one transaction.
+    :param destinationConcurrency: the most attempts under way at once
+        toward one next hop (:attr:`~txsmtp.queue.model.NextHop.key`).
+    :param concurrency: the most attempts under way at once in all.
+    :param leaseSeconds: how long a claim lasts before it is renewed.
+    :param delayWarning: the age in seconds after which a delay report is
+        sent (once) for a recipient still deferred; ``None``: never.
+    :param stopTimeout: how long :meth:`stopService` waits for attempts
+        under way before cancelling them.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        router: IRouter,
+        outbound: Any,
+        reporter: Reporter | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        clock: IReactorTime | None = None,
+        owner: str = "local",
+        maxRecipients: int = 50,
+        destinationConcurrency: int = 20,
+        concurrency: int = 100,
+        leaseSeconds: float = 600,
+        delayWarning: float | None = None,
+        stopTimeout: float = 30.0,
+    ) -> None:
+        if maxRecipients < 1 or destinationConcurrency < 1 or concurrency < 1:
+            raise ValueError("maxRecipients, destinationConcurrency and concurrency must be at least 1")
+        if leaseSeconds < 1:
+            raise ValueError("leaseSeconds must be at least 1")
+        self.store = store
+        self.router = router
+        self.outbound = outbound
+        self.reporter = reporter
+        self.retry = retry if retry is not None else RetryPolicy()
+        if clock is None:
+            clock = getattr(store, "clock", None)
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.clock: IReactorTime = clock
+        self.owner = owner
+        self.maxRecipients = maxRecipients
+        self.destinationConcurrency = destinationConcurrency
+        self.concurrency = concurrency
+        self.leaseSeconds = float(leaseSeconds)
+        self.delayWarning = delayWarning
+        self.stopTimeout = stopTimeout
+        self._waiting: dict[str, deque[_Batch]] = {}
+        self._waitingRecipients = 0
+        self._active: dict[str, int] = {}
+        self._inFlight: set[_Batch] = set()
+        self._held: dict[str, _Held] = {}
+        self._timer: IDelayedCall | None = None
+        self._timerDue: float | None = None
+        self._renewTimer: IDelayedCall | None = None
+        self._claiming = False
+        self._wanted = False
+        self._dispatching = False
+        self._dispatchAgain = False
+        self._starved = False
+        self._stopping = False
+        self._idle: list[Deferred[None]] = []
+
+    # -- the service -----------------------------------------------------
+
+    def startService(self) -> None:
+        """Listen to the store's wake-ups and claim what is due now."""
+        service.Service.startService(self)
+        self._stopping = False
+        self.store.addWakeListener(self.wake)
+        self.wake()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop claiming and starting attempts, and wait (up to
+        ``stopTimeout``) for the attempts under way, cancelling those still
+        running then.  Recipients claimed but not started stay leased
+        (a store ends those leases when it is opened again).
+        """
+        service.Service.stopService(self)
+        self._stopping = True
+        self.store.removeWakeListener(self.wake)
+        self._cancelTimer()
+        for queue in self._waiting.values():
+            for batch in queue:
+                self._batchDone(batch)
+        self._waiting.clear()
+        self._waitingRecipients = 0
+        if not self._inFlight:
+            self._cancelRenewals()
+            return defer.succeed(None)
+        idle: Deferred[None] = Deferred()
+        self._idle.append(idle)
+
+        def timedOut() -> None:
+            _log.warn(
+                "Queue scheduler stopping: cancelling {count} attempts still under way after {timeout}s",
+                count=len(self._inFlight),
+                timeout=self.stopTimeout,
+            )
+            for batch in list(self._inFlight):
+                if batch.deferred is not None:
+                    batch.deferred.cancel()
+
+        guard = self.clock.callLater(self.stopTimeout, timedOut)
+
+        def done(result: None) -> None:
+            if guard.active():
+                guard.cancel()
+            self._cancelRenewals()
+
+        idle.addCallback(done)
+        return idle
+
+    # -- waking and claiming ---------------------------------------------
+
+    def wake(self) -> None:
+        """Claim due recipients now (the store's wake listener)."""
+        if not self.running or self._stopping:
+            return
+        self._wanted = True
+        if self._claiming:
+            return
+        self._claiming = True
+        self._run(self._claimLoop(), "claiming")
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T], what: str) -> Deferred[_T | None]:
+        """Run ``coroutine``; log its error (it never reaches the caller)."""
+
+        def failed(f: Failure) -> None:
+            if f.check(defer.CancelledError) and self._stopping:
+                _log.warn("Queue scheduler: cancelled while {what} (stopping)", what=what)
+            else:
+                _log.failure("Queue scheduler: error while {what}; the recipients stay leased", f, what=what)
+
+        return Deferred.fromCoroutine(coroutine).addErrback(failed)
+
+    def _claimLimit(self) -> int:
+        free = self.concurrency - len(self._inFlight)
+        room = self.concurrency * self.maxRecipients - self._waitingRecipients
+        return max(0, min(free * self.maxRecipients, room))
+
+    async def _claimLoop(self) -> None:
+        try:
+            while self._wanted and self.running and not self._stopping:
+                self._wanted = False
+                limit = self._claimLimit()
+                if limit <= 0:
+                    # Full: the next attempt that ends wakes the scheduler.
+                    self._starved = True
+                    return
+                self._cancelTimer()
+                try:
+                    leases = await self.store.claim(self.owner, limit, self.leaseSeconds)
+                except Exception:
+                    _log.failure("Queue scheduler: claiming due recipients failed")
+                    self._setTimer(self.clock.seconds() + ERROR_BACKOFF)
+                    return
+                claimed = sum(len(lease.message.recipients) for lease in leases)
+                for lease in leases:
+                    self._accept(lease)
+                self._dispatch()
+                if self._stopping:
+                    return
+                if claimed >= limit:
+                    # There may be more due: claim again (room permitting).
+                    self._wanted = True
+                    continue
+                if self._wanted:
+                    continue
+                try:
+                    due = await self.store.nextDue()
+                except Exception:
+                    _log.failure("Queue scheduler: asking the store for the next due time failed")
+                    due = self.clock.seconds() + ERROR_BACKOFF
+                if self._wanted or self._stopping:
+                    continue
+                self._setTimer(due)
+        finally:
+            self._claiming = False
+
+    def _setTimer(self, due: float | None) -> None:
+        """
+        Wake at ``due`` (or at the latest after one lease period: a lease
+        left by a failed attempt lapses unseen by the store's wake-ups).
+        """
+        now = self.clock.seconds()
+        latest = now + self.leaseSeconds
+        when = latest if due is None else min(max(due, now + MINIMUM_TIMER), latest)
+        if self._timer is not None and self._timer.active():
+            if self._timerDue is not None and self._timerDue <= when:
+                return
+            self._timer.cancel()
+        self._timerDue = when
+        self._timer = self.clock.callLater(when - now, self._timerFired)
+
+    def _timerFired(self) -> None:
+        self._timer = None
+        self._timerDue = None
+        self.wake()
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._timerDue = None
+
+    # -- grouping and starting -------------------------------------------
+
+    def _accept(self, lease: Lease) -> None:
+        """Group a lease's recipients into batches by next hop, and queue them."""
+        held = _Held(lease)
+        groups: dict[str, tuple[NextHop, list[QueuedRecipient]]] = {}
+        try:
+            for rcpt in lease.message.recipients:
+                hop = self.router.route(rcpt.address)
+                groups.setdefault(hop.key, (hop, []))[1].append(rcpt)
+        except Exception:
+            _log.failure(
+                "Queue scheduler: routing the recipients of {queueId} failed; they stay leased",
+                queueId=lease.message.id,
+            )
+            return
+        for key, (hop, recipients) in groups.items():
+            for start in range(0, len(recipients), self.maxRecipients):
+                batch = _Batch(lease, hop, recipients[start : start + self.maxRecipients])
+                held.batches.append(batch)
+                self._waiting.setdefault(key, deque()).append(batch)
+                self._waitingRecipients += len(batch.recipients)
+        if held.batches:
+            self._held[lease.token] = held
+            self._scheduleRenewals()
+
+    def _dispatch(self) -> None:
+        """Start every waiting batch that the concurrency limits allow."""
+        if self._stopping:
+            return
+        if self._dispatching:
+            # Called back by an attempt that ended at once: the loop below
+            # goes round again.
+            self._dispatchAgain = True
+            return
+        self._dispatching = True
+        try:
+            self._dispatchAgain = True
+            while self._dispatchAgain and not self._stopping:
+                self._dispatchAgain = False
+                for key in list(self._waiting):
+                    if len(self._inFlight) >= self.concurrency:
+                        break
+                    queue = self._waiting.get(key)
+                    while queue and len(self._inFlight) < self.concurrency:
+                        if self._active.get(key, 0) >= self.destinationConcurrency:
+                            break
+                        batch = queue.popleft()
+                        self._waitingRecipients -= len(batch.recipients)
+                        if not queue:
+                            del self._waiting[key]
+                        self._start(batch)
+        finally:
+            self._dispatching = False
+
+    def _start(self, batch: _Batch) -> None:
+        key = batch.hop.key
+        self._active[key] = self._active.get(key, 0) + 1
+        self._inFlight.add(batch)
+        d = self._run(self._attempt(batch), f"delivering {batch.lease.message.id}")
+        if batch in self._inFlight:
+            batch.deferred = d
+        d.addBoth(lambda _: self._finished(batch))
+
+    def _finished(self, batch: _Batch) -> None:
+        key = batch.hop.key
+        self._active[key] -= 1
+        if not self._active[key]:
+            del self._active[key]
+        self._inFlight.discard(batch)
+        batch.deferred = None
+        self._batchDone(batch)
+        if self._stopping:
+            if not self._inFlight:
+                idle, self._idle = self._idle, []
+                for d in idle:
+                    d.callback(None)
+            return
+        self._dispatch()
+        if self._starved:
+            # Due work was left unclaimed for want of room; there is some now.
+            # (Otherwise the store's wake-ups and the timer cover what is due.)
+            self._starved = False
+            self.wake()
+
+    def _batchDone(self, batch: _Batch) -> None:
+        held = self._held.get(batch.lease.token)
+        if held is None:
+            return
+        if batch in held.batches:
+            held.batches.remove(batch)
+        if not held.batches:
+            del self._held[batch.lease.token]
+            if not self._held:
+                self._cancelRenewals()
+
+    # -- one attempt -------------------------------------------------------
+
+    async def _attempt(self, batch: _Batch) -> None:
+        lease, hop, recipients = batch.lease, batch.hop, batch.recipients
+        message = lease.message
+        body = await self.store.openBody(message.id)
+        try:
+            results = await defer.maybeDeferred(self.outbound.deliver, hop, message, recipients, body)
+        finally:
+            body.close()
+        if len(results) != len(recipients):
+            raise RuntimeError(
+                f"the outbound delivery answered {len(results)} results for {len(recipients)} recipients"
+            )
+        now = self.clock.seconds()
+        outcomes: list[RecipientOutcome] = []
+        final: list[AttemptResult] = []
+        reportable: list[tuple[QueuedRecipient, AttemptResult]] = []
+        for rcpt, result in zip(recipients, results, strict=True):
+            outcome, report = self._outcome(message.arrival, rcpt, result, now)
+            outcomes.append(outcome)
+            final.append(report if report is not None else result)
+            if report is not None:
+                reportable.append((rcpt, report))
+        self._logAttempt(message.id, hop, recipients, final, outcomes)
+        if self.reporter is not None and reportable:
+            # Reports first (RFC 3461 §6.2 wants one when asked for): a
+            # crash between the two gives a duplicate report, never none.
+            await self.reporter.report(message, reportable, lambda: self.store.openBody(message.id))
+        if not await self.store.record(lease, outcomes):
+            _log.warn(
+                "{queueId}: lease lost before the outcomes were recorded (to={recipients} hop={hop}); "
+                "another claim will try them again",
+                queueId=message.id,
+                recipients=",".join(f"<{r.address}>" for r in recipients),
+                hop=hop.key,
+            )
+            held = self._held.get(lease.token)
+            if held is not None:
+                held.lost = True
+            return
+        deferred = [o.nextAttempt for o in outcomes if o.result == Result.DEFERRED and o.nextAttempt is not None]
+        if deferred and not self._stopping:
+            self._setTimer(min(deferred))
+
+    def _outcome(
+        self, arrival: float, rcpt: QueuedRecipient, result: AttemptResult, now: float
+    ) -> tuple[RecipientOutcome, AttemptResult | None]:
+        """
+        The outcome to record for one result, and the result to pass to the
+        reporter (``None``: nothing to report).
+        """
+        if result.result != Result.DEFERRED:
+            return RecipientOutcome(rcpt.index, result.result), result
+        if self.retry.expired(arrival, now):
+            days = self.retry.lifetime / 86400
+            age = f"{days:g} days" if days >= 1 else f"{self.retry.lifetime:g} seconds"
+            expired = AttemptResult(
+                Result.FAILED,
+                "4.4.7",
+                diagnostic=result.diagnostic,
+                remoteMTA=result.remoteMTA,
+                reason=f"message was too long in the queue (more than {age}); last error: {result.reason}",
+            )
+            return RecipientOutcome(rcpt.index, Result.FAILED), expired
+        warn = (
+            self.reporter is not None
+            and self.delayWarning is not None
+            and not rcpt.delayReported
+            and now - arrival >= self.delayWarning
+        )
+        outcome = RecipientOutcome(
+            rcpt.index,
+            Result.DEFERRED,
+            nextAttempt=self.retry.nextAttempt(arrival, now),
+            lastError=result.reason or result.diagnostic or result.status,
+            delayReported=rcpt.delayReported or warn,
+        )
+        return outcome, (result if warn else None)
+
+    def _logAttempt(
+        self,
+        queueId: str,
+        hop: NextHop,
+        recipients: list[QueuedRecipient],
+        results: list[AttemptResult],
+        outcomes: list[RecipientOutcome],
+    ) -> None:
+        groups: dict[tuple[Any, ...], list[str]] = {}
+        for rcpt, result, outcome in zip(recipients, results, outcomes, strict=True):
+            nextAt = _iso(outcome.nextAttempt) if outcome.nextAttempt is not None else None
+            key = (outcome.result.value, result.status, result.reason, rcpt.attempts + 1, nextAt)
+            groups.setdefault(key, []).append(f"<{rcpt.address}>")
+        for (res, status, reason, attempts, nextAt), addresses in groups.items():
+            _log.info(
+                "{queueId}: to={recipients} hop={hop} result={result} status={status} "
+                "attempts={attempts}{next} reason={reason}",
+                queueId=queueId,
+                recipients=",".join(addresses),
+                hop=hop.key,
+                result=res,
+                status=status,
+                attempts=attempts,
+                next=f" next={nextAt}" if nextAt else "",
+                reason=_quote(reason),
+            )
+
+    # -- leases ------------------------------------------------------------
+
+    def _scheduleRenewals(self) -> None:
+        if self._renewTimer is None or not self._renewTimer.active():
+            self._renewTimer = self.clock.callLater(max(self.leaseSeconds / 3, 0.5), self._renew)
+
+    def _cancelRenewals(self) -> None:
+        if self._renewTimer is not None and self._renewTimer.active():
+            self._renewTimer.cancel()
+        self._renewTimer = None
+
+    def _renew(self) -> None:
+        self._renewTimer = None
+        now = self.clock.seconds()
+        for held in list(self._held.values()):
+            if held.lost or held.lease.expires - now > self.leaseSeconds / 2:
+                continue
+            self._run(self._renewOne(held), f"renewing the lease of {held.lease.message.id}")
+        if self._held:
+            self._scheduleRenewals()
+
+    async def _renewOne(self, held: _Held) -> None:
+        lease = held.lease
+        if await self.store.renew(lease, self.leaseSeconds):
+            lease.expires = max(lease.expires, self.clock.seconds() + self.leaseSeconds)
+            return
+        held.lost = True
+        _log.warn(
+            "{queueId}: lease lost (it lapsed before it was renewed); its waiting recipients are dropped "
+            "for another claim",
+            queueId=lease.message.id,
+        )
+        for batch in list(held.batches):
+            queue = self._waiting.get(batch.hop.key)
+            if queue is not None and batch in queue:
+                queue.remove(batch)
+                self._waitingRecipients -= len(batch.recipients)
+                if not queue:
+                    del self._waiting[batch.hop.key]
+                self._batchDone(batch)
+
+    # -- for tests and the control socket ---------------------------------
+
+    @property
+    def inFlight(self) -> int:
+        """How many attempts are under way."""
+        return len(self._inFlight)
+
+    @property
+    def waiting(self) -> int:
+        """How many claimed recipients wait in memory for a free slot."""
+        return self._waitingRecipients
+
+
+def _quote(text: str | None) -> str:
+    if not text:
+        return '""'
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ") + '"'
