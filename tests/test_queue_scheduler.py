@@ -366,6 +366,24 @@ class ReportTests(SchedulerTestsMixin, unittest.TestCase):
         self.assertEqual(len(self.reports()), 1)
 
 
+    def test_successReportErrorStillRecords(self) -> None:
+        """
+        A success report that cannot be queued is logged, and the delivery is
+        recorded all the same: a lost notice, never the message delivered twice.
+        """
+        self.start(reporter=True, leaseSeconds=60)
+        rcpt = QueuedRecipient(0, "bob@example.com", notify=("SUCCESS",))
+        messageId = self.store.add("alice@example.org", [rcpt])
+        self.store.commitError = QueueFullError("disk full")
+        self.outbound.attempts[0].answer(Result.DELIVERED, "2.0.0", "ok")
+        self.assertEqual(len(self.flushLoggedErrors(QueueFullError)), 1)
+        self.assertNotIn(messageId, self.store.rows)
+        self.assertEqual(self.store.leased(), 0)
+        self.store.commitError = None
+        self.clock.advance(120)
+        self.assertEqual(len(self.outbound.attempts), 1)
+
+
 class FailureTests(SchedulerTestsMixin, unittest.TestCase):
     def test_leaseLost(self) -> None:
         """A record refused (lease lost) is logged and dropped; the scheduler goes on."""

@@ -291,6 +291,15 @@ def _hostName(name: dns.Name) -> str:
     return name.name.decode("ascii", "backslashreplace").rstrip(".")
 
 
+_DNS_ERROR_WORDS = {
+    "DNSServerError": "the DNS server failed (SERVFAIL)",
+    "DNSQueryRefusedError": "the DNS server refused the query (REFUSED)",
+    "DNSFormatError": "the DNS server could not read the query (FORMERR)",
+    "DNSNotImplementedError": "the DNS server does not support the query (NOTIMP)",
+    "DNSUnknownError": "the DNS server gave an unknown error",
+}
+
+
 def _dnsFailure(domain: str, rrType: str, error: BaseException) -> NoMailExchangerError:
     """The :class:`NoMailExchangerError` for a failed DNS query."""
     if isinstance(error, DNSNameError | AuthoritativeDomainError):
@@ -298,8 +307,10 @@ def _dnsFailure(domain: str, rrType: str, error: BaseException) -> NoMailExchang
         return NoMailExchangerError(domain, "the domain does not exist", permanent=True)
     # RFC 5321 §5.1: after a temporary error the message MUST be queued and
     # retried later.
-    detail = str(error)
     kind = type(error).__name__
+    # twisted.names puts the whole response message in these errors; say
+    # what the server answered instead (RFC 1035 §4.1.1 RCODE names).
+    detail = _DNS_ERROR_WORDS.get(kind) or str(error)
     return NoMailExchangerError(
         domain,
         f"{rrType} lookup failed: {kind}: {detail}"

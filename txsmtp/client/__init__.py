@@ -86,7 +86,7 @@ from txsmtp.client.errors import (
     SMTPUnsupportedError,
 )
 from txsmtp.client.mailer import Mailer, SMTPClientFactory, sendmail
-from txsmtp.client.message import CHUNK_SIZE, OutgoingMessage
+from txsmtp.client.message import CHUNK_SIZE, OutgoingMessage, RecipientDSN
 from txsmtp.client.options import ClientOptions, Timeouts, TLSPolicy
 from txsmtp.client.protocol import ESMTPClient, LMTPClient
 
@@ -97,6 +97,7 @@ __all__ = [
     "LMTPClient",
     "Mailer",
     "OutgoingMessage",
+    "RecipientDSN",
     "SMTPAddressError",
     "SMTPAuthError",
     "SMTPBadReplyError",

@@ -44,13 +44,19 @@ class SendResult:
     :ivar recipients: every recipient, in the order given, with the reply
         that decided its fate: the reply to the data for an accepted one
         (its own reply under LMTP), the reply to RCPT for a refused one.
+    :ivar dsn: whether the server offered DSN (RFC 3461) in its EHLO
+        reply, so that the DSN parameters were passed on; a relay that
+        hands a message to a server without it owes the sender a "relayed"
+        report when success was asked for (RFC 3461 §6.2.1.d).  Not part
+        of equality.
     """
 
-    __slots__ = ("reply", "recipients")
+    __slots__ = ("reply", "recipients", "dsn")
 
-    def __init__(self, reply: Reply, recipients: dict[str, Reply] | None = None) -> None:
+    def __init__(self, reply: Reply, recipients: dict[str, Reply] | None = None, dsn: bool = False) -> None:
         self.reply = reply
         self.recipients = recipients if recipients is not None else {}
+        self.dsn = dsn
 
     def __repr__(self) -> str:
         return f"SendResult({self.reply!r}, {self.recipients!r})"

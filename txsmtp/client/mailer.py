@@ -7,7 +7,7 @@ message, one connection).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, BinaryIO, ClassVar
 
 from twisted.internet import defer
@@ -23,9 +23,10 @@ from txsmtp.client.errors import (
     SMTPConnectError,
     SMTPConnectionLost,
     SMTPServerRefused,
+    SMTPTLSError,
     _reasonText,
 )
-from txsmtp.client.message import OutgoingMessage
+from txsmtp.client.message import OutgoingMessage, RecipientDSN
 from txsmtp.client.options import ClientOptions
 from txsmtp.client.protocol import ESMTPClient, LMTPClient, _fire
 from txsmtp.client.session import _State
@@ -181,6 +182,7 @@ class Mailer:
         envid: str | None = None,
         notify: Iterable[str] | None = None,
         orcpt: str | None = None,
+        recipientParams: Sequence[RecipientDSN] | None = None,
     ) -> defer.Deferred[SendResult]:
         """
         Send a message; see :func:`sendmail` for the arguments and the result.
@@ -188,7 +190,16 @@ class Mailer:
         if self._closing:
             return defer.fail(SMTPClientError("this Mailer is closed"))
         try:
-            job = OutgoingMessage.prepare(sender, recipients, message, ret=ret, envid=envid, notify=notify, orcpt=orcpt)
+            job = OutgoingMessage.prepare(
+                sender,
+                recipients,
+                message,
+                ret=ret,
+                envid=envid,
+                notify=notify,
+                orcpt=orcpt,
+                recipientParams=recipientParams,
+            )
         except SMTPClientError as e:
             return defer.fail(e)
         d: defer.Deferred[SendResult] = defer.Deferred()
@@ -290,7 +301,9 @@ class Mailer:
         elif self._queue:
             job = self._queue.popleft()
             job.attempts += 1
-            if job.attempts < 2:
+            # A TLS handshake that failed (opportunistic TLS) would fail the
+            # same way again with the same server: no second try.
+            if job.attempts < 2 and not isinstance(err, SMTPTLSError):
                 self._queue.appendleft(job)
             else:
                 _fire(job, err)
@@ -398,6 +411,7 @@ def sendmail(
     envid: str | None = None,
     notify: Iterable[str] | None = None,
     orcpt: str | None = None,
+    recipientParams: Sequence[RecipientDSN] | None = None,
     **options: Any,
 ) -> defer.Deferred[SendResult]:
     """
@@ -415,6 +429,9 @@ def sendmail(
     :param envid: DSN envelope identifier.
     :param notify: DSN ``NOTIFY`` for every recipient.
     :param orcpt: DSN original recipient.
+    :param recipientParams: instead of ``notify`` and ``orcpt``, one
+        ``(notify, orcpt)`` pair per recipient (see
+        :meth:`OutgoingMessage.prepare`).
     :param options: the other keyword arguments of :class:`ClientOptions`:
         ``tls``, ``trustRoot``, ``username``, ``password``, ``lmtp``, ...
     :return: a Deferred firing with a :class:`SendResult` once the message
@@ -422,7 +439,9 @@ def sendmail(
         it fails with a :class:`SMTPClientError` otherwise.
     """
     mailer = Mailer(host, port, poolSize=1, **options)
-    d = mailer.send(sender, recipients, message, ret=ret, envid=envid, notify=notify, orcpt=orcpt)
+    d = mailer.send(
+        sender, recipients, message, ret=ret, envid=envid, notify=notify, orcpt=orcpt, recipientParams=recipientParams
+    )
     outcome: list[Any] = []
     d.addBoth(outcome.append)
     closed = mailer.close()

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from txsmtp.client.errors import SendResult
 
-__all__ = ["CHUNK_SIZE", "OutgoingMessage", "encodeWhole"]
+__all__ = ["CHUNK_SIZE", "OutgoingMessage", "RecipientDSN", "encodeWhole"]
 
 #: How much of a file is read, encoded and written at a time.
 CHUNK_SIZE = 65536
@@ -92,6 +92,11 @@ def _notifyParam(notify: Iterable[str]) -> bytes:
     return b" NOTIFY=" + ",".join(values).encode("ascii")
 
 
+#: One recipient's DSN parameters (RFC 3461 §4): its ``NOTIFY`` values (or
+#: ``None``) and its ``ORCPT`` (``"rfc822;a@example.com"``, or ``None``).
+RecipientDSN = tuple[Iterable[str] | None, str | None]
+
+
 def _orcptParam(orcpt: str) -> bytes:
     _checkText(orcpt, "ORCPT")
     addrType, sep, address = orcpt.partition(";")
@@ -148,6 +153,7 @@ class OutgoingMessage:
         envid: str | None = None,
         notify: Iterable[str] | None = None,
         orcpt: str | None = None,
+        recipientParams: Sequence[RecipientDSN] | None = None,
     ) -> OutgoingMessage:
         """
         Check the envelope and the DSN parameters (RFC 3461) and measure the
@@ -159,7 +165,13 @@ class OutgoingMessage:
             for every recipient.
         :param orcpt: the original recipient (``"rfc822;a@example.com"``, or
             just the address), for every recipient.
+        :param recipientParams: instead of ``notify`` and ``orcpt``, each
+            recipient's own: one ``(notify, orcpt)`` pair per recipient, in
+            order, either of them ``None`` (a relay passes on what each
+            recipient was given, RFC 3461 §6.2).
         :raises SMTPAddressError: for anything malformed; nothing is sent.
+        :raises ValueError: when ``recipientParams`` does not have one pair
+            per recipient, or comes with ``notify`` or ``orcpt``.
         """
         if isinstance(sender, bytes) or isinstance(recipients, (str, bytes)):
             raise TypeError("sender is a str and recipients an iterable of str")
@@ -171,7 +183,14 @@ class OutgoingMessage:
         found = tuple(map(_recipientPaths.get, recipients))
         recipientPaths = cast("tuple[bytes, ...]", found) if None not in found else tuple(map(_recipientPath, recipients))
         utf8 = not sender.isascii() or not "".join(recipients).isascii()
-        if type(message) is bytes and ret is None and envid is None and notify is None and orcpt is None:
+        if (
+            type(message) is bytes
+            and ret is None
+            and envid is None
+            and notify is None
+            and orcpt is None
+            and recipientParams is None
+        ):
             # The common case: bytes, no DSN.
             is8Bit = not message.isascii()
             return cls(
@@ -196,11 +215,21 @@ class OutgoingMessage:
         if envid is not None:
             _checkText(envid, "ENVID")
             mailDSN += b" ENVID=" + xtextEncode(envid).encode("ascii")
-        rcpt = b""
-        if notify is not None:
-            rcpt += _notifyParam(notify)
-        if orcpt is not None:
-            rcpt += _orcptParam(orcpt)
+        rcptDSN: Sequence[bytes] = ()
+        if recipientParams is not None:
+            if notify is not None or orcpt is not None:
+                raise ValueError("give recipientParams, or notify and orcpt, not both")
+            if len(recipientParams) != len(recipients):
+                raise ValueError(
+                    f"recipientParams has {len(recipientParams)} entries for {len(recipients)} recipients"
+                )
+            each = tuple(_rcptParams(n, o) for n, o in recipientParams)
+            if any(each):
+                rcptDSN = each
+        else:
+            rcpt = _rcptParams(notify, orcpt)
+            if rcpt:
+                rcptDSN = (rcpt,) * len(recipients)
         if isinstance(message, (bytearray, memoryview)):
             message = bytes(message)
         size, eightBit, start, utf8Headers = _measure(message)
@@ -214,7 +243,7 @@ class OutgoingMessage:
             senderPath=senderPath,
             recipientPaths=recipientPaths,
             mailDSN=mailDSN,
-            rcptDSN=(rcpt,) * len(recipients) if rcpt else (),
+            rcptDSN=rcptDSN,
             start=start,
             utf8Headers=utf8Headers,
         )
@@ -223,6 +252,15 @@ class OutgoingMessage:
         """Go back to the start of a file message, to send it again."""
         if not isinstance(self.message, bytes):
             self.message.seek(self.start)
+
+
+def _rcptParams(notify: Iterable[str] | None, orcpt: str | None) -> bytes:
+    rcpt = b""
+    if notify is not None:
+        rcpt += _notifyParam(notify)
+    if orcpt is not None:
+        rcpt += _orcptParam(orcpt)
+    return rcpt
 
 
 def _nonASCIIHeaders(head: bytes) -> bool:

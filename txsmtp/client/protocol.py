@@ -223,7 +223,8 @@ class ESMTPClient(_SessionSetup, Protocol):
         :param recipients: the forward-paths.
         :param message: the message: bytes, or a binary file read from its
             current position in chunks.
-        :param dsn: ``ret``, ``envid``, ``notify``, ``orcpt``; see
+        :param dsn: ``ret``, ``envid``, ``notify``, ``orcpt``,
+            ``recipientParams``; see
             :meth:`~txsmtp.client.OutgoingMessage.prepare`.
         :return: a Deferred firing with a :class:`~txsmtp.client.SendResult`.
         """
@@ -271,8 +272,16 @@ class ESMTPClient(_SessionSetup, Protocol):
     def setIdleTimeout(self, seconds: float | None) -> None:
         """Say QUIT after ``seconds`` idle (used by :class:`~txsmtp.client.Mailer`)."""
         self._idleTimeout = seconds
-        if seconds is not None:
-            self._tick = min(self._tick, seconds)
+        if seconds is not None and seconds < self._tick:
+            self._tick = seconds
+            timer = self._timer
+            if timer is not None and timer.active():
+                # Armed for the old, longer tick: it would fire too late
+                # for this timeout.  (When it fires, it works out the
+                # deadlines again.)
+                timer.cancel()
+                self._timer = None
+                self._arm(seconds)
         if self.state is _State.IDLE:
             self._becomeIdle()
 
@@ -501,6 +510,8 @@ class ESMTPClient(_SessionSetup, Protocol):
                 self._start(job)
 
     def _transactionDone(self, txn: Transaction, outcome: SendResult | SMTPClientError) -> None:
+        if type(outcome) is SendResult:
+            outcome.dsn = "DSN" in self.extensions
         if not self._pipeline.txns:
             self._becomeIdle()
             if self.factory is not None:

@@ -455,7 +455,19 @@ class Scheduler(service.Service):
         if self.reporter is not None and reportable:
             # Reports first (RFC 3461 §6.2 wants one when asked for): a
             # crash between the two gives a duplicate report, never none.
-            await self.reporter.report(message, reportable, lambda: self.store.openBody(message.id))
+            try:
+                await self.reporter.report(message, reportable, lambda: self.store.openBody(message.id))
+            except Exception:
+                # A failure report that could not be queued (a full queue):
+                # those recipients stay leased and are tried, and reported,
+                # again once the lease ends.  The others are recorded all the
+                # same: a lost success or delay notice is better than the
+                # message delivered twice.
+                _log.failure("{queueId}: could not queue a delivery report", queueId=message.id)
+                unreported = {r.index for r, res in reportable if res.result == Result.FAILED}
+                outcomes = [o for o in outcomes if o.index not in unreported]
+                if not outcomes:
+                    return
         if not await self.store.record(lease, outcomes):
             _log.warn(
                 "{queueId}: lease lost before the outcomes were recorded (to={recipients} hop={hop}); "
