@@ -1,7 +1,6 @@
 """
-Fakes for the relay's server-side tests: a queue store that keeps
-messages in memory (only the writer side: what the relay uses) and a
-router with a fixed table.
+A fake for the relay's server-side tests: a queue store that keeps
+messages in memory (only the writer side: what the relay uses).
 
 The store is not a stand-in for a store users run: the relay's tests use
 it to see exactly what was committed and to make the writer fail on
@@ -11,7 +10,7 @@ a test can see that no ``250`` is given before the commit fires.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
@@ -19,9 +18,9 @@ from zope.interface import implementer
 
 from txsmtp.queue.errors import QueueError, QueueFullError
 from txsmtp.queue.interfaces import IQueueWriter
-from txsmtp.queue.model import NextHop, QueuedRecipient
+from txsmtp.queue.model import QueuedRecipient
 
-__all__ = ["Committed", "FakeRouter", "MemoryQueueStore", "MemoryWriter"]
+__all__ = ["Committed", "MemoryQueueStore", "MemoryWriter"]
 
 
 @dataclass
@@ -126,25 +125,3 @@ class MemoryQueueStore:
 
     def broken(self) -> None:
         self.failCommit = QueueError("database is locked")
-
-
-@dataclass
-class FakeRouter:
-    """The routing table the relay asks about (what txsmtp.queue.routing.Router answers)."""
-
-    localDomains: frozenset[str] = frozenset()
-    routes: dict[str, NextHop] = field(default_factory=dict)
-
-    def isLocal(self, domain: str) -> bool:
-        return domain.lower() in self.localDomains
-
-    def hasRoute(self, domain: str) -> bool:
-        return domain.lower() in self.routes
-
-    def route(self, address: str) -> NextHop:
-        domain = address.rpartition("@")[2].lower()
-        if domain in self.routes:
-            return self.routes[domain]
-        if domain in self.localDomains:
-            return NextHop("local", "")
-        return NextHop("mx", domain)

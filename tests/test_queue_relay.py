@@ -21,7 +21,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import serverFromString
 from twisted.trial import unittest
 
-from tests.relayfakes import FakeRouter, MemoryQueueStore
+from tests.relayfakes import MemoryQueueStore
 from tests.test_tls_auth import passwordChecker
 from tests.twistd_helpers import LogEvents, connectClient
 from txsmtp.auth import makePortal
@@ -29,7 +29,6 @@ from txsmtp.delivery import VirtualMaildirDelivery
 from txsmtp.envelope import ConnectionInfo
 from txsmtp.errors import SMTPError
 from txsmtp.queue.errors import QueueFullError
-from txsmtp.queue.model import NextHop
 from txsmtp.queue.relay import (
     DEFAULT_MAX_HOPS,
     HopCounter,
@@ -37,6 +36,7 @@ from txsmtp.queue.relay import (
     RelayPolicy,
     parseNetworks,
 )
+from txsmtp.queue.routing import Router, parseRelayHost, parseRoute
 from txsmtp.queue.senders import SenderLoginMap
 from txsmtp.server import SMTPFactory
 from txsmtp.testing import MemoryDelivery, ServerHarness
@@ -51,13 +51,11 @@ PASSWORD = "Wonder-l4nd-pw"
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
 
 
-def router() -> FakeRouter:
-    return FakeRouter(
+def router() -> Router:
+    return Router(
         frozenset({LOCAL, "second.test"}),
-        {
-            LMTP_DOMAIN: NextHop("lmtp", "unix:/run/lmtp.sock"),
-            SMTP_ROUTED: NextHop("smtp", "[192.0.2.99]:25"),
-        },
+        dict(parseRoute(r) for r in (f"{LMTP_DOMAIN}=lmtp:unix:/run/lmtp.sock", f"{SMTP_ROUTED}=smtp:[192.0.2.99]:25")),
+        parseRelayHost("[smtp.example.net]:587"),
     )
 
 

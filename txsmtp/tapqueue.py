@@ -325,17 +325,25 @@ class QueueService(service.MultiService):
     start-up with one line), the scheduler (a child service), and the
     control socket ``DIR/control.sock`` for ``txsmtp queue``.  Stopped
     after the last session: scheduler first (attempts under way finish),
-    then the inner delivery, then the store.
+    then the outbound connections, the inner delivery, and the store.
 
     :param runAs: ``(uid, gid)`` twistd switches to after start-up, if any:
         the queue directory is given to that user once opened.
+    :param outbound: the :class:`~txsmtp.queue.outbound.Outbound`, closed
+        when the service stops.
     """
 
     def __init__(
-        self, store: Any, directory: str, inner: Any = None, runAs: tuple[int, int] | None = None
+        self,
+        store: Any,
+        directory: str,
+        inner: Any = None,
+        runAs: tuple[int, int] | None = None,
+        outbound: Any = None,
     ) -> None:
         super().__init__()
         self.store = store
+        self.outbound = outbound
         self.directory = directory
         self.inner = inner
         self.runAs = runAs
@@ -394,6 +402,8 @@ class QueueService(service.MultiService):
             control, self._control = self._control, None
             yield defer.maybeDeferred(control.stopListening)
         yield defer.maybeDeferred(super().stopService)
+        if self.outbound is not None:
+            yield self.outbound.close()
         stop = getattr(self.inner, "stop", None)
         if callable(stop):
             stop()
@@ -430,17 +440,12 @@ def buildRelay(options: Any, hostname: str, inner: Any, runAs: tuple[int, int] |
 
     store = SQLiteStore(setup.queue)
     router = Router(setup.localDomains, setup.routes, setup.relayHost)
-    resolver = None
-    if setup.dnsServer is not None:
-        from twisted.names import client as dnsclient
-
-        resolver = dnsclient.createResolver(servers=[setup.dnsServer])
     outbound = Outbound(
         hostname,
         localDelivery=inner,
-        resolver=resolver,
         relayCredentials=setup.credentials,
         trustRoot=setup.trustRoot,
+        dnsServer=setup.dnsServer,
     )
     retry = RetryPolicy(minimum=setup.retryMin, maximum=setup.retryMax, lifetime=setup.lifetime)
     reporter = Reporter(store, hostname, lifetime=setup.lifetime)
@@ -453,7 +458,7 @@ def buildRelay(options: Any, hostname: str, inner: Any, runAs: tuple[int, int] |
         destinationConcurrency=setup.destinationConcurrency,
         delayWarning=setup.delayWarning,
     )
-    queue = QueueService(store, setup.queue, inner, runAs)
+    queue = QueueService(store, setup.queue, inner, runAs, outbound)
     scheduler.setServiceParent(queue)
     delivery = RelayDelivery(store, router, setup.policy, inner, hostname)
     return delivery, queue
