@@ -28,6 +28,7 @@ from txsmtp.errors import SMTPError
 from txsmtp.queue.interfaces import IOutbound
 from txsmtp.queue.model import AttemptResult, NextHop, Result
 from txsmtp.queue.outbound import Outbound
+from txsmtp.testing import MemoryDelivery
 from txsmtp.tls import ServerTLS
 
 ZONES: dict[str, Any] = {
@@ -103,6 +104,39 @@ class MXTests(unittest.TestCase):
         self.assertEqual(result.status, "4.3.0")
         self.assertEqual(result.diagnostic, "smtp; 451 4.3.0 busy 127.0.0.1")
         self.assertEqual(result.reason, f"mx2.example.com[127.0.0.1]:{self.port} said: 451 4.3.0 busy 127.0.0.1")
+
+    async def test_refusedSessionThenNext(self) -> None:
+        """
+        mx1 greets with 554 (it takes no mail now): that says nothing about
+        the recipients, so mx2 is tried and takes it (RFC 5321 §3.1).
+        """
+
+        class Refusing(MemoryDelivery):
+            def openSession(self, connection: Any) -> Any:
+                raise SMTPError(554, "5.3.2", "not accepting mail")
+
+        mx1 = listen(self, "127.0.0.2", self.port, delivery=Refusing())
+        mx2 = listen(self, "127.0.0.1", self.port)
+        [result] = await self.deliver("example.com")
+        self.assertEqual((result.result, result.remoteMTA), (Result.DELIVERED, "dns; mx2.example.com"))
+        self.assertEqual(len(mx2.delivery.messages), 1)
+        self.assertEqual(mx1.delivery.messages, [])
+
+    async def test_everyExchangerRefusesSession(self) -> None:
+        """Every exchanger greets with 554: the message waits, it does not bounce."""
+
+        class Refusing(MemoryDelivery):
+            def openSession(self, connection: Any) -> Any:
+                raise SMTPError(554, "5.3.2", "not accepting mail")
+
+        for address in ("127.0.0.2", "127.0.0.1"):
+            listen(self, address, self.port, delivery=Refusing())
+        [result] = await self.deliver("example.com")
+        # (No enhanced code is read from a greeting: ENHANCEDSTATUSCODES is
+        # only known after EHLO, RFC 2034.)
+        self.assertEqual((result.result, result.status), (Result.DEFERRED, "4.0.0"))
+        self.assertTrue(result.diagnostic.startswith("smtp; 554 "), result.diagnostic)
+        self.assertIn("refused the session", result.reason)
 
     async def test_permanentStops(self) -> None:
         """

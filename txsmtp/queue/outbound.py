@@ -83,6 +83,7 @@ from txsmtp.client import (
     SMTPConnectionLost,
     SMTPRecipientsRefused,
     SMTPReplyError,
+    SMTPServerRefused,
     SMTPTimeoutError,
     SMTPTLSError,
     SMTPUnsupportedError,
@@ -90,7 +91,7 @@ from txsmtp.client import (
     TLSPolicy,
 )
 from txsmtp.mx import NoMailExchangerError, NullMXError, lookupMailExchangers
-from txsmtp.queue.attempts import deferred, failed, replyResult, statusOf
+from txsmtp.queue.attempts import _replyText, deferred, diagnostic, failed, replyResult, statusOf
 from txsmtp.queue.interfaces import IOutbound
 from txsmtp.queue.model import AttemptResult, NextHop, QueuedMessage, QueuedRecipient, Result
 from txsmtp.queue.outboundlocal import deliverLocal
@@ -517,6 +518,19 @@ class Outbound:
             for i in indexes:
                 reply = outcome.recipients.get(attempt.recipients[i].address, outcome.reply)
                 put(i, replyResult(reply, where, remoteMTA))
+            return final, transient, True
+        if isinstance(outcome, SMTPServerRefused) and attempt.hop.kind == "mx":
+            # A mail exchanger that will not talk (a 554 greeting, EHLO and
+            # HELO refused) says nothing about the recipients: RFC 5321
+            # §3.1 lets the client try elsewhere, so the next exchanger is
+            # tried, and with none left the message waits (Postfix does the
+            # same, smtp_skip_5xx_greeting).
+            reply = outcome.reply
+            status = "4" + statusOf(reply.code, reply.enhanced)[1:]
+            reason = f"{where} refused the session: {reply.code} {' '.join(reply.lines)}"
+            result = deferred(status, reason, remoteMTA, diagnostic(reply.code, reply.enhanced, _replyText(reply)))
+            for i in indexes:
+                put(i, result)
             return final, transient, True
         if isinstance(outcome, SMTPReplyError):
             result = replyResult(outcome.reply, where, remoteMTA)
