@@ -26,7 +26,15 @@ from tests.peers import requirePeer
 from tests.test_client_interop import SINK_NAME, SinkDump, _SinkProcess, freePort, parseDump
 from tests.twistd_helpers import withTimeout
 
-__all__ = ["DirectoryWatch", "RunningSink", "freePort", "sinkDirectory", "sinkMessages", "startSinkOn"]
+__all__ = [
+    "DirectoryWatch",
+    "RunningSink",
+    "freePort",
+    "shortDirectory",
+    "sinkDirectory",
+    "sinkMessages",
+    "startSinkOn",
+]
 
 REACTOR: Any = reactor
 
@@ -91,6 +99,17 @@ class RunningSink:
 
     def stop(self) -> defer.Deferred[Any]:
         return self.process.stop()
+
+
+def shortDirectory(testCase: unittest.TestCase) -> str:
+    """
+    A new directory with a short path, removed after the test: a queue's
+    ``control.sock`` must fit in a UNIX socket address (107 octets), which
+    trial's own temporary paths can exceed.
+    """
+    directory = tempfile.mkdtemp(prefix="txr-")
+    testCase.addCleanup(shutil.rmtree, directory, True)
+    return directory
 
 
 def sinkDirectory(testCase: unittest.TestCase) -> str:

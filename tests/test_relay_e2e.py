@@ -40,7 +40,14 @@ from twisted.trial import unittest
 
 from tests.certs import certificates
 from tests.peers import PEERS_REQUIRED, requirePeer
-from tests.relay_helpers import DirectoryWatch, freePort, sinkDirectory, sinkMessages, startSinkOn
+from tests.relay_helpers import (
+    DirectoryWatch,
+    freePort,
+    shortDirectory,
+    sinkDirectory,
+    sinkMessages,
+    startSinkOn,
+)
 from tests.twistd_helpers import (
     RawSMTPClient,
     RunningTwistd,
@@ -66,9 +73,8 @@ def mailbox(cwd: str, user: str, domain: str = LOCAL) -> str:
 
 
 def newDirectory(testCase: unittest.TestCase) -> str:
-    cwd = os.path.abspath(testCase.mktemp())
-    os.makedirs(cwd)
-    return cwd
+    # Short: the queue's control.sock must fit in a UNIX socket address.
+    return shortDirectory(testCase)
 
 
 def relayArgs(*extra: str) -> list[str]:

@@ -14,6 +14,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from tests.certs import certificates
+from tests.relay_helpers import shortDirectory
 from tests.test_tap import _InScratchDirectory, parse
 from tests.twistd_helpers import TWISTD, childEnv, connectClient, runProcess, startTwistd
 from txsmtp.auth import DeliveryRealm
@@ -191,7 +192,7 @@ class TwistdRelayTests(unittest.TestCase):
     async def test_starts_and_summarizes(self) -> None:
         running = await startTwistd(
             self, "--deliver", "discard", "--hostname", "mx.test.invalid", "--local-domains", "example.com",
-            "--relay-host", "[127.0.0.1]:2525", "--relay-tls", "none",
+            "--relay-host", "[127.0.0.1]:2525", "--relay-tls", "none", cwd=shortDirectory(self),
         )  # fmt: skip
         self.assertRegex(
             running.log,
@@ -224,8 +225,8 @@ class TwistdRelayTests(unittest.TestCase):
         err = result.err.decode()
         self.assertRegex(
             err,
-            r"^twistd smtp: the queue \S+/queue is in use by another process \(it holds \S+/queue/lock\): "
-            r"stop that server, or give another --queue\n\Z",
+            r"^twistd smtp: the queue is in use by another process \(stop that server, or give another "
+            r"--queue\): \S+/queue/lock is locked\n\Z",
         )
         self.assertNotIn(b"Traceback", result.out + result.err)
         self.assertNotIn(b"listening on", result.out)
@@ -265,7 +266,7 @@ class TwistdRelayTests(unittest.TestCase):
         self.assertEqual(result.code, 1, result.describe())
         lines = result.err.decode().splitlines()
         self.assertEqual(len(lines), 1, result.describe())
-        self.assertRegex(lines[0], r"^twistd smtp: cannot open the queue \S+/file/queue: ")
+        self.assertRegex(lines[0], r"^twistd smtp: cannot open the queue: .+ \(\S+/file/queue\)$")
 
 
 def _freePort() -> int:

@@ -354,7 +354,10 @@ class QueueService(service.MultiService):
         self._opened = False
 
     def openStore(self) -> None:
-        """Open the store now (once), or stop the start-up with one line saying why."""
+        """
+        Open the store now (once), or stop the start-up with one line
+        saying why; then listen on the control socket.
+        """
         if self._opened:
             return
         from txsmtp.queue.errors import QueueError, QueueLockedError
@@ -362,25 +365,22 @@ class QueueService(service.MultiService):
         try:
             self.store.openNow()
         except QueueLockedError:
+            # The reason first: daemonizing, twistd passes on only 100 octets.
             _cannotStart(
-                f"the queue {self.directory} is in use by another process (it holds "
-                f"{os.path.join(self.directory, 'lock')}): stop that server, or give another --queue",
+                "the queue is in use by another process (stop that server, or give another "
+                f"--queue): {os.path.join(self.directory, 'lock')} is locked",
                 self.twistdOptions,
             )
         except (QueueError, OSError) as e:
             why = getattr(e, "strerror", None) or str(e) or type(e).__name__
-            _cannotStart(f"cannot open the queue {self.directory}: {why}", self.twistdOptions)
+            _cannotStart(f"cannot open the queue: {why} ({self.directory})", self.twistdOptions)
         self._opened = True
+        self._listenControl()
         if self.runAs is not None:
             _giveTree(self.directory, *self.runAs)
 
-    def privilegedStartService(self) -> None:
-        self.openStore()
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        self.openStore()
-        super().startService()
+    def _listenControl(self) -> None:
+        """The control socket, at once (a UNIX socket listens synchronously)."""
         from txsmtp.queue.control import listenControl
 
         def listening(port: Any) -> None:
@@ -395,6 +395,14 @@ class QueueService(service.MultiService):
             )
 
         listenControl(self.store, self.controlPath).addCallbacks(listening, failed)
+
+    def privilegedStartService(self) -> None:
+        self.openStore()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self.openStore()
+        super().startService()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
