@@ -34,6 +34,7 @@ __all__ = [
     "sinkDirectory",
     "sinkMessages",
     "startSinkOn",
+    "waitForDumps",
 ]
 
 REACTOR: Any = reactor
@@ -139,6 +140,18 @@ async def startSinkOn(
     testCase.addCleanup(process.stop)
     await withTimeout(process.whenReady(), 15, lambda: f"smtp-sink not listening: {process.text}")
     return RunningSink(process, port, directory)
+
+
+def waitForDumps(
+    testCase: unittest.TestCase, directory: str, n: int, timeout: float = 30.0
+) -> defer.Deferred[list[str]]:
+    """Fire once smtp-sink has dumped ``n`` complete transactions into ``directory``."""
+    watch = DirectoryWatch(testCase, directory)
+    return watch.waitUntil(
+        lambda names: len(sinkMessages(directory)) >= n,
+        timeout,
+        lambda: f"{len(sinkMessages(directory))} complete dumps in {directory}, wanted {n}",
+    )
 
 
 def sinkMessages(directory: str) -> list[SinkDump]:

@@ -47,6 +47,7 @@ from tests.relay_helpers import (
     sinkDirectory,
     sinkMessages,
     startSinkOn,
+    waitForDumps,
 )
 from tests.twistd_helpers import (
     RawSMTPClient,
@@ -56,6 +57,7 @@ from tests.twistd_helpers import (
     readAll,
     runProcess,
     startTwistd,
+    withTimeout,
 )
 
 HOSTNAME = "mx.test.invalid"
@@ -264,7 +266,7 @@ class SubmissionTests(unittest.TestCase):
             lines.append(line[4:])
         self.assertEqual(lines[-1], ".")
         sentBody = "".join(line[1:] if line.startswith(".") else line for line in [x + "\n" for x in lines[:-1]])
-        [name] = await DirectoryWatch(self, sinkDir).waitForCount(1)
+        await waitForDumps(self, sinkDir, 1)
         [dump] = sinkMessages(sinkDir)
         self.assertEqual(dump.mailArgs.split(b" ")[0], b"<alice@local.test>")
         self.assertEqual([a.split(b" ")[0] for a in dump.rcptArgs], [b"<carol@remote.test>"])
@@ -274,7 +276,8 @@ class SubmissionTests(unittest.TestCase):
         assert m is not None
         self.assertIn(b"by mx.test.invalid (txsmtp) with ESMTPSA", m.group(0))
         self.assertEqual(dump.body[m.end() :], sentBody.encode("utf-8", "surrogateescape"))
-        self.assertEqual(dump.body[m.end() :], message.replace(b"\r\n", b"\n"))
+        # swaks sends the file and one more line end of its own.
+        self.assertEqual(dump.body[m.end() :], message.replace(b"\r\n", b"\n") + b"\n")
         await running.waitForLog(r"result=(?:relayed|delivered)")
 
 
@@ -312,7 +315,7 @@ class DeferTests(unittest.TestCase):
         self.assertRegex(recipient["last_error"] or "", r"4\d\d")
         await soft.stop()
         await startSinkOn(self, port, sinkDir)
-        await DirectoryWatch(self, sinkDir).waitForCount(1, timeout=30)
+        await waitForDumps(self, sinkDir, 1)
         [dump] = sinkMessages(sinkDir)
         self.assertTrue(dump.body.endswith(b"\n\nsoon\n"), dump.body)
         await running.waitForLog(r"to=<carol@remote\.test>.*result=(?:relayed|delivered)", timeout=30)
@@ -354,6 +357,7 @@ class KillTests(unittest.TestCase):
 
         total, concurrency, destinationConcurrency = 300, 10, 5
         cwd = newDirectory(self)
+        mailbox(cwd, "alice")
         sinkDir = sinkDirectory(self)
         sink = await startSinkOn(self, freePort(), sinkDir)
         args = relayArgs(
@@ -363,6 +367,14 @@ class KillTests(unittest.TestCase):
         first = await startTwistd(self, *args, cwd=cwd)
         mailer = Mailer("127.0.0.1", first.port, poolSize=concurrency, tls="none")
         acknowledged: set[int] = set()
+        # The kill comes once half the messages are acknowledged: more are
+        # being submitted, and the queue is relaying the first ones.
+        half: defer.Deferred[None] = defer.Deferred()
+
+        def ok(_: Any, n: int) -> None:
+            acknowledged.add(n)
+            if len(acknowledged) == total // 2:
+                half.callback(None)
 
         def send(n: int) -> defer.Deferred[Any]:
             message = (
@@ -370,17 +382,18 @@ class KillTests(unittest.TestCase):
                 + b"x" * 1000 + b"\r\n"
             )
             d = mailer.send(f"alice@{LOCAL}", [f"carol@{REMOTE}"], message)
-            d.addCallbacks(lambda _: acknowledged.add(n), lambda f: None)
+            d.addCallbacks(ok, lambda f: None, callbackArgs=(n,))
             return d
 
         sends = defer.DeferredList([send(n) for n in range(total)], consumeErrors=True)
         watch = DirectoryWatch(self, sinkDir)
-        await watch.waitForCount(total // 4, timeout=120)
+        await withTimeout(half, 120, lambda: f"{len(acknowledged)} acknowledged")
         first.process.signal("KILL")
+        atKill = len(sinkMessages(sinkDir))
         await first.process.whenEnded()
         await sends
         await mailer.close()
-        self.assertGreater(len(acknowledged), total // 4)
+        self.assertLess(len(acknowledged), total, "the kill came after the last message")
         # The same queue, a new process.
         second = await startTwistd(self, *args, cwd=cwd)
 
@@ -400,7 +413,7 @@ class KillTests(unittest.TestCase):
         counts = delivered()
         duplicates = {n: c for n, c in counts.items() if c > 1}
         print(
-            f"\nkill -9 test: {len(acknowledged)} of {total} acknowledged before the kill, "
+            f"\nkill -9 test: {len(acknowledged)} of {total} acknowledged before the kill, {atKill} at the sink then, "
             f"{len(counts)} distinct delivered, {len(duplicates)} duplicated: {sorted(duplicates)}"
         )
         self.assertLessEqual(len(duplicates), destinationConcurrency)
@@ -491,6 +504,6 @@ class LoopTests(unittest.TestCase):
         self.assertEqual(perRecipient["Status"], "5.4.6")
         self.assertIn("554", perRecipient["Diagnostic-Code"])
         # Eight hops were made (the client's, then seven through the route), no more.
-        self.assertEqual(running.log.count("Too many hops"), 1, running.log[-3000:])
+        self.assertEqual(running.log.count("a mail loop?\n"), 1, running.log[-3000:])
         self.assertEqual(len(re.findall(r"to=<x@loop\.test> hop=smtp:", running.log)), 8)
         self.assertEqual(queueList(os.path.join(cwd, "queue")), [])
