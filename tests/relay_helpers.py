@@ -49,6 +49,9 @@ class DirectoryWatch:
     def __init__(self, testCase: unittest.TestCase, path: str) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
+        #: the names of the files closed after writing since the watch began
+        #: (complete, for a writer that writes each file once, as smtp-sink does)
+        self.closed: set[str] = set()
         self._waiters: list[tuple[Callable[[list[str]], bool], defer.Deferred[list[str]]]] = []
         self._notifier = inotify.INotify()
         self._notifier.startReading()
@@ -60,11 +63,23 @@ class DirectoryWatch:
         return sorted(os.listdir(self.path))
 
     def _changed(self, ignored: Any, path: Any, mask: int) -> None:
+        if mask & inotify.IN_CLOSE_WRITE:
+            self.closed.add(os.fsdecode(path.basename()))
+        elif mask & inotify.IN_DELETE:
+            # smtp-sink removes the dump of a transaction that ended without a message.
+            self.closed.discard(os.fsdecode(path.basename()))
         if not self._waiters:
             return
         names = self.names()
-        ready = [(p, d) for p, d in self._waiters if p(names)]
-        self._waiters = [(p, d) for p, d in self._waiters if not p(names)]
+        ready, waiting = [], []
+        for p, d in self._waiters:
+            try:
+                holds = p(names)
+            except Exception:
+                d.errback()
+                continue
+            (ready if holds else waiting).append((p, d))
+        self._waiters = waiting
         for _, d in ready:
             d.callback(names)
 
@@ -142,26 +157,33 @@ async def startSinkOn(
     return RunningSink(process, port, directory)
 
 
-def waitForDumps(
-    testCase: unittest.TestCase, directory: str, n: int, timeout: float = 30.0
-) -> defer.Deferred[list[str]]:
-    """Fire once smtp-sink has dumped ``n`` complete transactions into ``directory``."""
-    watch = DirectoryWatch(testCase, directory)
+def waitForDumps(watch: DirectoryWatch, n: int, timeout: float = 30.0) -> defer.Deferred[list[str]]:
+    """
+    Fire once smtp-sink has dumped ``n`` complete transactions into the
+    watched directory (the watch must have begun before the first).
+    """
     return watch.waitUntil(
-        lambda names: len(sinkMessages(directory)) >= n,
+        lambda names: len(sinkMessages(watch)) >= n,
         timeout,
-        lambda: f"{len(sinkMessages(directory))} complete dumps in {directory}, wanted {n}",
+        lambda: f"{len(sinkMessages(watch))} complete dumps in {watch.path}, wanted {n}",
     )
 
 
-def sinkMessages(directory: str) -> list[SinkDump]:
-    """Every transaction dumped in ``directory`` (complete files only)."""
+def sinkMessages(watch: DirectoryWatch) -> list[SinkDump]:
+    """
+    Every complete transaction dumped in the watched directory, in name
+    order: files closed after writing that hold a message (smtp-sink also
+    writes, then removes, a file for a transaction refused before DATA).
+    """
     dumps = []
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name), "rb") as f:
-            data = f.read()
+    for name in sorted(watch.closed):
+        try:
+            with open(os.path.join(watch.path, name), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue
         try:
             dumps.append(parseDump(data))
         except AssertionError:
-            continue  # still being written
+            continue
     return dumps

@@ -221,6 +221,7 @@ class SubmissionTests(unittest.TestCase):
         with open(os.path.join(cwd, "users"), "w") as f:
             f.write(f"alice:{PASSWORD}\n")
         sinkDir = sinkDirectory(self)
+        watch = DirectoryWatch(self, sinkDir)
         sink = await startSinkOn(self, freePort(), sinkDir)
         running = await startTwistd(
             self,
@@ -266,8 +267,8 @@ class SubmissionTests(unittest.TestCase):
             lines.append(line[4:])
         self.assertEqual(lines[-1], ".")
         sentBody = "".join(line[1:] if line.startswith(".") else line for line in [x + "\n" for x in lines[:-1]])
-        await waitForDumps(self, sinkDir, 1)
-        [dump] = sinkMessages(sinkDir)
+        await waitForDumps(watch, 1)
+        [dump] = sinkMessages(watch)
         self.assertEqual(dump.mailArgs.split(b" ")[0], b"<alice@local.test>")
         self.assertEqual([a.split(b" ")[0] for a in dump.rcptArgs], [b"<carol@remote.test>"])
         # smtp-sink stores LF line ends; txsmtp's Received: comes first.
@@ -298,6 +299,7 @@ class DeferTests(unittest.TestCase):
         mailbox(cwd, "alice")
         port = freePort()
         sinkDir = sinkDirectory(self)
+        watch = DirectoryWatch(self, sinkDir)
         soft = await startSinkOn(self, port, sinkDir, "-r", "rcpt")
         running = await startTwistd(
             self,
@@ -315,8 +317,8 @@ class DeferTests(unittest.TestCase):
         self.assertRegex(recipient["last_error"] or "", r"4\d\d")
         await soft.stop()
         await startSinkOn(self, port, sinkDir)
-        await waitForDumps(self, sinkDir, 1)
-        [dump] = sinkMessages(sinkDir)
+        await waitForDumps(watch, 1)
+        [dump] = sinkMessages(watch)
         self.assertTrue(dump.body.endswith(b"\n\nsoon\n"), dump.body)
         await running.waitForLog(r"to=<carol@remote\.test>.*result=(?:relayed|delivered)", timeout=30)
         self.assertEqual(queueList(os.path.join(cwd, "queue")), [])
@@ -359,6 +361,7 @@ class KillTests(unittest.TestCase):
         cwd = newDirectory(self)
         mailbox(cwd, "alice")
         sinkDir = sinkDirectory(self)
+        watch = DirectoryWatch(self, sinkDir)
         sink = await startSinkOn(self, freePort(), sinkDir)
         args = relayArgs(
             "--relay-host", f"[127.0.0.1]:{sink.port}", "--relay-tls", "none",
@@ -386,10 +389,9 @@ class KillTests(unittest.TestCase):
             return d
 
         sends = defer.DeferredList([send(n) for n in range(total)], consumeErrors=True)
-        watch = DirectoryWatch(self, sinkDir)
         await withTimeout(half, 120, lambda: f"{len(acknowledged)} acknowledged")
         first.process.signal("KILL")
-        atKill = len(sinkMessages(sinkDir))
+        atKill = len(sinkMessages(watch))
         await first.process.whenEnded()
         await sends
         await mailer.close()
@@ -399,7 +401,7 @@ class KillTests(unittest.TestCase):
 
         def delivered() -> dict[int, int]:
             counts: dict[int, int] = {}
-            for dump in sinkMessages(sinkDir):
+            for dump in sinkMessages(watch):
                 m = re.search(rb"Message-Id: <relay-(\d+)@local\.test>", dump.body)
                 assert m is not None, dump.body[:300]
                 counts[int(m.group(1))] = counts.get(int(m.group(1)), 0) + 1
