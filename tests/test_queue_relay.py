@@ -207,6 +207,21 @@ class RelayAccessTests(unittest.TestCase):
         inner.refusedRecipients[f"x@{REMOTE}"] = SMTPError(550, "5.1.1", "no")
         self.assertEqual(r.rcpt(f"x@{REMOTE}", f"{USER}@{LOCAL}").code, 250)
 
+    def test_inner_only_for_its_own_mail(self) -> None:
+        """A local domain routed elsewhere (LMTP to a mail store) is not the inner delivery's to check."""
+        inner = MemoryDelivery()
+        refusal = SMTPError(550, "5.1.1", "no such user here")
+        inner.refusedRecipients["bob@routed-local.test"] = refusal
+        inner.refusedRecipients[f"bob@{LOCAL}"] = refusal
+        inner.refusedRecipients["Postmaster"] = refusal
+        store = MemoryQueueStore()
+        routes = dict([parseRoute("routed-local.test=lmtp:unix:/run/lmtp.sock")])
+        delivery = RelayDelivery(store, Router({LOCAL, "routed-local.test"}, routes), inner=inner)
+        r = Relay(delivery=delivery)
+        self.assertEqual(r.rcpt("bob@routed-local.test").code, 250)
+        self.assertEqual(r.rcpt(f"bob@{LOCAL}").code, 550)
+        self.assertEqual(r.rcpt("Postmaster").code, 550)
+
     def test_virtual_maildir_inner(self) -> None:
         """With virtual:DIR inside, an unknown mailbox is 550 5.1.1 at RCPT, a known one 250."""
         root = os.path.abspath(self.mktemp())

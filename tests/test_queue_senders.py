@@ -78,3 +78,7 @@ class SenderLoginMapTests(unittest.TestCase):
         self.assertEqual(normalizeDomain("Example.COM."), "example.com")
         self.assertEqual(normalizeAddress('"A@B"@Example.COM.'), '"a@b"@example.com')
         self.assertEqual(normalizeAddress("Postmaster"), "postmaster")
+        self.assertEqual(normalizeDomain("Bücher.Example"), "xn--bcher-kva.example")
+        m = SenderLoginMap({"alice": ["@xn--bcher-kva.example", "chef@bücher.example"]})
+        self.assertTrue(m.allows("alice", "x@BÜCHER.example"))
+        self.assertTrue(m.allows("alice", "chef@xn--bcher-kva.example"))

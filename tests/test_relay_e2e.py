@@ -247,6 +247,16 @@ class SubmissionTests(unittest.TestCase):
         )  # fmt: skip
         self.assertNotEqual(refused.code, 0)
         self.assertIn(b"530 5.7.0", refused.out)
+        # Logged in, alice may not send as bob.
+        forged = await runProcess(
+            swaks,
+            ["--server", f"127.0.0.1:{running.port}", "--tls", "--auth", "PLAIN",
+             "--auth-user", "alice", "--auth-password", PASSWORD, "--from", f"bob@{LOCAL}",
+             "--to", f"carol@{REMOTE}", "--data", "@" + path, "--timeout", "20"],
+            timeout=40,
+        )  # fmt: skip
+        self.assertNotEqual(forged.code, 0)
+        self.assertIn(b"<~* 553 5.7.1 Sender address <bob@local.test> not owned by user alice", forged.out)
         result = await runProcess(
             swaks,
             ["--server", f"127.0.0.1:{running.port}", "--tls", "--auth", "PLAIN",

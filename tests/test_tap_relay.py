@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 from twisted.python import usage
 from twisted.trial import unittest
 
 from tests.certs import certificates
 from tests.relay_helpers import shortDirectory
-from tests.test_tap import _InScratchDirectory, parse
-from tests.twistd_helpers import TWISTD, childEnv, connectClient, runProcess, startTwistd
+from tests.test_tap import _InScratchDirectory, _nobody, parse
+from tests.twistd_helpers import (
+    TWISTD,
+    childEnv,
+    connectClient,
+    maildirFiles,
+    runProcess,
+    startTwistd,
+)
 from txsmtp.auth import DeliveryRealm
 from txsmtp.delivery import DiscardDelivery, MaildirDelivery
 from txsmtp.queue.relay import RelayDelivery
@@ -274,3 +282,55 @@ def _freePort() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
+
+
+class DropPrivilegesRelayTests(unittest.TestCase):
+    """
+    ``twistd --uid nobody --gid nogroup smtp --queue DIR`` as root: the
+    queue is opened (and its lock taken) as root before the switch, then
+    given to nobody, who writes every message into it from then on.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        ids = _nobody()
+        if ids is None:
+            raise unittest.SkipTest("needs root, and the user nobody and the group nogroup")
+        self.uid, self.gid = ids
+        self.base = shortDirectory(self)
+        os.chmod(self.base, 0o755)
+
+    async def test_queue_given_to_the_user(self) -> None:
+        from twisted.internet import reactor
+
+        from tests.twistd_helpers import RunningTwistd, _TwistdProcess
+
+        args = [
+            *TWISTD, "-n", "--pidfile=", "--logfile=-", "--uid", "nobody", "--gid", "nogroup",
+            "smtp", "--listen", "tcp:0:interface=127.0.0.1", "--deliver", "maildir:Maildir",
+            "--queue", "queue", "--local-domains", "example.com", "--retry-min", "1",
+        ]  # fmt: skip
+        process = _TwistdProcess()
+        reactor.spawnProcess(process, sys.executable, args, env=childEnv(), path=self.base)  # type: ignore[attr-defined]
+        running = RunningTwistd(process, self.base)
+        self.addCleanup(running.stop)
+        m = await running.waitForLog(r"txsmtp listening on .*?port=(\d+)")
+        await running.waitForLog(r"set uid/gid")
+        queue = os.path.join(self.base, "queue")
+        for root, directories, files in os.walk(queue):
+            for name in [root, *(os.path.join(root, n) for n in directories + files)]:
+                st = os.lstat(name)
+                self.assertEqual((st.st_uid, st.st_gid), (self.uid, self.gid), name)
+        client = await connectClient(self, int(m.group(1)))
+        for line in (b"EHLO client.test.invalid", b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.com>", b"DATA"):
+            [reply] = await client.command(line)
+            self.assertLess(reply.code, 400, running.log)
+        [done] = await client.command(b"Subject: uid\r\n\r\nhello\r\n.")
+        self.assertEqual(done.code, 250, running.log)
+        await running.waitForLog(r"to=<b@example\.com> hop=local:.* result=delivered")
+        [stored] = maildirFiles(os.path.join(self.base, "Maildir"))
+        self.assertEqual(os.stat(stored).st_uid, self.uid)
+        await client.close()
+        await running.stop()
+        self.assertNotIn("Traceback", running.log)

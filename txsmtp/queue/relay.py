@@ -179,8 +179,9 @@ class RelayDelivery:
     :param policy: the :class:`RelayPolicy` (default: no relay networks,
         50 hops, no sender login map).
     :param inner: the delivery local domains end in (``--deliver``), or
-        ``None``; its sessions' ``checkSender`` and, for local
-        recipients, ``checkRecipient`` are asked at MAIL and RCPT time.
+        ``None``; its sessions' ``checkSender`` and, for recipients it
+        will receive (:meth:`deliversLocally`), ``checkRecipient`` are
+        asked at MAIL and RCPT time.
         Messages reach it later, through the queue's ``local`` hop.
     :param hostname: the server's name, for log lines.
     """
@@ -230,9 +231,13 @@ class RelayDelivery:
             return bool(self.router.route(f"postmaster@{domain}").kind == "lmtp")
         return False
 
-    def isLocal(self, domain: str) -> bool:
-        """Whether ``domain`` (normalized) is one of the local domains (or empty: ``<Postmaster>``)."""
-        return not domain or (not domain.startswith("[") and bool(self.router.isLocal(domain)))
+    def deliversLocally(self, address: Address) -> bool:
+        """
+        Whether mail for ``address`` ends in the inner delivery (the
+        router's ``local`` hop): a local domain without a ``--route`` of
+        its own, or ``<Postmaster>``.
+        """
+        return bool(self.router.route(str(address)).kind == "local")
 
     def localDomains(self) -> list[str]:
         """The local domains, as the router knows them (sorted)."""
@@ -298,7 +303,7 @@ class RelaySession:
                     "domains only from its own users; authenticate first (AUTH), or send "
                     "to the recipient's own mail server",
                 )
-        if self.inner is not None and delivery.isLocal(domain):
+        if self.inner is not None and delivery.deliversLocally(address):
             return self.inner.checkRecipient(recipient, envelope)
         return None
 

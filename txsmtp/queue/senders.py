@@ -11,8 +11,8 @@ The file has one user per line::
 
 Blank lines and lines starting with ``#`` are ignored; a user named on
 several lines owns what each gives.  User names, local parts and domains
-are compared without regard to case, and a domain's trailing dot is
-ignored.  A user not in the file owns no address: with a map, the map is
+are compared without regard to case, a domain's trailing dot is
+ignored, and internationalized domains match in either form.  A user not in the file owns no address: with a map, the map is
 the whole truth (see :meth:`txsmtp.queue.relay.RelayDelivery.senderAllowed`
 for what applies without one).
 """
@@ -26,8 +26,19 @@ __all__ = ["SenderLoginMap", "normalizeAddress", "normalizeDomain"]
 
 
 def normalizeDomain(domain: str) -> str:
-    """``domain`` as compared: lower case, without a trailing dot."""
-    return domain.lower().rstrip(".")
+    """
+    ``domain`` as compared: lower case, without a trailing dot, and an
+    internationalized name in its ``xn--`` form (as the router compares
+    domains), so that ``Bücher.example`` and ``xn--bcher-kva.example`` are
+    one domain.
+    """
+    name = domain.lower().rstrip(".")
+    if name.isascii() or name.startswith("["):
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
 
 
 def normalizeAddress(address: str) -> str:
