@@ -175,9 +175,11 @@ def _setup(options: Any) -> RelaySetup:
         domain = domain.strip().rstrip(".").lower()
         if not domain:
             continue
+        if domain.startswith("["):
+            raise ValueError(f"--local-domains: {domain!r} is not a domain name (an address literal is never local)")
         problem = _hostnameProblem(domain)
-        if problem or domain.startswith("["):
-            raise ValueError(f"--local-domains: {domain!r} is not a domain name")
+        if problem:
+            raise ValueError(f"--local-domains: {domain!r} is not a domain name: {problem}")
         localDomains.append(domain)
     if options["local-domains"] is not None and not localDomains:
         raise ValueError("--local-domains: no domain given (write D1,D2)")
