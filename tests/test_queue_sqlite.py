@@ -382,6 +382,36 @@ class GroupCommitTests(_StoreTestCase):
         self.assertEqual(await self.body(store, messageId), BODY)
 
 
+class SyncLevelTests(_StoreTestCase):
+    async def test_durableOnlyWhereItMatters(self) -> None:
+        """
+        A new message commits with synchronous=FULL (fsync of the WAL before
+        250); claims and outcomes with NORMAL (no fsync of their own: the next
+        FULL commit writes them, and they survive the process being killed).
+        """
+        store = await self.openStore()
+        levels: list[tuple[str, int]] = []
+        original = store._transaction
+
+        def transaction(function: Any, args: Any, durable: bool = True) -> Any:
+            assert store._db is not None
+            result = original(function, args, durable)
+            levels.append((getattr(function, "__name__", "?"), store._db.execute("PRAGMA synchronous").fetchone()[0]))
+            return result
+
+        self.patch(store, "_transaction", transaction)
+        messageId = await self.enqueue(store)
+        assert store._db is not None
+        self.assertEqual(store._db.execute("PRAGMA synchronous").fetchone()[0], 2)  # FULL
+        [lease] = await store.claim("node", 10, 60)
+        self.assertTrue(await store.record(lease, [RecipientOutcome(0, Result.DEFERRED, START + 60)]))
+        self.assertTrue(await store.hold(messageId))
+        # claim (wrapped), record: NORMAL (1); hold: FULL (2).
+        self.assertEqual([level for _, level in levels], [1, 1, 2])
+        await self.enqueue(store)
+        self.assertEqual(store._db.execute("PRAGMA synchronous").fetchone()[0], 2)
+
+
 class StorageErrorTests(_StoreTestCase):
     """Errors while writing or committing: the commit fails, nothing is left half-queued."""
 

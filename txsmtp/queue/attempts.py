@@ -15,15 +15,35 @@ objects: the words the reports (RFC 3464) and the queue listing use.
 
 from __future__ import annotations
 
-from txsmtp.queue.model import AttemptResult, Result
+from datetime import datetime, timezone
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txsmtp.client import (
+    SMTPAddressError,
+    SMTPAuthError,
+    SMTPBadReplyError,
+    SMTPClientError,
+    SMTPConnectError,
+    SMTPConnectionLost,
+    SMTPTimeoutError,
+    SMTPTLSError,
+    SMTPUnsupportedError,
+)
+from txsmtp.queue.model import AttemptResult, NextHop, QueuedRecipient, RecipientOutcome, Result
 from txsmtp.wire.reply import Reply
 
 __all__ = [
     "deferred",
     "delivered",
     "diagnostic",
+    "errorResult",
     "failed",
+    "logAttempt",
     "replyResult",
+    "replyText",
     "statusOf",
 ]
 
@@ -51,7 +71,7 @@ def diagnostic(code: int, enhanced: str | None, text: str) -> str:
     return f"smtp; {head} {text}".rstrip()
 
 
-def _replyText(reply: Reply) -> str:
+def replyText(reply: Reply) -> str:
     # A multi-line reply on one line (the report field is one line, folded).
     return " ".join(line.strip() for line in reply.lines if line.strip())
 
@@ -73,7 +93,7 @@ def replyResult(
     """
     code = reply.code
     status = statusOf(code, reply.enhanced)
-    diag = diagnostic(code, reply.enhanced, _replyText(reply))
+    diag = diagnostic(code, reply.enhanced, replyText(reply))
     said = diag.partition("; ")[2]
     if code < 400:
         result = success
@@ -97,3 +117,88 @@ def deferred(status: str, reason: str, remoteMTA: str | None = None, diagnosticC
 def failed(status: str, reason: str, remoteMTA: str | None = None, diagnosticCode: str | None = None) -> AttemptResult:
     """A ``FAILED`` result: ``status`` is a ``5.x.y`` code."""
     return AttemptResult(Result.FAILED, status, diagnosticCode, remoteMTA, reason)
+
+
+def logAttempt(
+    log: Logger,
+    queueId: str,
+    hop: NextHop,
+    recipients: list[QueuedRecipient],
+    results: list[AttemptResult],
+    outcomes: list[RecipientOutcome],
+) -> None:
+    """
+    Log one attempt, one line per group of recipients that fared alike:
+    ``QUEUEID: to=<a>,<b> hop=mx:example.com result=deferred status=4.4.1
+    attempts=2 next=2026-12-07T01:00:00Z reason="..."`` (what an operator
+    greps for).
+    """
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for rcpt, result, outcome in zip(recipients, results, outcomes, strict=True):
+        nextAt = _iso(outcome.nextAttempt) if outcome.nextAttempt is not None else None
+        key = (outcome.result.value, result.status, result.reason, rcpt.attempts + 1, nextAt)
+        groups.setdefault(key, []).append(f"<{rcpt.address}>")
+    for (res, status, reason, attempts, nextAt), addresses in groups.items():
+        log.info(
+            "{queueId}: to={recipients} hop={hop} result={result} status={status} "
+            "attempts={attempts}{next} reason={reason}",
+            queueId=queueId,
+            recipients=",".join(addresses),
+            hop=hop.key,
+            result=res,
+            status=status,
+            attempts=attempts,
+            next=f" next={nextAt}" if nextAt else "",
+            reason=_quote(reason),
+        )
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _quote(text: str | None) -> str:
+    if not text:
+        return '""'
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ") + '"'
+
+
+def errorResult(error: BaseException, where: str, remoteMTA: str | None) -> tuple[AttemptResult, bool]:
+    """
+    The result of a failure without a reply to a command, and whether the
+    next server (mail exchanger) should be tried.
+    """
+    text = str(error) or type(error).__name__
+    reason = f"{where}: {text}"
+    if isinstance(error, SMTPConnectionLost | SMTPTimeoutError):
+        if error.afterData:
+            # The one duplicate case: the message may have arrived.
+            return deferred("4.4.2", reason + " (it may have been delivered; it will be sent again)", remoteMTA), False
+        return deferred("4.4.2", reason, remoteMTA), True
+    if isinstance(error, SMTPConnectError):
+        return deferred("4.4.1", reason, remoteMTA), True
+    if isinstance(error, SMTPTLSError):
+        status = "4.7.4" if "does not offer STARTTLS" in text else "4.7.5"
+        return deferred(status, reason, remoteMTA), True
+    if isinstance(error, SMTPAuthError):
+        # A smart host refusing the login is the operator's to fix: keep the
+        # mail (Postfix's smtp_sasl_auth_soft_bounce).
+        reply = error.reply
+        status = "4" + statusOf(reply.code, reply.enhanced)[1:] if reply is not None else "4.7.0"
+        return deferred(status, reason, remoteMTA), False
+    if isinstance(error, SMTPUnsupportedError):
+        if "SMTPUTF8" in text:
+            status = "5.6.7"
+        elif "8BITMIME" in text:
+            status = "5.6.3"
+        else:
+            status = "5.3.4"
+        return failed(status, reason, remoteMTA), False
+    if isinstance(error, SMTPAddressError):
+        return failed("5.1.3", reason, remoteMTA), False
+    if isinstance(error, SMTPBadReplyError):
+        return deferred("4.5.0", reason, remoteMTA), True
+    if isinstance(error, SMTPClientError):
+        return deferred("4.4.0", reason, remoteMTA), True
+    Logger(namespace="txsmtp.queue.outbound").failure("unexpected error delivering to {where}", Failure(error), where=where)
+    return deferred("4.3.0", f"{where}: internal error: {type(error).__name__}: {text}", remoteMTA), False

@@ -75,23 +75,24 @@ from txsmtp.client import (
     Mailer,
     OutgoingMessage,
     SendResult,
-    SMTPAddressError,
-    SMTPAuthError,
-    SMTPBadReplyError,
     SMTPClientError,
-    SMTPConnectError,
-    SMTPConnectionLost,
     SMTPRecipientsRefused,
     SMTPReplyError,
     SMTPServerRefused,
-    SMTPTimeoutError,
     SMTPTLSError,
-    SMTPUnsupportedError,
     Timeouts,
     TLSPolicy,
 )
 from txsmtp.mx import NoMailExchangerError, NullMXError, lookupMailExchangers
-from txsmtp.queue.attempts import _replyText, deferred, diagnostic, failed, replyResult, statusOf
+from txsmtp.queue.attempts import (
+    deferred,
+    diagnostic,
+    errorResult,
+    failed,
+    replyResult,
+    replyText,
+    statusOf,
+)
 from txsmtp.queue.interfaces import IOutbound
 from txsmtp.queue.model import AttemptResult, NextHop, QueuedMessage, QueuedRecipient, Result
 from txsmtp.queue.outboundlocal import deliverLocal
@@ -528,7 +529,7 @@ class Outbound:
             reply = outcome.reply
             status = "4" + statusOf(reply.code, reply.enhanced)[1:]
             reason = f"{where} refused the session: {reply.code} {' '.join(reply.lines)}"
-            result = deferred(status, reason, remoteMTA, diagnostic(reply.code, reply.enhanced, _replyText(reply)))
+            result = deferred(status, reason, remoteMTA, diagnostic(reply.code, reply.enhanced, replyText(reply)))
             for i in indexes:
                 put(i, result)
             return final, transient, True
@@ -537,7 +538,7 @@ class Outbound:
             for i in indexes:
                 put(i, result)
             return final, transient, True
-        result, tryNext = _errorResult(outcome, where, remoteMTA)
+        result, tryNext = errorResult(outcome, where, remoteMTA)
         if result.result is Result.DEFERRED and getattr(outcome, "afterData", False):
             _log.warn(
                 "{where}: the connection ended after the end of message {id} was sent; it will be sent again"
@@ -548,44 +549,6 @@ class Outbound:
         for i in indexes:
             put(i, result)
         return final, transient, tryNext
-
-
-def _errorResult(error: BaseException, where: str, remoteMTA: str | None) -> tuple[AttemptResult, bool]:
-    """The result (and whether to try the next server) of a failure without a reply to a command."""
-    text = str(error) or type(error).__name__
-    reason = f"{where}: {text}"
-    if isinstance(error, SMTPConnectionLost | SMTPTimeoutError):
-        if error.afterData:
-            # The one duplicate case: the message may have arrived.
-            return deferred("4.4.2", reason + " (it may have been delivered; it will be sent again)", remoteMTA), False
-        return deferred("4.4.2", reason, remoteMTA), True
-    if isinstance(error, SMTPConnectError):
-        return deferred("4.4.1", reason, remoteMTA), True
-    if isinstance(error, SMTPTLSError):
-        status = "4.7.4" if "does not offer STARTTLS" in text else "4.7.5"
-        return deferred(status, reason, remoteMTA), True
-    if isinstance(error, SMTPAuthError):
-        # A smart host refusing the login is the operator's to fix: keep the
-        # mail (Postfix's smtp_sasl_auth_soft_bounce).
-        reply = error.reply
-        status = "4" + statusOf(reply.code, reply.enhanced)[1:] if reply is not None else "4.7.0"
-        return deferred(status, reason, remoteMTA), False
-    if isinstance(error, SMTPUnsupportedError):
-        if "SMTPUTF8" in text:
-            status = "5.6.7"
-        elif "8BITMIME" in text:
-            status = "5.6.3"
-        else:
-            status = "5.3.4"
-        return failed(status, reason, remoteMTA), False
-    if isinstance(error, SMTPAddressError):
-        return failed("5.1.3", reason, remoteMTA), False
-    if isinstance(error, SMTPBadReplyError):
-        return deferred("4.5.0", reason, remoteMTA), True
-    if isinstance(error, SMTPClientError):
-        return deferred("4.4.0", reason, remoteMTA), True
-    _log.failure("unexpected error delivering to {where}", Failure(error), where=where)
-    return deferred("4.3.0", f"{where}: internal error: {type(error).__name__}: {text}", remoteMTA), False
 
 
 def _dnsText(error: BaseException) -> str:

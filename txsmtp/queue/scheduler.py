@@ -37,7 +37,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from twisted.application import service
@@ -47,6 +46,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txsmtp.queue.attempts import logAttempt
 from txsmtp.queue.model import (
     AttemptResult,
     Lease,
@@ -97,10 +97,6 @@ class _Held:
     lease: Lease
     batches: list[_Batch] = field(default_factory=list)
     lost: bool = False
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Scheduler(service.Service):
@@ -451,7 +447,7 @@ class Scheduler(service.Service):
             final.append(report if report is not None else result)
             if report is not None:
                 reportable.append((rcpt, report))
-        self._logAttempt(message.id, hop, recipients, final, outcomes)
+        logAttempt(_log, message.id, hop, recipients, final, outcomes)
         if self.reporter is not None and reportable:
             # Reports first (RFC 3461 §6.2 wants one when asked for): a
             # crash between the two gives a duplicate report, never none.
@@ -519,33 +515,6 @@ class Scheduler(service.Service):
         )
         return outcome, (result if warn else None)
 
-    def _logAttempt(
-        self,
-        queueId: str,
-        hop: NextHop,
-        recipients: list[QueuedRecipient],
-        results: list[AttemptResult],
-        outcomes: list[RecipientOutcome],
-    ) -> None:
-        groups: dict[tuple[Any, ...], list[str]] = {}
-        for rcpt, result, outcome in zip(recipients, results, outcomes, strict=True):
-            nextAt = _iso(outcome.nextAttempt) if outcome.nextAttempt is not None else None
-            key = (outcome.result.value, result.status, result.reason, rcpt.attempts + 1, nextAt)
-            groups.setdefault(key, []).append(f"<{rcpt.address}>")
-        for (res, status, reason, attempts, nextAt), addresses in groups.items():
-            _log.info(
-                "{queueId}: to={recipients} hop={hop} result={result} status={status} "
-                "attempts={attempts}{next} reason={reason}",
-                queueId=queueId,
-                recipients=",".join(addresses),
-                hop=hop.key,
-                result=res,
-                status=status,
-                attempts=attempts,
-                next=f" next={nextAt}" if nextAt else "",
-                reason=_quote(reason),
-            )
-
     # -- leases ------------------------------------------------------------
 
     def _scheduleRenewals(self) -> None:
@@ -599,8 +568,3 @@ class Scheduler(service.Service):
         """How many claimed recipients wait in memory for a free slot."""
         return self._waitingRecipients
 
-
-def _quote(text: str | None) -> str:
-    if not text:
-        return '""'
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ") + '"'

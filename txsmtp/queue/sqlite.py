@@ -130,6 +130,8 @@ class SQLiteStore:
         self.databasePath = os.path.join(self.path, "queue.sqlite")
         self.transactions = 0
         self.groups = 0
+        # Whether the writer connection runs with synchronous=FULL (it opens so).
+        self._durable = True
         self._listeners: list[Callable[[], object]] = []
         self._state = "new"
         self._lockFile: int | None = None
@@ -231,6 +233,7 @@ class SQLiteStore:
                 # Mode 0600 before SQLite makes it (its -wal and -shm files take the same mode).
                 os.close(os.open(self.databasePath, os.O_RDWR | os.O_CREAT, 0o600))
                 self._db = _connect(self.databasePath, self.sync)
+                self._durable = True
                 before, after = migrate(self._db, self.databasePath)
                 if before != after:
                     _log.info(
@@ -307,23 +310,33 @@ class SQLiteStore:
             return QueueError(f"the queue {self.path} is not open")
         return None
 
-    def _write(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def _write(self, function: Callable[..., Any], *args: Any, durable: bool = True) -> Deferred[Any]:
         """
         ``function(db, *args)`` in one write transaction, on the writer
         thread; it answers ``(result, removed)``, ``removed`` the id of a
         message whose body to remove after the commit, or ``None``.
+
+        ``durable=False`` commits without waiting for the disk: claims,
+        renewals and outcomes.  In WAL mode such a commit survives the
+        process being killed (it is in the operating system's cache), and
+        the next durable commit (a new message) writes it to the disk with
+        its own; only a power failure or a kernel crash can lose the last of
+        them.  Leases are reset at open anyway, and a lost outcome means the
+        recipient is tried again: a duplicate, never a loss (Postfix, too,
+        crosses recipients off without ``fsync``).
         """
         error = self._notOpen()
         if error is not None:
             return defer.fail(error)
         assert self._writer is not None
-        return self._writer.call(self._transaction, function, args)
+        return self._writer.call(self._transaction, function, args, durable)
 
-    def _transaction(self, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    def _transaction(self, function: Callable[..., Any], args: tuple[Any, ...], durable: bool = True) -> Any:
         db = self._db
         if db is None:
             raise QueueError(f"the queue {self.path} is closed")
         try:
+            self._setSync(db, durable)
             db.execute("BEGIN IMMEDIATE")
             result, removed = function(db, *args)
             db.execute("COMMIT")
@@ -342,6 +355,14 @@ class SQLiteStore:
                 # Committed already: what is left is removed at the next open.
                 _log.error("queue {path}: {error}", path=self.path, error=e)
         return result
+
+    def _setSync(self, db: sqlite3.Connection, durable: bool) -> None:
+        # synchronous may change between transactions: FULL fsyncs the WAL at
+        # each COMMIT, NORMAL leaves it to the next FULL commit (or a
+        # checkpoint), which writes earlier frames in order with its own.
+        if self.sync and durable != self._durable:
+            db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
 
     def _read(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """``function(db, *args)`` in one read transaction, on the reader thread."""
@@ -422,6 +443,7 @@ class SQLiteStore:
                     raise QueueError(f"the queue {self.path} is closed")
                 if self.sync:
                     syncDirectory(self.files.bodies)
+                self._setSync(db, True)
                 db.execute("BEGIN IMMEDIATE")
                 queries.insertMessages(db, ready)
                 db.execute("COMMIT")
@@ -450,7 +472,7 @@ class SQLiteStore:
         writer thread (a claim writes the leases).
         """
         now = self.clock.seconds()
-        return self._write(_noRemoval(queries.claim), owner, limit, now, now + leaseSeconds)
+        return self._write(_noRemoval(queries.claim), owner, limit, now, now + leaseSeconds, durable=False)
 
     def renew(self, lease: Lease, leaseSeconds: float) -> Deferred[bool]:
         """
@@ -465,7 +487,7 @@ class SQLiteStore:
                 lease.expires = expires
             return held
 
-        return self._write(_noRemoval(queries.renew), lease, expires).addCallback(renewed)
+        return self._write(_noRemoval(queries.renew), lease, expires, durable=False).addCallback(renewed)
 
     def record(self, lease: Lease, outcomes: Iterable[RecipientOutcome]) -> Deferred[bool]:
         """
@@ -478,7 +500,7 @@ class SQLiteStore:
         stays set once set); a held recipient stays held.  Other results
         remove the recipient; the message and its body go with the last.
         """
-        return self._write(queries.record, lease, list(outcomes), self.clock.seconds())
+        return self._write(queries.record, lease, list(outcomes), self.clock.seconds(), durable=False)
 
     # -- reading ------------------------------------------------------------------------------
 
