@@ -54,6 +54,9 @@ class SMTPClientFactory(ClientFactory):
     """
 
     protocol: type[ESMTPClient] = ESMTPClient  # type: ignore[assignment]
+    # A pool starts and stops its factory whenever its connection count
+    # leaves or reaches zero: "Starting factory" lines would say nothing.
+    noisy = False
 
     def __init__(self, options: ClientOptions) -> None:
         self.options = options

@@ -321,6 +321,9 @@ class ControlProtocol(amp.AMP):
 class ControlFactory(Factory):
     """Makes a :class:`ControlProtocol` per connection, all on one store."""
 
+    # No "Starting factory" lines: the server's start-up summary says it.
+    noisy = False
+
     def __init__(self, store: Any) -> None:
         self.control = StoreControl(store)
 
