@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from twisted.internet import defer
 from twisted.internet import error as ineterror
-from twisted.internet.interfaces import IHandshakeListener, IPullProducer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsmtp import saslclient
 from txsmtp._io import canWriteDirectly, writeNow
+from txsmtp.client._producer import _MessageProducer
 from txsmtp.client.errors import (
     SendResult,
     SMTPClientError,
@@ -36,11 +37,10 @@ from txsmtp.client.errors import (
     _reasonText,
     _tlsFailureText,
 )
-from txsmtp.client.message import CHUNK_SIZE, OutgoingMessage, encodeWhole
+from txsmtp.client.message import OutgoingMessage, encodeWhole
 from txsmtp.client.options import ClientOptions, TLSPolicy
 from txsmtp.client.pipeline import Pipeline, Transaction
 from txsmtp.client.session import _SessionSetup, _State
-from txsmtp.wire.data import DataEncoder
 from txsmtp.wire.reply import Reply
 
 if TYPE_CHECKING:
@@ -136,6 +136,17 @@ class ESMTPClient(_SessionSetup, Protocol):
 
     def connectionMade(self) -> None:
         self._direct = canWriteDirectly(self.transport)
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            # The client gathers each burst (a pipelined group, the end of a
+            # message with the next one's commands) into one write itself;
+            # Nagle's algorithm would hold a short write that follows a
+            # longer one until the peer's delayed acknowledgement, some
+            # 40 ms, on every message.
+            try:
+                setNoDelay(True)
+            except OSError:
+                pass
         self.state = _State.GREETING
         if self.options.implicitTLS:
             self._startTLS()
@@ -559,33 +570,6 @@ class LMTPClient(ESMTPClient):
 
     helloVerb = b"LHLO"
     perRecipientReplies = True
-
-
-@implementer(IPullProducer)
-class _MessageProducer:
-    """Reads a message file in chunks and hands them to the protocol, encoded."""
-
-    __slots__ = ("protocol", "txn", "message", "encoder", "stopped")
-
-    def __init__(self, protocol: ESMTPClient, txn: Transaction, message: BinaryIO) -> None:
-        self.protocol = protocol
-        self.txn = txn
-        self.message = message
-        self.encoder = DataEncoder(dotStuffing=not txn.bdat)
-        self.stopped = False
-
-    def resumeProducing(self) -> None:
-        if self.stopped:
-            return
-        chunk = self.message.read(CHUNK_SIZE)
-        if chunk:
-            self.protocol._writeChunk(self.txn, self.encoder.encode(chunk), False)
-        else:
-            self.stopped = True
-            self.protocol._writeChunk(self.txn, self.encoder.finish(), True)
-
-    def stopProducing(self) -> None:
-        self.stopped = True
 
 
 def _fire(job: OutgoingMessage, outcome: SendResult | SMTPClientError) -> None:
