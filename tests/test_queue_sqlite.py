@@ -180,7 +180,8 @@ class RecoveryTests(_StoreTestCase):
         """Bodies left in tmp/ by an earlier run are removed at open."""
         store = await self.openStore()
         writer = store.newMessage()
-        writer.write(b"a message whose session died\r\n")
+        # Larger than the writer's buffer: the file is made as the body comes.
+        writer.write(b"a message whose session died\r\n" * (BUFFER_SIZE // 16))
         await store.close()
         self.assertEqual(listDir(os.path.join(self.path, "tmp")), [writer.id])
         again = await self.openStore()
@@ -428,13 +429,48 @@ class StorageErrorTests(_StoreTestCase):
         self.patch(txsmtp.queue.sqlitebody, "os", FaultyOS(
             fdopen=lambda *a, **k: FailingFile(real(*a, **k), failWrite=lambda n, size: n >= 3)))
         writer = store.newMessage()
-        for _ in range(5):
-            self.assertIsNone(writer.write(b"x" * 1000))
+        # Beyond the writer's buffer: written to the file as it comes.
+        for _ in range(6):
+            self.assertIsNone(writer.write(b"x" * (BUFFER_SIZE // 3)))
         error = await self.assertFailure(writer.commit("", recipients("a@example.com"), {}), QueueFullError)
         self.assertIn("no space", str(error))
         await self.assertNothingQueued(store)
         self.patch(txsmtp.queue.sqlitebody, "os", os)
         messageId = await self.enqueue(store)
+        self.assertEqual(await self.body(store, messageId), BODY)
+
+    async def test_smallBodyFullAtCommit(self) -> None:
+        """A body that fits the buffer meets a full disk at the commit: QueueFullError, nothing left."""
+        store = await self.openStore()
+        real = os.fdopen
+        self.patch(txsmtp.queue.sqlitebody, "os", FaultyOS(
+            fdopen=lambda *a, **k: FailingFile(real(*a, **k), failWrite=lambda n, size: True)))
+        writer = store.newMessage()
+        self.assertIsNone(writer.write(b"small\r\n"))
+        await self.assertFailure(writer.commit("", recipients("a@example.com"), {}), QueueFullError)
+        await self.assertNothingQueued(store)
+
+    async def test_smallBodyFileMadeOffReactor(self) -> None:
+        """
+        A body within the buffer is not written on the calling thread: its
+        file is made, written and synced by the writer thread at the commit
+        (creating a file can wait for the journal behind other fsync calls).
+        """
+        store = await self.openStore()
+        opened: list[str] = []
+
+        def recordingOpen(path: str, *args: Any) -> int:
+            opened.append(threading.current_thread().name)
+            return os.open(path, *args)
+
+        self.patch(txsmtp.queue.sqlitebody, "os", FaultyOS(open=recordingOpen))
+        writer = store.newMessage()
+        writer.write(BODY)
+        self.assertEqual(opened, [])
+        messageId = await writer.commit("", recipients("a@example.com"), {})
+        # The body file, then bodies/ to sync it: both on the writer thread.
+        self.assertEqual(len(opened), 2)
+        self.assertEqual(set(opened), {f"txsmtp-queue-writer {self.path}"})
         self.assertEqual(await self.body(store, messageId), BODY)
 
     async def test_quotaAtFlush(self) -> None:

@@ -187,7 +187,9 @@ class PendingMessage:
 
     id: str
     files: BodyFiles
-    file: IO[bytes]
+    #: the body file, or ``None`` when the whole body is in :attr:`head`
+    #: (a small message: its file is made on the writer thread)
+    file: IO[bytes] | None
     size: int
     sender: str
     recipients: list[QueuedRecipient]
@@ -195,6 +197,8 @@ class PendingMessage:
     arrival: float
     #: set once the body is in ``bodies/``
     renamed: bool = False
+    #: the body, when it never left the writer's buffer (``file`` is ``None``)
+    head: bytes = b""
 
     def finishBody(self) -> None:
         """
@@ -204,6 +208,10 @@ class PendingMessage:
         """
         files = self.files
         try:
+            if self.file is None:
+                fd = os.open(files.tmpPath(self.id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                self.file = os.fdopen(fd, "wb", buffering=0)
+                self.file.write(self.head)
             self.file.flush()
             if files.sync:
                 os.fsync(self.file.fileno())
@@ -218,7 +226,8 @@ class PendingMessage:
         """Remove the body wherever it is (best effort, blocking)."""
         files = self.files
         try:
-            self.file.close()
+            if self.file is not None:
+                self.file.close()
         except OSError:
             pass
         for path in (files.bodyPath(self.id), files.tmpPath(self.id)):
@@ -234,10 +243,11 @@ class BodyWriter:
     One message being written into a :class:`~txsmtp.queue.sqlite.SQLiteStore`
     (its :meth:`~txsmtp.queue.sqlite.SQLiteStore.newMessage` makes them).
 
-    :meth:`write` appends to ``DIR/tmp/<id>`` through a buffer of
-    :data:`BUFFER_SIZE` bytes, on the calling (reactor) thread, as the
-    Maildir deliveries do: the page cache takes it without waiting for the
-    disk.  A write that fails never raises: the body is discarded and
+    :meth:`write` keeps the first :data:`BUFFER_SIZE` bytes in memory; a
+    body that fits is written to ``DIR/tmp/<id>`` by the writer thread at
+    the commit, a larger one is appended to that file as it comes, on the
+    calling (reactor) thread, through a buffer of that size, as the Maildir
+    deliveries do: the page cache takes it without waiting for the disk.  A write that fails never raises: the body is discarded and
     :meth:`commit` fails with the error (a full disk:
     :class:`~txsmtp.queue.errors.QueueFullError`).
 
@@ -265,12 +275,19 @@ class BodyWriter:
         self._submit = submit
         self._now = now
         self._file: IO[bytes] | None = None
+        # The first BUFFER_SIZE bytes wait here: a message that fits never
+        # touches the file system on this (the reactor's) thread, where
+        # creating a file can wait for the journal behind the writer
+        # thread's fsync calls.  A larger one goes to its file as it comes.
+        self._head: list[bytes] = []
         self._error = error
         self._done = False
 
     def _open(self) -> IO[bytes]:
         fd = os.open(self._files.tmpPath(self.id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._file = os.fdopen(fd, "wb", buffering=BUFFER_SIZE)
+        head, self._head = self._head, []
+        self._file.write(b"".join(head))
         return self._file
 
     def _fail(self, error: BaseException, doing: str) -> None:
@@ -278,6 +295,7 @@ class BodyWriter:
         self._discard()
 
     def _discard(self) -> None:
+        self._head = []
         f, self._file = self._file, None
         if f is None:
             return
@@ -293,13 +311,15 @@ class BodyWriter:
     def write(self, chunk: bytes) -> None:
         if self._error is not None or self._done:
             return None
+        self.size += len(chunk)
+        if self._file is None and self.size <= BUFFER_SIZE:
+            self._head.append(chunk)
+            return None
         try:
             f = self._file if self._file is not None else self._open()
             f.write(chunk)
         except OSError as e:
             self._fail(e, "writing the body")
-            return None
-        self.size += len(chunk)
         return None
 
     def commit(
@@ -319,18 +339,16 @@ class BodyWriter:
                 data = json.dumps({k: v for k, v in envelope.items() if k != "recipients"})
             except (TypeError, ValueError) as e:
                 self._error = QueueError(f"the envelope cannot be stored: {e}")
-        if self._error is None:
-            try:
-                f = self._file if self._file is not None else self._open()
-            except OSError as e:
-                self._fail(e, "creating the body")
         if self._error is not None:
             self._discard()
             return defer.fail(self._error)
-        self._file = None  # the writer thread's from now on
+        # The writer thread's from now on (it makes the file of a small body).
+        f, self._file = self._file, None
+        head, self._head = b"".join(self._head), []
         pending = PendingMessage(
             id=self.id,
             files=self._files,
+            head=head,
             file=f,
             size=self.size,
             sender=sender,
