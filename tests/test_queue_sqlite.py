@@ -383,6 +383,32 @@ class GroupCommitTests(_StoreTestCase):
         self.assertEqual(await self.body(store, messageId), BODY)
 
 
+class RemoverTests(_StoreTestCase):
+    async def test_bodyRemovedOffWriterBeforeClose(self) -> None:
+        """
+        The body of a message that left the queue is removed by the remover
+        thread (not the writer); openBody refuses it at once, and by the
+        time the store is closed the file is gone.
+        """
+        store = self.newStore()
+        removedOn: list[str] = []
+        real = store.files.remove
+
+        def remove(messageId: str) -> None:
+            removedOn.append(threading.current_thread().name)
+            real(messageId)
+
+        self.patch(store.files, "remove", remove)
+        await store.open()
+        messageId = await self.enqueue(store)
+        [lease] = await store.claim("node", 10, 60)
+        self.assertTrue(await store.record(lease, [RecipientOutcome(0, Result.DELIVERED)]))
+        await self.assertFailure(store.openBody(messageId), KeyError)
+        await store.close()
+        self.assertEqual(removedOn, [f"txsmtp-queue-remover {self.path}"])
+        self.assertEqual(listDir(os.path.join(self.path, "bodies")), [])
+
+
 class SyncLevelTests(_StoreTestCase):
     async def test_durableOnlyWhereItMatters(self) -> None:
         """

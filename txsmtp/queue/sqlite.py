@@ -53,7 +53,7 @@ from txsmtp.queue.sqlitebody import (
     validId,
 )
 from txsmtp.queue.sqliteschema import migrate
-from txsmtp.queue.sqlitethreads import Worker
+from txsmtp.queue.sqlitethreads import Remover, Worker
 
 __all__ = ["SQLiteStore"]
 
@@ -139,6 +139,7 @@ class SQLiteStore:
         self._readDb: sqlite3.Connection | None = None
         self._writer: Worker | None = None
         self._reader: Worker | None = None
+        self._remover: Remover | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -213,8 +214,10 @@ class SQLiteStore:
             f"txsmtp-queue-writer {self.path}", self._reactor, self._commitGroup, self._wake
         )
         self._reader = Worker(f"txsmtp-queue-reader {self.path}", self._reactor)
+        self._remover = Remover(f"txsmtp-queue-remover {self.path}", self.files.remove)
         self._writer.start()
         self._reader.start()
+        self._remover.start()
 
     def _stopThreads(self) -> Deferred[None]:
         stops = []
@@ -291,6 +294,10 @@ class SQLiteStore:
             )
 
     def _closeWriter(self) -> None:
+        # The bodies of messages gone go before the lock: a new owner finds none.
+        remover, self._remover = self._remover, None
+        if remover is not None:
+            remover.stop()
         db, self._db = self._db, None
         if db is not None:
             db.close()
@@ -347,13 +354,10 @@ class SQLiteStore:
             _rollback(db)
             raise
         self.transactions += 1
-        if removed is not None:
-            # After the commit: a crash before it leaves a body with no row, removed at open.
-            try:
-                self.files.remove(removed)
-            except OSError as e:
-                # Committed already: what is left is removed at the next open.
-                _log.error("queue {path}: {error}", path=self.path, error=e)
+        if removed is not None and self._remover is not None:
+            # After the commit (a crash before it leaves a body with no row,
+            # removed at open), and on a thread of its own.
+            self._remover.put(removed)
         return result
 
     def _setSync(self, db: sqlite3.Connection, durable: bool) -> None:
@@ -509,11 +513,14 @@ class SQLiteStore:
         error = self._notOpen()
         if error is not None:
             return defer.fail(error)
-        assert self._reader is not None
-        return self._reader.call(self._openBody, messageId)
-
-    def _openBody(self, messageId: str) -> IO[bytes]:
         if not validId(messageId):
+            return defer.fail(KeyError(messageId))
+        return self._read(self._openBody, messageId)
+
+    def _openBody(self, db: sqlite3.Connection, messageId: str) -> IO[bytes]:
+        # The row decides: a body whose message left the queue may still be
+        # on disk for a moment (the remover thread deletes it).
+        if db.execute("SELECT 1 FROM messages WHERE id = ?", (messageId,)).fetchone() is None:
             raise KeyError(messageId)
         try:
             return open(self.files.bodyPath(messageId), "rb")

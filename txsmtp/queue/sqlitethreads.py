@@ -1,9 +1,10 @@
 """
-The two threads of :class:`~txsmtp.queue.sqlite.SQLiteStore`, each with a
-queue of work and its own SQLite connection: the writer (every change,
-commits grouped) and the reader (``list``, ``show``, ``nextDue``,
-``openBody``).  Results come back to the reactor thread through
-``callFromThread``.
+The threads of :class:`~txsmtp.queue.sqlite.SQLiteStore`: two
+:class:`Worker` threads, each with a queue of work and its own SQLite
+connection, the writer (every change, commits grouped) and the reader
+(``list``, ``show``, ``nextDue``, ``openBody``), whose results come back to
+the reactor thread through ``callFromThread``; and a :class:`Remover` that
+deletes the bodies of messages that left the queue.
 
 The writer does group commit: each time it wakes it takes *all* the work
 queued at that moment; the messages to commit among it are committed
@@ -27,7 +28,7 @@ from twisted.python.failure import Failure
 from txsmtp.queue.errors import QueueError
 from txsmtp.queue.sqlitebody import PendingMessage
 
-__all__ = ["Worker", "Call", "Commit"]
+__all__ = ["Worker", "Call", "Commit", "Remover"]
 
 
 class Call:
@@ -195,3 +196,44 @@ class Worker:
                 d.callback(result)
         if self._committed is not None and any(not isinstance(r, Failure) for _, r in batch):
             self._committed()
+
+
+class Remover:
+    """
+    A thread that removes the bodies of messages whose rows are gone, so
+    that the writer does not wait for it: removing a file can wait for the
+    file system's journal behind other threads' ``fsync`` calls.  Best
+    effort, without results: a body left behind (a crash, an error) has no
+    row and is removed the next time the store is opened.
+
+    :param name: the thread's name.
+    :param remove: removes the body of one message id (blocking).
+    """
+
+    def __init__(self, name: str, remove: Callable[[str], None]) -> None:
+        self._remove = remove
+        self._ids: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, messageId: str) -> None:
+        """Remove the body of ``messageId`` soon (from any thread)."""
+        self._ids.put(messageId)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Remove what was put so far, then end the thread (blocking, at most ``timeout`` s)."""
+        self._ids.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            messageId = self._ids.get()
+            if messageId is None:
+                return
+            try:
+                self._remove(messageId)
+            except OSError:
+                pass  # removed at the next open
