@@ -32,6 +32,7 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from twisted.internet import defer
@@ -58,6 +59,9 @@ from txsmtp.queue.sqlitethreads import Remover, Worker
 __all__ = ["SQLiteStore"]
 
 _log = Logger(namespace="txsmtp.queue.sqlite")
+
+#: How many bodies of one group of commits are synced at once.
+SYNC_THREADS = 8
 
 #: How long a connection waits for a lock held by the other one (seconds).
 _BUSY_TIMEOUT = 30.0
@@ -140,6 +144,7 @@ class SQLiteStore:
         self._writer: Worker | None = None
         self._reader: Worker | None = None
         self._remover: Remover | None = None
+        self._syncPool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -215,6 +220,8 @@ class SQLiteStore:
         )
         self._reader = Worker(f"txsmtp-queue-reader {self.path}", self._reactor)
         self._remover = Remover(f"txsmtp-queue-remover {self.path}", self.files.remove)
+        if self.sync:
+            self._syncPool = ThreadPoolExecutor(SYNC_THREADS, f"txsmtp-queue-sync {self.path}")
         self._writer.start()
         self._reader.start()
         self._remover.start()
@@ -298,6 +305,9 @@ class SQLiteStore:
         remover, self._remover = self._remover, None
         if remover is not None:
             remover.stop()
+        pool, self._syncPool = self._syncPool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         db, self._db = self._db, None
         if db is not None:
             db.close()
@@ -434,12 +444,24 @@ class SQLiteStore:
         """
         results: dict[str, str | Failure] = {}
         ready: list[PendingMessage] = []
-        for m in messages:
+
+        def finish(m: PendingMessage) -> Exception | None:
             try:
                 m.finishBody()
-                ready.append(m)
             except Exception as e:
-                results[m.id] = Failure(asQueueError(e, "storing the body"))
+                return e
+            return None
+
+        # The bodies are synced side by side: the file system commits
+        # concurrent fsync calls together, one after the other it would
+        # commit its journal once for each.
+        pool = self._syncPool
+        errors = list(pool.map(finish, messages)) if pool is not None and len(messages) > 1 else map(finish, messages)
+        for m, error in zip(messages, errors, strict=True):
+            if error is None:
+                ready.append(m)
+            else:
+                results[m.id] = Failure(asQueueError(error, "storing the body"))
         db = self._db
         if ready:
             try:
