@@ -340,7 +340,7 @@ class GroupCommitTests(_StoreTestCase):
         ids = await defer.gatherResults(commits)
         self.assertEqual(len(set(ids)), n)
         bodies = os.path.join(self.path, "bodies")
-        self.assertEqual(len(synced.paths(os.path.join(self.path, "bodies"))) - (store.groups - groups), n)
+        self.assertEqual(len(synced.paths(os.path.join(self.path, "tmp"))), n)
         self.assertLessEqual(store.transactions - transactions, 2)
         self.assertLessEqual(store.groups - groups, 2)
         self.assertEqual(len([p for p, _ in synced.calls if p == bodies]), store.groups - groups)
@@ -349,17 +349,17 @@ class GroupCommitTests(_StoreTestCase):
             self.assertEqual(await self.body(store, messageId), b"%d\r\n" % i)
 
     async def test_offReactorThread(self) -> None:
-        """Every fsync of a commit runs on the store's threads, not the reactor's."""
+        """Every fsync of a commit runs on the store's writer thread, not the reactor's."""
         store = await self.openStore()
         synced = SyncRecorder()
         self.patch(txsmtp.queue.sqlitebody, "os", FaultyOS(fsync=synced))
         await self.enqueue(store)
-        self.assertEqual(len(synced.calls), 2)  # the body and bodies/
-        self.assertTrue(all(t.startswith(f"txsmtp-queue-sync {self.path}") for _, t in synced.calls), synced.calls)
+        self.assertEqual(len(synced.calls), 2)  # the body, then bodies/
+        self.assertEqual({t for _, t in synced.calls}, {f"txsmtp-queue-writer {self.path}"})
         self.assertNotEqual(threading.current_thread().name, f"txsmtp-queue-writer {self.path}")
 
     async def test_orderOfDurability(self) -> None:
-        """The body (renamed into bodies/) and bodies/ are synced, and only then is the row there."""
+        """The body is synced in tmp/, then bodies/ is synced, and only then is the row there."""
         store = await self.openStore()
         seen: list[tuple[str, int]] = []
         db = self.database()
@@ -372,7 +372,7 @@ class GroupCommitTests(_StoreTestCase):
 
         self.patch(txsmtp.queue.sqlitebody, "os", FaultyOS(fsync=fsync))
         messageId = await self.enqueue(store)
-        self.assertEqual(sorted(seen), [("bodies", 0), (os.path.join("bodies", messageId), 0)])
+        self.assertEqual(seen, [(os.path.join("tmp", messageId), 0), ("bodies", 0)])
         self.assertEqual(db.execute("SELECT count(*) FROM messages").fetchone()[0], 1)
 
     async def test_noSync(self) -> None:
@@ -494,10 +494,9 @@ class StorageErrorTests(_StoreTestCase):
         writer.write(BODY)
         self.assertEqual(opened, [])
         messageId = await writer.commit("", recipients("a@example.com"), {})
-        # The body file on the writer thread, bodies/ (to sync it) on a sync thread.
+        # The body file, then bodies/ to sync it: both on the writer thread.
         self.assertEqual(len(opened), 2)
-        self.assertIn(f"txsmtp-queue-writer {self.path}", opened)
-        self.assertTrue(all(t.startswith("txsmtp-queue-") for t in opened), opened)
+        self.assertEqual(set(opened), {f"txsmtp-queue-writer {self.path}"})
         self.assertEqual(await self.body(store, messageId), BODY)
 
     async def test_quotaAtFlush(self) -> None:

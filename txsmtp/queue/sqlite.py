@@ -32,7 +32,7 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from twisted.internet import defer
@@ -437,43 +437,38 @@ class SQLiteStore:
     def _commitGroup(self, messages: list[PendingMessage]) -> list[str | Failure]:
         """
         In the writer thread: make ``messages`` durable together.  Each
-        body is put in ``bodies/`` and synced, with ``bodies/`` itself (a
-        failure fails that message only); then the rows of all are inserted
-        in one transaction.  When that fails, every body of the group is
+        body is synced and renamed (a failure fails that message only);
+        then ``bodies/`` is synced once and the rows of all are inserted in
+        one transaction.  When that fails, every body of the group is
         removed and every message fails.
         """
         results: dict[str, str | Failure] = {}
+        ready: list[PendingMessage] = []
 
-        def run(step: Callable[[PendingMessage], None], m: PendingMessage) -> Exception | None:
+        def finish(m: PendingMessage) -> Exception | None:
             try:
-                step(m)
+                m.finishBody()
             except Exception as e:
-                results[m.id] = Failure(asQueueError(e, "storing the body"))
                 return e
             return None
 
-        # Each body is written and renamed into bodies/; then the bodies and
-        # bodies/ are synced side by side (the file system commits concurrent
-        # fsync calls together; one after the other, it would commit its
-        # journal once for each), and only then are the rows committed.  A
-        # body in bodies/ without its row (a crash before the commit) is
-        # removed at open: the row, not the file, makes a message visible.
-        placed = [m for m in messages if run(PendingMessage.placeBody, m) is None]
+        # The bodies are synced side by side: the file system commits
+        # concurrent fsync calls together, one after the other it would
+        # commit its journal once for each.
         pool = self._syncPool
-        dirSync: Future[None] | None = None
-        if placed and pool is not None:
-            dirSync = pool.submit(syncDirectory, self.files.bodies)
-            errors = list(pool.map(lambda m: run(PendingMessage.syncBody, m), placed))
-        else:
-            errors = [run(PendingMessage.syncBody, m) for m in placed]
-        ready = [m for m, error in zip(placed, errors, strict=True) if error is None]
+        errors = list(pool.map(finish, messages)) if pool is not None and len(messages) > 1 else map(finish, messages)
+        for m, error in zip(messages, errors, strict=True):
+            if error is None:
+                ready.append(m)
+            else:
+                results[m.id] = Failure(asQueueError(error, "storing the body"))
         db = self._db
         if ready:
             try:
                 if db is None:
                     raise QueueError(f"the queue {self.path} is closed")
-                if dirSync is not None:
-                    dirSync.result()
+                if self.sync:
+                    syncDirectory(self.files.bodies)
                 self._setSync(db, True)
                 db.execute("BEGIN IMMEDIATE")
                 queries.insertMessages(db, ready)

@@ -200,12 +200,11 @@ class PendingMessage:
     #: the body, when it never left the writer's buffer (``file`` is ``None``)
     head: bytes = b""
 
-    def placeBody(self) -> None:
+    def finishBody(self) -> None:
         """
-        Write out and flush the body and rename it into ``bodies/``, keeping
-        it open (blocking; nothing is synced yet: :meth:`syncBody` and the
-        caller's sync of ``bodies/`` follow, before the row that makes the
-        message visible is committed).  On an error the body is discarded.
+        Flush, ``fsync`` and close the body, and rename it into ``bodies/``
+        (blocking).  ``bodies/`` itself is synced by the caller, once for a
+        whole group of messages.  On an error the body is discarded.
         """
         files = self.files
         try:
@@ -214,19 +213,11 @@ class PendingMessage:
                 self.file = os.fdopen(fd, "wb", buffering=0)
                 self.file.write(self.head)
             self.file.flush()
-            os.rename(files.tmpPath(self.id), files.bodyPath(self.id))
-            self.renamed = True
-        except BaseException:
-            self.discard()
-            raise
-
-    def syncBody(self) -> None:
-        """``fsync`` and close the body (blocking).  On an error the body is discarded."""
-        try:
-            assert self.file is not None
-            if self.files.sync:
+            if files.sync:
                 os.fsync(self.file.fileno())
             self.file.close()
+            os.rename(files.tmpPath(self.id), files.bodyPath(self.id))
+            self.renamed = True
         except BaseException:
             self.discard()
             raise
