@@ -15,10 +15,11 @@ objects: the words the reports (RFC 3464) and the queue listing use.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from txsmtp.client import (
@@ -131,25 +132,41 @@ def logAttempt(
     Log one attempt, one line per group of recipients that fared alike:
     ``QUEUEID: to=<a>,<b> hop=mx:example.com result=deferred status=4.4.1
     attempts=2 next=2026-12-07T01:00:00Z reason="..."`` (what an operator
-    greps for).
+    greps for).  The event carries each part as a field too (``queueId``,
+    ``recipients``, ``hop``, ``result``, ``status``, ``attempts``,
+    ``nextAttempt``, ``reason``), for structured observers.
     """
     groups: dict[tuple[Any, ...], list[str]] = {}
     for rcpt, result, outcome in zip(recipients, results, outcomes, strict=True):
         nextAt = _iso(outcome.nextAttempt) if outcome.nextAttempt is not None else None
         key = (outcome.result.value, result.status, result.reason, rcpt.attempts + 1, nextAt)
         groups.setdefault(key, []).append(f"<{rcpt.address}>")
+    hopKey = hop.key
     for (res, status, reason, attempts, nextAt), addresses in groups.items():
-        log.info(
-            "{queueId}: to={recipients} hop={hop} result={result} status={status} "
-            "attempts={attempts}{next} reason={reason}",
-            queueId=queueId,
-            recipients=",".join(addresses),
-            hop=hop.key,
-            result=res,
-            status=status,
-            attempts=attempts,
-            next=f" next={nextAt}" if nextAt else "",
-            reason=_quote(reason),
+        to = ",".join(addresses)
+        nextText = f" next={nextAt}" if nextAt else ""
+        # One event per attempt, at the rate messages leave: built here and
+        # handed to the observer as Logger.emit would, with the text already
+        # formatted (twisted.logger's field formatting costs more).
+        log.observer(
+            {
+                "log_logger": log,
+                "log_level": LogLevel.info,
+                "log_namespace": log.namespace,
+                "log_source": None,
+                "log_format": "{text}",
+                "log_time": time.time(),
+                "text": f"{queueId}: to={to} hop={hopKey} result={res} status={status} "
+                f"attempts={attempts}{nextText} reason={_quote(reason)}",
+                "queueId": queueId,
+                "recipients": to,
+                "hop": hopKey,
+                "result": res,
+                "status": status,
+                "attempts": attempts,
+                "nextAttempt": nextAt,
+                "reason": reason,
+            }
         )
 
 
