@@ -259,6 +259,38 @@ class ControlSocketFileTests(unittest.TestCase):
         await port.stopListening()
         self.assertFalse(os.path.lexists(path))
 
+    async def test_longPath(self) -> None:
+        """
+        A queue directory deeper than a UNIX socket address can name (108
+        octets): the socket is still made there and reached, through the
+        directory's descriptor; stopping removes it and closes the descriptor.
+        """
+        directory = shortTempDir(self)
+        deep = os.path.join(directory, *(["a-rather-long-directory-name"] * 5))
+        os.makedirs(deep)
+        path = os.path.join(deep, "control.sock")
+        self.assertGreater(len(path), 120)
+        def openOnDeep() -> list[str]:
+            found = []
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink(f"/proc/self/fd/{fd}") == deep:
+                        found.append(fd)
+                except OSError:
+                    pass
+            return found
+
+        store, first, _ = makeStore()
+        port = await listenControl(store, path, reactor)
+        self.assertTrue(stat.S_ISSOCK(os.lstat(path).st_mode))
+        self.assertEqual(len(openOnDeep()), 1)  # the listener's, until it stops
+        client = await connectControl(path, reactor, timeout=30)
+        self.assertEqual((await client.show(first))["id"], first)
+        client.close()
+        await port.stopListening()
+        self.assertFalse(os.path.lexists(path))
+        self.assertEqual(openOnDeep(), [])
+
     async def test_timeout(self) -> None:
         """A server that never answers: TimeoutError after the client's timeout, connection closed."""
         directory = shortTempDir(self)

@@ -52,6 +52,7 @@ from txsmtp.tapchecks import (  # noqa: F401  (names tests and users import from
     _why,
     withBacklog,
 )
+from txsmtp.tapqueue import RelayOptions, buildRelay, relaySummary
 from txsmtp.tls import ServerTLS, TLSConfigurationError
 
 __all__ = [
@@ -108,7 +109,7 @@ def _bareLF(value: str) -> str:
 _bareLF.coerceDoc = "'reject' (550 after the final dot) or 'normalize' (rewrite as CRLF)."  # type: ignore[attr-defined]
 
 
-class Options(usage.Options, strcred.AuthOptionMixin):
+class Options(usage.Options, strcred.AuthOptionMixin, RelayOptions):
     """Command-line options of ``twistd smtp``."""
 
     # What --auth checkers must understand: the SASL mechanisms need
@@ -136,7 +137,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["shutdown-grace", None, 30.0, "Seconds to let transactions finish when stopping.", _seconds("shutdown-grace")],
         ["tls-cert", None, None, "PEM certificate chain for STARTTLS and --listen-tls (reloaded on SIGHUP)."],
         ["tls-key", None, None, "PEM private key for --tls-cert (default: the --tls-cert file)."],
-    ]
+    ] + RelayOptions.relayParameters
 
     optFlags = [
         ["require-tls", None, "Refuse MAIL before STARTTLS (530 5.7.0)."],
@@ -261,6 +262,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         for checker in self.get("credCheckers") or []:
             _checkReadable(checker)
             _bytesUsers(checker)
+        self.postRelayOptions()
         _useCheapLog(self.parent)
 
 
@@ -346,6 +348,9 @@ class SMTPService(service.MultiService):
         self.twistdOptions: Any = None
         #: the line logged at start-up (see :func:`startupSummary`)
         self.summary = ""
+        #: the relay's :class:`~txsmtp.tapqueue.QueueService`, if any:
+        #: started before the listeners, stopped after the last session
+        self.queue: Any = None
         self._summaryLogged = False
         for description in descriptions:
             self._listen(reactor, description, description, factory)
@@ -378,6 +383,9 @@ class SMTPService(service.MultiService):
         # raises here; twistd would print it as a long double traceback
         # with the cause on its last line.  Say it in one line and exit.
         self._logSummary()
+        if self.queue is not None:
+            self.queue.twistdOptions = self.twistdOptions
+            self.queue.privilegedStartService()
         for child in self:
             try:
                 child.privilegedStartService()
@@ -397,6 +405,9 @@ class SMTPService(service.MultiService):
 
     def startService(self) -> None:
         self._logSummary()
+        if self.queue is not None:
+            self.queue.twistdOptions = self.twistdOptions
+            self.queue.startService()
         super().startService()
         # Stale tmp/ files of interrupted deliveries: swept now and every
         # 6 hours (the Maildir deliveries; others have no such method).
@@ -442,6 +453,8 @@ class SMTPService(service.MultiService):
 
         d.addCallback(shutdown)
         d.addCallback(stopDeliveries)
+        if self.queue is not None and self.queue.running:
+            d.addCallback(lambda _: self.queue.stopService())
         return d
 
 
@@ -472,12 +485,17 @@ def startupSummary(options: Options) -> str:
     return (
         f"txsmtp {txsmtp.__version__} starting as {options['hostname']}: "
         f"{', '.join(listeners)}; delivery {options['deliver']}; TLS {tls}; AUTH {auth}"
+        f"{relaySummary(options)}"
     )
 
 
 def makeService(options: Options) -> SMTPService:
     """Build the service ``twistd smtp`` runs."""
     delivery = options["delivery"]
+    relay = buildRelay(options, options["hostname"], delivery, _runAs(options.parent))
+    if relay is not None:
+        # Every accepted message goes into the queue; --deliver gets local mail from there.
+        delivery = relay[0]
     checkers = options.get("credCheckers") or []
     arguments = dict(
         maxMessageSize=options["max-size"],
@@ -509,4 +527,6 @@ def makeService(options: Options) -> SMTPService:
     )
     smtpService.twistdOptions = options.parent
     smtpService.summary = startupSummary(options)
+    if relay is not None:
+        smtpService.queue = relay[1]
     return smtpService

@@ -350,8 +350,57 @@ def listenControl(store: Any, path: str, reactor: Any = None) -> defer.Deferred[
             os.unlink(path)
     except FileNotFoundError:
         pass
-    endpoint = UNIXServerEndpoint(reactor, path, mode=0o600)
-    return endpoint.listen(ControlFactory(store))
+    try:
+        address, directory = _addressOf(path)
+    except OSError as e:
+        return defer.fail(e)
+    endpoint = UNIXServerEndpoint(reactor, address, mode=0o600)
+    d = endpoint.listen(ControlFactory(store))
+    if directory is None:
+        return d
+
+    def listening(port: Any) -> Any:
+        # The port removes its socket when it stops, through the directory
+        # descriptor: close that only afterwards.
+        stopListening = port.stopListening
+
+        def stop() -> defer.Deferred[None]:
+            return defer.maybeDeferred(stopListening).addBoth(_closing, directory)
+
+        port.stopListening = stop
+        return port
+
+    def failed(f: Any) -> Any:
+        os.close(directory)
+        return f
+
+    return d.addCallbacks(listening, failed)
+
+
+#: The longest socket path used as it is (``sun_path`` holds 108 octets
+#: on Linux, with its final NUL).
+_MAX_SOCKET_PATH = 100
+
+
+def _addressOf(path: str) -> tuple[str, int | None]:
+    """
+    The address to bind or connect to for the socket ``path``, and a
+    descriptor to close once done with it.  A path too long for a UNIX
+    socket address (a queue deep in a file system) is reached through
+    ``/proc/self/fd/N/``, N a descriptor of its directory.
+    """
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH or not os.path.isdir("/proc/self/fd"):
+        return path, None
+    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    return f"/proc/self/fd/{directory}/{os.path.basename(path)}", directory
+
+
+def _closing(result: Any, directory: int) -> Any:
+    try:
+        os.close(directory)
+    except OSError:
+        pass
+    return result
 
 
 @implementer(IQueueControl)
@@ -417,7 +466,13 @@ def connectControl(path: str, reactor: Any = None, timeout: float = 300.0) -> de
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    endpoint = UNIXClientEndpoint(reactor, path, timeout=max(1, int(timeout)))
+    try:
+        address, directory = _addressOf(path)
+    except OSError as e:
+        return defer.fail(e)
+    endpoint = UNIXClientEndpoint(reactor, address, timeout=max(1, int(timeout)))
     d = connectProtocol(endpoint, amp.AMP())
+    if directory is not None:
+        d.addBoth(_closing, directory)
     d.addCallback(lambda protocol: ControlClient(protocol, reactor, timeout))
     return d
