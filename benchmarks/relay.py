@@ -2,42 +2,27 @@
 The relay end to end: messages per second from ``smtp-source`` through a
 relay's durable queue into ``smtp-sink``, txsmtp beside a real Postfix.
 
-Both relays run on this machine in the same run, each as its own
-process(es) on 127.0.0.1, with their queues on the same disk (``--dir``,
-not a tmpfs) and fsync on (Postfix always fsyncs a queue file before its
-250; txsmtp's SQLite store fsyncs the body and its directory and commits
-with ``synchronous=FULL`` before its 250), and both pass every message to
-the same ``smtp-sink``:
+Both relays run on this machine in the same run, on 127.0.0.1, their
+queues on the same disk (``--dir``, not a tmpfs), fsync on for both, and
+pass every message to the same ``smtp-sink``: ``txsmtp`` is ``twistd -n smtp
+--queue DIR --relay-host [127.0.0.1]:SINKPORT --relay-tls none
+--relay-networks 127.0.0.0/8`` from the checkout (``--repo``); ``postfix``
+is ``postfix -c CONFDIR start-fg`` with a private configuration written by
+``tests/postfixd.py`` (``relayhost = [127.0.0.1]:SINKPORT``, every limit
+at Postfix's default).
 
-``txsmtp``
-    ``twistd -n smtp --listen tcp:PORT:interface=127.0.0.1 --queue DIR
-    --relay-host [127.0.0.1]:SINKPORT --relay-tls none --relay-networks
-    127.0.0.0/8`` from the checkout (``--repo``), logging to a file.
-``postfix``
-    Postfix (``postfix -c CONFDIR start-fg``) from a private configuration
-    directory written by ``tests/postfixd.py``: one ``smtpd`` on
-    127.0.0.1:PORT, ``mynetworks = 127.0.0.0/8``, ``relayhost =
-    [127.0.0.1]:SINKPORT``, no TLS, logging to a file; every other setting
-    (concurrency, process limits) is Postfix's default.
-
-A run: ``smtp-source -s SESSIONS -m MESSAGES -l 1024 -d`` into the relay,
-and the clock stops when ``smtp-sink -c`` has counted MESSAGES more
-messages (the relay's queue is then empty).  The report gives, per relay,
-the median msg/s end to end and the rate at which the messages were
-accepted (smtp-source's own time), and txsmtp / Postfix.  Runs are
-interleaved (the order rotating each repetition) after one unrecorded
-warm-up each.  txsmtp's resident set (VmRSS after the runs, VmHWM the
-peak) is read from /proc.
-
-Then the queue at size: a fresh process fills a txsmtp SQLite store with
-``--queued`` (100,000) messages through its API, and times
-``store.claim(owner, 100, 600)`` (the scheduler's claim), ``nextDue()`` and
-opening the store (which resets leases); with ``--drain``, ``twistd``
-then starts on that queue and relays all of it into smtp-sink, and its
-peak RSS and drain rate are reported.
+A run: ``smtp-source -s SESSIONS -m MESSAGES -l 1024 -d`` into the relay;
+the clock stops when ``smtp-sink -c`` has counted MESSAGES more messages.
+Runs are interleaved (the order rotating each repetition) after one
+unrecorded warm-up each; medians and txsmtp / Postfix are reported, with
+txsmtp's resident set.  Then the queue at size: a fresh process fills a
+txsmtp SQLite store with ``--queued`` (100,000) messages through its API
+and times opening it, ``nextDue()`` and ``claim(owner, 100, 600)``; then
+``twistd`` starts on that queue and relays it into smtp-sink for
+``--serve-seconds`` (``--drain``: all of it) while its memory is read.
 
 Run as root (Postfix's master must start as root; smtp-sink gets ``-u
-nobody``).  Not part of the tests.  ``--quick`` is a smoke run.
+nobody``).  Not part of the tests; see benchmarks/README.md.
 """
 
 from __future__ import annotations
