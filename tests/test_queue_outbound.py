@@ -87,6 +87,8 @@ class SmtpSinkTests(_Base):
         for r in results:
             self.assertEqual((r.status, r.diagnostic), ("2.0.0", "smtp; 250 2.0.0 Ok"))
             self.assertEqual(r.remoteMTA, "dns; 127.0.0.1")
+            # smtp-sink took NOTIFY: success reports are its to send.
+            self.assertTrue(r.passedOn)
         [dump] = self.smtpSink.newDumps()
         self.assertEqual(dump.mailArgs, b"<sender@example.org> RET=HDRS ENVID=env+3D1")
         self.assertEqual(

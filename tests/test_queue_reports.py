@@ -235,6 +235,23 @@ class ReturnedMessageTests(ReporterTestsMixin, unittest.TestCase):
         self.assertEqual(perRecipient["Status"], "2.0.0")
         self.assertIn("was delivered", msg["Subject"])
 
+    def test_noSuccessReportWhenPassedOn(self) -> None:
+        """
+        Delivered to a next hop that offers DSN and took NOTIFY=SUCCESS: no
+        report from here (RFC 3461 §6.2.1), the next hop sends it; a failure
+        of another recipient in the same call is still reported.
+        """
+        ok = QueuedRecipient(0, "bob@example.com", notify=("SUCCESS",))
+        bad = QueuedRecipient(1, "carol@example.com", notify=("SUCCESS", "FAILURE"))
+        message = self.queue([ok, bad])
+        passed = delivered()
+        passed.passedOn = True
+        failure = AttemptResult(Result.FAILED, "5.1.1", "smtp; 550 5.1.1 no such user", "dns; mx.example.com", "no")
+        [reportId] = self.report(message, [(ok, passed), (bad, failure)])
+        _, perRecipient = self.status(self.parsed(reportId))
+        self.assertEqual(perRecipient["Final-Recipient"], "rfc822; carol@example.com")
+        self.assertEqual(self.report(message, [(ok, passed)]), [])
+
     def test_relayed(self) -> None:
         rcpt = QueuedRecipient(0, "bob@example.com", notify=("SUCCESS", "FAILURE"))
         message = self.queue([rcpt])

@@ -234,6 +234,11 @@ class AttemptResult:
         (RFC 3464 §2.3.5), or ``None``.
     :ivar reason: a line for people and logs, e.g.
         ``"mx.example.com[127.0.0.2] said: 550 5.1.1 no such user"``.
+    :ivar passedOn: for ``DELIVERED``: the message went to a next hop that
+        offers DSN, with the recipient's NOTIFY, so any further report is
+        that hop's to send, and none is sent here (RFC 3461 §6.2.1: a
+        success report comes from where the message ends, or a "relayed"
+        one from the last hop that speaks DSN).
     """
 
     result: Result
@@ -241,6 +246,7 @@ class AttemptResult:
     diagnostic: str | None = None
     remoteMTA: str | None = None
     reason: str = ""
+    passedOn: bool = False
 
 
 @dataclass

@@ -512,7 +512,12 @@ class Outbound:
                 if not lmtp and not outcome.dsn and attempt.wantsSuccess(i):
                     # RFC 3461 §6.2.1.d: no DSN further on, so say "relayed".
                     success = Result.RELAYED
-                put(i, replyResult(reply, where, remoteMTA, success))
+                result = replyResult(reply, where, remoteMTA, success)
+                if not lmtp and outcome.dsn:
+                    # The next hop took NOTIFY with the message: a success
+                    # report is its to send, not ours (RFC 3461 §6.2.1).
+                    result.passedOn = True
+                put(i, result)
             # Some recipients took it: the others wait for the next attempt.
             return final, transient, False
         if isinstance(outcome, SMTPRecipientsRefused):

@@ -84,7 +84,7 @@ def _kind(rcpt: QueuedRecipient, result: AttemptResult) -> str | None:
         return FAILURE if notify is None or "FAILURE" in notify else None
     if result.result == Result.DEFERRED:
         return DELAY if notify is None or "DELAY" in notify else None
-    if result.result in (Result.DELIVERED, Result.RELAYED):
+    if result.result in (Result.DELIVERED, Result.RELAYED) and not result.passedOn:
         return SUCCESS if notify is not None and "SUCCESS" in notify else None
     return None
 
