@@ -13,7 +13,6 @@ passes here starts as written, given those files.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
@@ -52,10 +51,6 @@ def literalAfter(text: str, marker: str) -> str:
     return "".join(line[4:] + "\n" for line in m.group(1).splitlines()).strip() + "\n"
 
 
-#: The relay's twistd options (txsmtp/tapqueue.py) are in this checkout.
-RELAY = importlib.util.find_spec("txsmtp.tapqueue") is not None
-
-
 def senderLoginMap(path: str) -> Any:
     from txsmtp.queue.senders import SenderLoginMap
 
@@ -63,9 +58,6 @@ def senderLoginMap(path: str) -> Any:
 
 
 class DocumentedCommandsTests(unittest.TestCase):
-    if not RELAY:
-        skip = "the relay's twistd options (txsmtp.tapqueue) are not in this checkout"
-
     def setUp(self) -> None:
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)

@@ -22,7 +22,6 @@ Nothing sleeps: every wait is a log line (twistd's, Postfix's) or a reply.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import smtplib
@@ -32,10 +31,6 @@ from twisted.trial import unittest
 
 from tests.postfixd import LOOPBACK, RunningPostfix, startPostfix
 from tests.twistd_helpers import RunningTwistd, parseStored, startTwistd
-
-#: The relay (txsmtp/tapqueue.py: twistd smtp --queue ...) is in this checkout.
-RELAY = importlib.util.find_spec("txsmtp.tapqueue") is not None
-NO_RELAY = "the relay (twistd smtp --queue, txsmtp.tapqueue) is not in this checkout"
 
 SENDER = "sender@example.com"
 #: txsmtp's side is the destination of example.org; Postfix's of example.net.
@@ -129,9 +124,6 @@ class PostfixIntoTxsmtpTests(unittest.TestCase):
 class PostfixIntoTxsmtpQueueTests(unittest.TestCase):
     """The same, with txsmtp's relay on: the message goes through its queue to ``--deliver``."""
 
-    if not RELAY:
-        skip = NO_RELAY
-
     async def test_postfixRelaysThroughTheQueue(self) -> None:
         queue = os.path.abspath(self.mktemp())
         twistd = await startTwistd(
@@ -166,9 +158,6 @@ class PostfixIntoTxsmtpQueueTests(unittest.TestCase):
 
 class TxsmtpIntoPostfixTests(unittest.TestCase):
     """txsmtp relays out of its queue into a real Postfix, the final destination."""
-
-    if not RELAY:
-        skip = NO_RELAY
 
     async def test_relayIntoPostfix(self) -> None:
         postfix = await startPostfix(self, mailboxes=[POSTFIX_RCPT], hostname=POSTFIX_NAME)
