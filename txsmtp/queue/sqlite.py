@@ -15,9 +15,10 @@ committed; only then does :meth:`BodyWriter.commit
 <txsmtp.queue.sqlitebody.BodyWriter.commit>` fire, and only then may a
 server answer 250.  Concurrent commits are grouped: the writer thread
 takes every commit waiting when it wakes and does them together, with
-one directory ``fsync`` and one SQLite transaction (see
-:mod:`txsmtp.queue.sqlitethreads`).  Everything that waits for the disk
-runs off the reactor thread, except the buffered writes of the bodies.
+the bodies synced side by side, one directory ``fsync`` and one SQLite
+transaction (see :mod:`txsmtp.queue.sqlitethreads`).  Everything that
+waits for the disk runs off the reactor thread, but for the buffered
+writes of bodies larger than 128 KiB.
 
 The schema is versioned and migrates forward
 (:mod:`txsmtp.queue.sqliteschema`); the SQL of each operation is in
@@ -62,7 +63,6 @@ _log = Logger(namespace="txsmtp.queue.sqlite")
 
 #: How many bodies of one group of commits are synced at once.
 SYNC_THREADS = 8
-
 #: How long a connection waits for a lock held by the other one (seconds).
 _BUSY_TIMEOUT = 30.0
 
@@ -333,14 +333,11 @@ class SQLiteStore:
         thread; it answers ``(result, removed)``, ``removed`` the id of a
         message whose body to remove after the commit, or ``None``.
 
-        ``durable=False`` commits without waiting for the disk: claims,
-        renewals and outcomes.  In WAL mode such a commit survives the
-        process being killed (it is in the operating system's cache), and
-        the next durable commit (a new message) writes it to the disk with
-        its own; only a power failure or a kernel crash can lose the last of
-        them.  Leases are reset at open anyway, and a lost outcome means the
-        recipient is tried again: a duplicate, never a loss (Postfix, too,
-        crosses recipients off without ``fsync``).
+        ``durable=False`` (claims, renewals, outcomes) commits without
+        ``fsync``: in WAL mode that survives a killed process, and the next
+        durable commit writes it with its own; a power failure can lose the
+        last ones, which means a recipient tried again, never a loss
+        (Postfix, too, crosses recipients off without ``fsync``).
         """
         error = self._notOpen()
         if error is not None:
@@ -371,9 +368,8 @@ class SQLiteStore:
         return result
 
     def _setSync(self, db: sqlite3.Connection, durable: bool) -> None:
-        # synchronous may change between transactions: FULL fsyncs the WAL at
-        # each COMMIT, NORMAL leaves it to the next FULL commit (or a
-        # checkpoint), which writes earlier frames in order with its own.
+        # Between transactions: FULL fsyncs the WAL at COMMIT, NORMAL leaves
+        # its frames to the next FULL commit (or checkpoint).
         if self.sync and durable != self._durable:
             db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self._durable = durable
