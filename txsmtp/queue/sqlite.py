@@ -362,8 +362,7 @@ class SQLiteStore:
             raise
         self.transactions += 1
         if removed is not None and self._remover is not None:
-            # After the commit (a crash before it leaves a body with no row,
-            # removed at open), and on a thread of its own.
+            # After the commit, on a thread of its own (a row-less body goes at open).
             self._remover.put(removed)
         return result
 
