@@ -47,6 +47,7 @@ from txsmtp.tapchecks import (  # noqa: F401  (names tests and users import from
     _hostnameProblem,
     _isOpenToNetwork,
     _maildirDirectories,
+    _positiveInt,
     _runAs,
     _useCheapLog,
     _why,
@@ -71,20 +72,6 @@ _log = Logger(namespace="txsmtp.tap")
 #: Where ``twistd smtp`` listens when neither ``--listen``, ``--listen-tls``
 #: nor ``--lmtp`` is given.
 DEFAULT_LISTEN = "tcp:8025:interface=127.0.0.1"
-
-def _positiveInt(name: str) -> Any:
-    def convert(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError(f"--{name} takes a whole number, not {value!r}") from None
-        if n < 1:
-            raise ValueError(f"--{name} must be at least 1")
-        return n
-
-    convert.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]
-    return convert
-
 
 def _seconds(name: str) -> Any:
     def convert(value: str) -> float:

@@ -379,3 +379,17 @@ def _bytesUsers(checker: Any) -> None:
             )
             for k, v in checker.users.items()
         }
+
+
+def _positiveInt(name: str) -> Any:
+    def convert(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"--{name} takes a whole number, not {value!r}") from None
+        if n < 1:
+            raise ValueError(f"--{name} must be at least 1")
+        return n
+
+    convert.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]
+    return convert

@@ -30,7 +30,7 @@ from twisted.python import usage
 
 from txsmtp.queue.relay import DEFAULT_MAX_HOPS, RelayDelivery, RelayPolicy, parseNetworks
 from txsmtp.queue.senders import SenderLoginMap
-from txsmtp.tapchecks import _cannotStart, _hostnameProblem
+from txsmtp.tapchecks import _cannotStart, _hostnameProblem, _positiveInt
 
 __all__ = ["RelayOptions", "QueueService", "RelaySetup", "buildRelay", "parseDuration", "relaySummary"]
 
@@ -78,20 +78,6 @@ def _duration(option: str) -> Any:
     return convert
 
 
-def _count(option: str) -> Any:
-    def convert(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError(f"--{option} takes a whole number, not {value!r}") from None
-        if n < 1:
-            raise ValueError(f"--{option} must be at least 1")
-        return n
-
-    convert.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]
-    return convert
-
-
 class RelayOptions:
     """
     The relay's options: a base of :class:`txsmtp.tap.Options`, whose
@@ -112,8 +98,8 @@ class RelayOptions:
         ["max-queue-lifetime", None, None, "How long a message may stay queued before it bounces (default 5d)", _duration("max-queue-lifetime")],
         ["delay-warning", None, None, "Send a delay report after this long (default: never)", _duration("delay-warning")],
         ["sender-login-map", None, None, "A file of 'user: address, @domain' lines: what each authenticated user may send as."],
-        ["destination-concurrency", None, None, "The most deliveries at once to one destination (default 20)", _count("destination-concurrency")],
-        ["max-hops", None, None, "The most Received: header fields a message may carry (default 50)", _count("max-hops")],
+        ["destination-concurrency", None, None, "The most deliveries at once to one destination (default 20)", _positiveInt("destination-concurrency")],
+        ["max-hops", None, None, "The most Received: header fields a message may carry (default 50)", _positiveInt("max-hops")],
     ]  # fmt: skip
 
     def opt_route(self, route: str) -> None:
