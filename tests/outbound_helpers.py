@@ -7,12 +7,12 @@ chosen loopback address.
 from __future__ import annotations
 
 import io
-import socket
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from tests.test_mx_tls import freePort  # noqa: F401  (re-exported for the queue tests)
 from txsmtp.envelope import Envelope
 from txsmtp.queue.model import QueuedMessage, QueuedRecipient
 from txsmtp.server import SMTPFactory
@@ -56,18 +56,6 @@ def body() -> io.BytesIO:
     return io.BytesIO(BODY)
 
 
-def freePort() -> int:
-    """A port free on both 127.0.0.1 and 127.0.0.2 (checked by listening there)."""
-    for _ in range(20):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.2", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no port free on both 127.0.0.1 and 127.0.0.2")
 
 
 class Listening:
