@@ -98,3 +98,43 @@ class NoDelayTests(unittest.TestCase):
         self.assertEqual(seen, [True])
         [stored] = delivery.messages
         self.assertTrue(stored.data.endswith(b"Subject: file\r\n\r\nbody\r\n"))
+
+
+class _CountingFile(io.BytesIO):
+    """A BytesIO that counts the octets read from it."""
+
+    octetsRead = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.octetsRead += len(data)
+        return data
+
+
+class MeasuredHintTests(unittest.TestCase):
+    """A caller that knows a file's size and 8-bit-ness spares the client a pass over it."""
+
+    def test_hintsSkipTheScan(self) -> None:
+        from txsmtp.client.message import OutgoingMessage
+
+        body = b"Subject: x\r\n\r\n" + b"y" * (3 * CHUNK_SIZE) + b"\r\n"
+        f = _CountingFile(body)
+        job = OutgoingMessage.prepare("a@example.com", ["b@example.com"], f, size=len(body), eightBit=False)
+        self.assertEqual((job.size, job.eightBit, job.utf8Headers, job.start), (len(body), False, False, 0))
+        self.assertEqual(f.octetsRead, 0)
+        unhinted = _CountingFile(body)
+        job = OutgoingMessage.prepare("a@example.com", ["b@example.com"], unhinted)
+        self.assertEqual((job.size, job.eightBit), (len(body), False))
+        self.assertEqual(unhinted.octetsRead, len(body))
+
+    def test_eightBitHintReadsTheHeadOnly(self) -> None:
+        """8-bit: only the first chunk is read, for UTF-8 in the header section (RFC 6532)."""
+        from txsmtp.client.message import OutgoingMessage
+
+        body = "Subject: caf\u00e9\r\n\r\n".encode() + b"y" * (3 * CHUNK_SIZE)
+        f = _CountingFile(b"skip" + body)
+        f.seek(4)
+        job = OutgoingMessage.prepare("a@example.com", ["b@example.com"], f, size=len(body), eightBit=True)
+        self.assertEqual((job.size, job.eightBit, job.utf8Headers, job.start), (len(body), True, True, 4))
+        self.assertEqual(f.octetsRead, CHUNK_SIZE)
+        self.assertEqual(f.tell(), 4)

@@ -85,10 +85,12 @@ class PipelineTests(unittest.TestCase):
 
         self.store.record = record  # type: ignore[method-assign]
 
-    async def enqueue(self, sender: str, recipients: list[str], body: bytes = BODY, **rcpt: Any) -> str:
+    async def enqueue(
+        self, sender: str, recipients: list[str], body: bytes = BODY, extra: dict[str, Any] | None = None, **rcpt: Any
+    ) -> str:
         writer = self.store.newMessage()
         writer.write(body)
-        envelope = {"parameters": {"ret": "FULL", "envid": "env-1"}, "connection": {"peer": "192.0.2.1"}}
+        envelope = {"parameters": {"ret": "FULL", "envid": "env-1"}, "connection": {"peer": "192.0.2.1"}, **(extra or {})}
         return await writer.commit(sender, [QueuedRecipient(0, r, **rcpt) for r in recipients], envelope)
 
     async def waitRecorded(self, messageId: str) -> list[Any]:
@@ -117,6 +119,35 @@ class PipelineTests(unittest.TestCase):
         self.assertIn(b"ENVID=env-1", dump.mailArgs)
         self.assertEqual(dump.body, BODY.replace(b"\r\n", b"\n"))
         self.assertIsNone(await self.store.show(messageId))
+
+    async def test_bodyReadOnce(self) -> None:
+        """
+        With the 8-bit-ness the relay recorded in the envelope, an attempt
+        reads the body file once, to send it, and not first through to
+        measure it.
+        """
+        await self.setUpPipeline()
+        reads: list[int] = []
+        openBody = self.store.openBody
+
+        async def counting(messageId: str) -> Any:
+            f = await openBody(messageId)
+            real = f.read
+
+            def read(size: int = -1) -> bytes:
+                data = real(size)
+                reads.append(len(data))
+                return data
+
+            f.read = read  # type: ignore[method-assign]
+            return f
+
+        self.store.openBody = lambda messageId: defer.Deferred.fromCoroutine(counting(messageId))  # type: ignore[method-assign]
+        body = BODY + b"x" * 70 + b"\r\n" * 3000
+        messageId = await self.enqueue("alice@local.test", ["bob@remote.test"], body, extra={"eightBit": False})
+        [outcome] = await self.waitRecorded(messageId)
+        self.assertEqual(outcome.result.value, "delivered")
+        self.assertEqual(sum(reads), len(body))
 
     async def test_deferredShownAndFlushed(self) -> None:
         """A 4xx defers, with the reason in ``txsmtp queue list --json``; flush over the socket retries."""

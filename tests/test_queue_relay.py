@@ -330,6 +330,18 @@ class QueueingTests(unittest.TestCase):
         self.assertEqual(m.envelope["connection"]["peer"], "192.0.2.7")
         self.assertEqual(m.envelope["connection"]["heloName"], "client.example")
         self.assertEqual(m.envelope["sender"], f"me@{REMOTE}")
+        # Measured as it streamed in, for the delivery attempts.
+        self.assertIs(m.envelope["eightBit"], not MESSAGE.isascii())
+
+    def test_eightBitRecorded(self) -> None:
+        """A body with octets above 127 is marked so in the queued envelope."""
+        r = Relay()
+        replies = r.h.send(f"MAIL FROM:<me@{REMOTE}> BODY=8BITMIME\r\nRCPT TO:<bob@{LOCAL}>\r\nDATA\r\n".encode())
+        self.assertEqual([x.code for x in replies], [250, 250, 354])
+        [done] = r.h.send("Subject: caf\u00e9\r\n\r\nbody\r\n.\r\n".encode())
+        self.assertEqual(done.code, 250, done)
+        [m] = r.store.messages
+        self.assertIs(m.envelope["eightBit"], True)
 
     def test_250_waits_for_commit(self) -> None:
         """No reply to the final dot while the commit is pending; 250 once it fires."""

@@ -186,9 +186,14 @@ class Mailer:
         notify: Iterable[str] | None = None,
         orcpt: str | None = None,
         recipientParams: Sequence[RecipientDSN] | None = None,
+        size: int | None = None,
+        eightBit: bool | None = None,
     ) -> defer.Deferred[SendResult]:
         """
-        Send a message; see :func:`sendmail` for the arguments and the result.
+        Send a message; see :func:`sendmail` for the arguments and the
+        result, and :meth:`OutgoingMessage.prepare
+        <txsmtp.client.message.OutgoingMessage.prepare>` for ``size`` and
+        ``eightBit``.
         """
         if self._closing:
             return defer.fail(SMTPClientError("this Mailer is closed"))
@@ -202,6 +207,8 @@ class Mailer:
                 notify=notify,
                 orcpt=orcpt,
                 recipientParams=recipientParams,
+                size=size,
+                eightBit=eightBit,
             )
         except SMTPClientError as e:
             return defer.fail(e)

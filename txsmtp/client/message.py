@@ -154,6 +154,8 @@ class OutgoingMessage:
         notify: Iterable[str] | None = None,
         orcpt: str | None = None,
         recipientParams: Sequence[RecipientDSN] | None = None,
+        size: int | None = None,
+        eightBit: bool | None = None,
     ) -> OutgoingMessage:
         """
         Check the envelope and the DSN parameters (RFC 3461) and measure the
@@ -169,6 +171,11 @@ class OutgoingMessage:
             recipient's own: one ``(notify, orcpt)`` pair per recipient, in
             order, either of them ``None`` (a relay passes on what each
             recipient was given, RFC 3461 §6.2).
+        :param size: with ``eightBit``, for a file: its size from the
+            current position and whether it holds octets above 127, when
+            the caller knows them; the file is then not read through to
+            learn them.
+        :param eightBit: see ``size``.
         :raises SMTPAddressError: for anything malformed; nothing is sent.
         :raises ValueError: when ``recipientParams`` does not have one pair
             per recipient, or comes with ``notify`` or ``orcpt``.
@@ -232,7 +239,15 @@ class OutgoingMessage:
                 rcptDSN = (rcpt,) * len(recipients)
         if isinstance(message, (bytearray, memoryview)):
             message = bytes(message)
-        size, eightBit, start, utf8Headers = _measure(message)
+        if size is not None and eightBit is not None and not isinstance(message, bytes):
+            # The caller knows (a queue measured the body as it arrived): no
+            # pass over the whole file, only its first chunk when 8-bit, for
+            # the header section (RFC 6532).
+            start = message.tell()
+            utf8Headers = eightBit and _nonASCIIHeaders(message.read(CHUNK_SIZE))
+            message.seek(start)
+        else:
+            size, eightBit, start, utf8Headers = _measure(message)
         return cls(
             sender=sender,
             recipients=recipients,

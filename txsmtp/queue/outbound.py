@@ -137,6 +137,13 @@ class _Attempt:
         self.ret: str | None = parameters.get("ret")
         self.envid: str | None = parameters.get("envid")
 
+    def measured(self) -> dict[str, Any]:
+        """The body's size and 8-bit-ness when the queue recorded them, so the client need not read it through."""
+        eightBit = self.message.envelope.get("eightBit")
+        if isinstance(eightBit, bool):
+            return {"size": self.message.size, "eightBit": eightBit}
+        return {}
+
     def params(self, index: int) -> tuple[tuple[str, ...] | None, str | None]:
         r = self.recipients[index]
         orcpt = f"{r.orcpt[0]};{r.orcpt[1]}" if r.orcpt is not None else None
@@ -474,6 +481,7 @@ class Outbound:
                 ret=attempt.ret,
                 envid=attempt.envid,
                 recipientParams=[attempt.params(i) for i in indexes],
+                **attempt.measured(),
             )
         except Exception as e:
             return e

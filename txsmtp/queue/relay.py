@@ -445,11 +445,16 @@ class RelayReceiver:
         self.maxHops = maxHops
         self.hops = HopCounter()
         self.storedAt: str | None = None
+        #: octets above 127 seen: kept with the message, so that each
+        #: delivery attempt need not read the body through to learn it
+        self.eightBit = False
         self._closed = False
 
     def write(self, chunk: bytes) -> Any:
         if self._closed:
             return None
+        if not self.eightBit and not chunk.isascii():
+            self.eightBit = True
         hops = self.hops
         if not hops.done:
             hops.feed(chunk)
@@ -494,6 +499,7 @@ class RelayReceiver:
         envelope = self.envelope
         data = envelope.toDict()
         data.pop("recipients", None)
+        data["eightBit"] = self.eightBit
         recipients = [
             QueuedRecipient(
                 index=i,
