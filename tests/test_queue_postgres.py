@@ -244,12 +244,14 @@ class DatabaseFailureTests(_Nodes):
         work asked for afterwards finds its connection dead at BEGIN, and
         is done on a new one; nothing fails.
         """
+        name = "txsmtp-test-" + self.url.rpartition("%3D")[2]  # this test's connections only
+        self.url += f"&application_name={name}"
         store = await self.openNode("a", poolSize=2)
         await self.enqueue(store)
         killed = self.sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'txsmtp' AND pid <> pg_backend_pid()"
-            " AND datname = current_database() AND state = 'idle'"
+            " WHERE application_name = %s AND state = 'idle'",
+            name,
         )
         self.assertGreaterEqual(len(killed), 2)
         await defer.gatherResults([defer.Deferred.fromCoroutine(self.enqueue(store)) for _ in range(4)])
