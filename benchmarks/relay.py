@@ -2,24 +2,30 @@
 The relay end to end: messages per second from ``smtp-source`` through a
 relay's durable queue into ``smtp-sink``, txsmtp beside a real Postfix.
 
-Both relays run on this machine in the same run, on 127.0.0.1, their
-queues on the same disk (``--dir``, not a tmpfs), fsync on for both, and
+Every relay runs on this machine in the same run, on 127.0.0.1, their
+queues on the same disk (``--dir``, not a tmpfs), fsync on for all, and
 pass every message to the same ``smtp-sink``: ``txsmtp`` is ``twistd -n smtp
 --queue DIR --relay-host [127.0.0.1]:SINKPORT --relay-tls none
 --relay-networks 127.0.0.0/8`` from the checkout (``--repo``); ``postfix``
 is ``postfix -c CONFDIR start-fg`` with a private configuration written by
 ``tests/postfixd.py`` (``relayhost = [127.0.0.1]:SINKPORT``, every limit
-at Postfix's default).
+at Postfix's default).  With ``--queue postgresql://...`` two more:
+``txsmtp-pg``, the same ``twistd`` with ``--queue URL --queue-node n1``,
+and ``txsmtp-pg2``, two of them (``n1``, ``n2``) on one queue, each
+configuration on a fresh schema of that database.
 
-A run: ``smtp-source -s SESSIONS -m MESSAGES -l 1024 -d`` into the relay;
-the clock stops when ``smtp-sink -c`` has counted MESSAGES more messages.
-Runs are interleaved (the order rotating each repetition) after one
-unrecorded warm-up each; medians and txsmtp / Postfix are reported, with
-txsmtp's resident set.  Then the queue at size: a fresh process fills a
-txsmtp SQLite store with ``--queued`` (100,000) messages through its API
-and times opening it, ``nextDue()`` and ``claim(owner, 100, 600)``; then
-``twistd`` starts on that queue and relays it into smtp-sink for
-``--serve-seconds`` (``--drain``: all of it) while its memory is read.
+A run: ``smtp-source -s SESSIONS -m MESSAGES -l 1024 -d`` into the relay
+(into each node of ``txsmtp-pg2`` at once, the messages and sessions split
+in two); the clock stops when ``smtp-sink -c`` has counted MESSAGES more
+messages.  Runs are interleaved (the order rotating each repetition) after
+one unrecorded warm-up each; medians and their ratios (to Postfix, and
+PostgreSQL to SQLite) are reported, with txsmtp's resident set.  Then the
+queue at size: a fresh process fills a txsmtp SQLite store with
+``--queued`` (100,000) messages through its API and times opening it,
+``nextDue()`` and ``claim(owner, 100, 600)``; then ``twistd`` starts on
+that queue and relays it into smtp-sink for ``--serve-seconds``
+(``--drain``: all of it) while its memory is read.  With ``--queue``, the
+same fill and claims against a PostgresStore.
 
 Run as root (Postfix's master must start as root; smtp-sink gets ``-u
 nobody``).  Not part of the tests; see benchmarks/README.md.
@@ -44,9 +50,13 @@ if REPO not in map(os.path.abspath, sys.path):
     # tests/postfixd.py writes Postfix's configuration.
     sys.path.insert(0, REPO)
 
+import relay_pg  # noqa: E402
 from _bench import BenchError, machineInfo, progress, waitForQuiet  # noqa: E402
-from relay_nodes import Postfix, Sink, Txsmtp, run  # noqa: E402
+from relay_nodes import Postfix, Sink, Txsmtp, TxsmtpNodes, run  # noqa: E402
 from relay_queue import claimWorker, queueAtSize  # noqa: E402
+
+#: The txsmtp configurations on PostgreSQL, and their number of nodes.
+PG_NODES = {"txsmtp-pg": 1, "txsmtp-pg2": 2}
 
 # ---------------------------------------------------------------------------
 # Driver
@@ -67,7 +77,16 @@ def parseArgs(argv=None):
         "--new-connections", action="store_true", help="one connection per message (no -d)"
     )
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", default="txsmtp,postfix")
+    parser.add_argument(
+        "--only",
+        help="relays to run, from txsmtp,txsmtp-pg,txsmtp-pg2,postfix"
+        " (default: all, the -pg ones with --queue only)",
+    )
+    parser.add_argument(
+        "--queue",
+        metavar="postgresql://...",
+        help="also txsmtp on this PostgreSQL database, 1 and 2 nodes (each on a fresh schema)",
+    )
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--claims", type=int, default=20)
     parser.add_argument("--no-queue", action="store_true", help="skip the queue at size")
@@ -90,9 +109,30 @@ def parseArgs(argv=None):
     parser.add_argument("--keep-tmp", action="store_true")
     parser.add_argument("--claim-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.queue and not relay_pg.isPostgres(args.queue):
+        parser.error("--queue takes a postgresql:// URL")
+    if args.only is None:
+        args.only = "txsmtp,txsmtp-pg,txsmtp-pg2,postfix" if args.queue else "txsmtp,postfix"
+    for name in args.only.split(","):
+        if name and name not in ("txsmtp", "postfix", *PG_NODES):
+            parser.error(f"--only: no relay {name!r}")
+        if name in PG_NODES and not args.queue:
+            parser.error(f"--only {name} needs --queue postgresql://...")
     if args.quick:
         args.reps, args.messages, args.queued, args.claims = 1, 300, 10_000, 10
     return args
+
+
+def startRelay(name: str, args, workdir: str, sink: Sink, schemas: list[str]):
+    os.makedirs(workdir, exist_ok=True)
+    if name == "txsmtp":
+        return Txsmtp(args.repo, workdir, sink.port)
+    if name in PG_NODES:
+        schema, url = relay_pg.createSchema(args.queue, "relaybench_" + name.replace("-", "_"))
+        schemas.append(schema)
+        progress(f"  {name}: schema {schema}")
+        return TxsmtpNodes(args.repo, workdir, sink.port, url, PG_NODES[name], name)
+    return Postfix(workdir, sink.port)
 
 
 def main(argv=None) -> int:
@@ -100,15 +140,22 @@ def main(argv=None) -> int:
     if args.claim_worker:
         # The store of the checkout measured, not of this script's.
         sys.path.insert(0, os.path.abspath(args.repo))
-        claimWorker(args.claim_worker, args.queued, args.claims)
+        if relay_pg.isPostgres(args.claim_worker):
+            relay_pg.claimWorker(args.claim_worker, args.queued, args.claims)
+        else:
+            claimWorker(args.claim_worker, args.queued, args.claims)
         return 0
     workdir = tempfile.mkdtemp(prefix="relay-bench.", dir=args.dir)
     os.chmod(workdir, 0o755)
     names = [n for n in args.only.split(",") if n]
     unavailable = {"txsmtp": Txsmtp.unavailable(args.repo), "postfix": Postfix.unavailable()}
-    results: dict = {"runs": {n: [] for n in names}, "errors": {}, "unavailable": {}}
+    if args.queue:
+        pgUnavailable = unavailable["txsmtp"] or relay_pg.unavailable(args.queue, args.repo)
+        unavailable.update(dict.fromkeys(PG_NODES, pgUnavailable))
+    results: dict = {"runs": {n: [] for n in names}, "errors": {}, "unavailable": {}, "rss": {}}
     sink = Sink(workdir)
-    relays = {}
+    relays: dict = {}
+    schemas: list[str] = []
     try:
         for name in names:
             if unavailable.get(name):
@@ -116,11 +163,7 @@ def main(argv=None) -> int:
                 progress(f"{name}: unavailable: {unavailable[name]}")
                 continue
             progress(f"starting {name} ...")
-            os.makedirs(os.path.join(workdir, name), exist_ok=True)
-            if name == "txsmtp":
-                relays[name] = Txsmtp(args.repo, os.path.join(workdir, name), sink.port)
-            else:
-                relays[name] = Postfix(os.path.join(workdir, name), sink.port)
+            relays[name] = startRelay(name, args, os.path.join(workdir, name), sink, schemas)
         reuse = not args.new_connections
         for relay in relays.values():
             run(relay, sink, 50, min(args.sessions, 10), args.size, reuse, args.run_timeout)
@@ -144,24 +187,52 @@ def main(argv=None) -> int:
                     continue
                 results["runs"][name].append(r)
                 progress(
-                    f"  rep {rep + 1} {name}: {r['msgPerSec']:.0f} msg/s end to end, accepted at {r['acceptPerSec']:.0f} msg/s,"
+                    f"  rep {rep + 1} {name}: {r['msgPerSec']:.0f} msg/s end to end,"
+                    f" accepted at {r['acceptPerSec']:.0f} msg/s,"
                     f" machine {r['machineBusy']:.0%} busy"
                 )
-        if "txsmtp" in relays:
-            results["txsmtpRss"] = relays["txsmtp"].rss()
+        for name, relay in relays.items():
+            if name != "postfix":
+                results["rss"][name] = relay.rss()
+        if "txsmtp" in results["rss"]:
+            results["txsmtpRss"] = results["rss"]["txsmtp"]
         for relay in relays.values():
             relay.stop()
         relays.clear()
         if not args.no_queue and "txsmtp" in names and not unavailable["txsmtp"]:
             results["queue"] = queueAtSize(args, workdir, sink)
+        if not args.no_queue and args.queue and not unavailable["txsmtp-pg"]:
+            results["pgQueue"] = relay_pg.claimsAtSize(args)
     finally:
         for relay in relays.values():
             relay.stop()
         sink.stop()
         if not args.keep_tmp:
             shutil.rmtree(workdir, ignore_errors=True)
+            for schema in schemas:
+                relay_pg.dropSchema(args.queue, schema)
     report(args, results)
     return 0 if not results["errors"] else 1
+
+
+#: The ratios reported, numerator / denominator, when both ran.
+RATIOS = (
+    ("txsmtp", "postfix", "txsmtp (SQLite) / Postfix", " (goal: at least 1.00x)"),
+    ("txsmtp-pg", "postfix", "txsmtp-pg (1 node) / Postfix", ""),
+    ("txsmtp-pg2", "postfix", "txsmtp-pg2 (2 nodes) / Postfix", ""),
+    ("txsmtp-pg", "txsmtp", "PostgreSQL / SQLite, 1 node each", ""),
+    ("txsmtp-pg2", "txsmtp-pg", "PostgreSQL, 2 nodes / 1 node", ""),
+)
+
+
+def claimsLine(label: str, q: dict) -> str:
+    p95 = f", p95 {q['claimP95Ms']:.1f} ms" if "claimP95Ms" in q else ""
+    return (
+        f"{label} of {q['queued']:,} messages (filled in {q['fillSeconds']:.0f} s,"
+        f" {q['queued'] / q['fillSeconds']:,.0f} msg/s): open {q['openMs']:.0f} ms,"
+        f" nextDue {q['nextDueMs']:.1f} ms, claim(100) median {q['claimMedianMs']:.1f} ms{p95},"
+        f" max {q['claimMaxMs']:.1f} ms over {q['claims']} claims"
+    )
 
 
 def report(args, results) -> None:
@@ -177,43 +248,61 @@ def report(args, results) -> None:
     results["summary"] = summary
     mode = "new connection per message" if args.new_connections else "reused connections (-d)"
     print(
-        f"relay end to end: {args.messages:,} messages of {args.size} octets, {args.sessions} sessions, {mode}, median of {args.reps}"
+        f"relay end to end: {args.messages:,} messages of {args.size} octets,"
+        f" {args.sessions} sessions, {mode}, median of {args.reps}"
     )
-    print(f"{'relay':<10}{'msg/s end to end':>20}{'accepted msg/s':>18}{'machine busy':>15}")
+    if any(name in summary for name in PG_NODES):
+        print(
+            "txsmtp: SQLite queue; txsmtp-pg: PostgreSQL queue, 1 node;"
+            " txsmtp-pg2: 2 nodes on one PostgreSQL queue, the load split between them"
+        )
+    print(f"{'relay':<12}{'msg/s end to end':>18}{'accepted msg/s':>18}{'machine busy':>15}")
     for name, s in summary.items():
         print(
-            f"{name:<10}{s['msgPerSec']:>20,.0f}{s['acceptPerSec']:>18,.0f}{s['machineBusy']:>15.0%}"
+            f"{name:<12}{s['msgPerSec']:>18,.0f}{s['acceptPerSec']:>18,.0f}{s['machineBusy']:>15.0%}"
         )
     print(
-        f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs)"
+        f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+        f" ({os.cpu_count()} CPUs)"
     )
     for name, reason in results["unavailable"].items():
-        print(f"{name:<10}  unavailable: {reason}")
+        print(f"{name:<12}  unavailable: {reason}")
     for name, errors in results["errors"].items():
-        print(f"{name:<10}  {len(errors)} failed run(s): {errors[0]}")
-    if "txsmtp" in summary and "postfix" in summary:
-        results["ratio"] = summary["txsmtp"]["msgPerSec"] / summary["postfix"]["msgPerSec"]
-        print(f"txsmtp / Postfix: {results['ratio']:.2f}x end to end (goal: at least 1.00x)")
-    if "txsmtpRss" in results:
-        r = results["txsmtpRss"]
+        print(f"{name:<12}  {len(errors)} failed run(s): {errors[0]}")
+    results["ratios"] = {}
+    for top, bottom, label, goal in RATIOS:
+        if top in summary and bottom in summary:
+            ratio = summary[top]["msgPerSec"] / summary[bottom]["msgPerSec"]
+            results["ratios"][f"{top}/{bottom}"] = ratio
+            print(f"{label}: {ratio:.2f}x end to end{goal}")
+    if "txsmtp/postfix" in results["ratios"]:
+        results["ratio"] = results["ratios"]["txsmtp/postfix"]
+    for name, r in results["rss"].items():
+        nodes = f" ({PG_NODES[name]} nodes together)" if PG_NODES.get(name, 1) > 1 else ""
         print(
-            f"txsmtp RSS after the runs: {r['rssKiB'] / 1024:.1f} MiB (peak {r['peakKiB'] / 1024:.1f} MiB)"
+            f"{name} RSS after the runs{nodes}: {r['rssKiB'] / 1024:.1f} MiB"
+            f" (peak {r['peakKiB'] / 1024:.1f} MiB)"
         )
     q = results.get("queue")
     if q:
-        print(
-            f"queue of {q['queued']:,} messages (filled in {q['fillSeconds']:.0f} s): open {q['openMs']:.0f} ms, "
-            f"nextDue {q['nextDueMs']:.1f} ms, claim(100) median {q['claimMedianMs']:.1f} ms, "
-            f"max {q['claimMaxMs']:.1f} ms over {q['claims']} claims"
-        )
+        print(claimsLine("SQLite queue", q))
         if "served" in q:
             print(
-                f"twistd started on it: RSS {q['rssKiB'] / 1024:.1f} MiB (peak {q['peakKiB'] / 1024:.1f} MiB)"
+                f"twistd started on it: RSS {q['rssKiB'] / 1024:.1f} MiB"
+                f" (peak {q['peakKiB'] / 1024:.1f} MiB)"
                 f" after relaying {q['served']:,} of them into smtp-sink in {q['serveSeconds']:.0f} s"
                 f" ({q['servePerSec']:,.0f} msg/s{', all' if q['drained'] else ''})"
             )
+    p = results.get("pgQueue")
+    if p:
+        print(claimsLine("PostgreSQL queue", p))
+        if q:
+            ratio = p["claimMedianMs"] / q["claimMedianMs"]
+            results["ratios"]["claimMedian pg/sqlite"] = ratio
+            print(f"claim(100) median, PostgreSQL / SQLite: {ratio:.2f}x")
     if args.json:
-        results["machine"] = machineInfo(args.repo, ["twisted"], ["txsmtp"])
+        extra = {"postgresql": relay_pg.serverVersion(args.queue)} if args.queue else None
+        results["machine"] = machineInfo(args.repo, ["twisted", "psycopg"], ["txsmtp"], extra)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
 

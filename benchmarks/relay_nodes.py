@@ -123,19 +123,29 @@ class Sink:
 
 
 class Txsmtp:
-    name = "txsmtp"
+    """One ``twistd smtp`` relaying into smtp-sink; ``extra`` options go after the others."""
 
-    def __init__(self, repo: str, workdir: str, sinkPort: int, queue: str | None = None) -> None:
+    def __init__(
+        self,
+        repo: str,
+        workdir: str,
+        sinkPort: int,
+        queue: str | None = None,
+        extra: tuple[str, ...] = (),
+        name: str = "txsmtp",
+    ) -> None:
+        self.name = name
         self.repo, self.workdir = repo, workdir
         os.makedirs(workdir, exist_ok=True)
         self.queue = queue or os.path.join(workdir, "queue")
         self.log = os.path.join(workdir, "twistd.log")
         self.port = freePort()
+        self.ports = [self.port]
         argv = [*TWISTD, "-n", "--pidfile=", f"--logfile={self.log}", "smtp",
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                 "--hostname", "relay.bench.invalid", "--queue", self.queue,
                 "--relay-host", f"[127.0.0.1]:{sinkPort}", "--relay-tls", "none",
-                "--relay-networks", "127.0.0.0/8"]  # fmt: skip
+                "--relay-networks", "127.0.0.0/8", *extra]  # fmt: skip
         env = dict(os.environ, PYTHONPATH=repo, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(argv, cwd=workdir, env=env)
         self.pid = self.process.pid
@@ -180,6 +190,48 @@ class Txsmtp:
         return None
 
 
+class TxsmtpNodes:
+    """
+    ``count`` ``twistd smtp`` nodes on one PostgreSQL queue (``--queue URL
+    --queue-node nK``), each on a port of its own: a run splits its messages
+    and sessions across them, as HAProxy would.
+    """
+
+    def __init__(
+        self, repo: str, workdir: str, sinkPort: int, url: str, count: int, name: str
+    ) -> None:
+        self.name = name
+        self.nodes: list[Txsmtp] = []
+        try:
+            for k in range(1, count + 1):
+                self.nodes.append(
+                    Txsmtp(
+                        repo,
+                        os.path.join(workdir, f"n{k}"),
+                        sinkPort,
+                        queue=url,
+                        extra=("--queue-node", f"n{k}"),
+                        name=f"{name}/n{k}",
+                    )
+                )
+        except BaseException:
+            self.stop()
+            raise
+        self.ports = [node.port for node in self.nodes]
+
+    def rss(self) -> dict[str, int]:
+        """The nodes' resident sets, summed."""
+        total = {"rssKiB": 0, "peakKiB": 0}
+        for node in self.nodes:
+            for key, value in node.rss().items():
+                total[key] += value
+        return total
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
 class Postfix:
     name = "postfix"
 
@@ -190,6 +242,7 @@ class Postfix:
         os.mkdir(root)
         os.chmod(root, 0o755)
         self.port = freePort()
+        self.ports = [self.port]
         self.maillog = os.path.join(root, "maillog")
         self.layout = writeConfig(
             root,
@@ -235,24 +288,48 @@ class Postfix:
 # ---------------------------------------------------------------------------
 
 
+def share(total: int, parts: int, k: int) -> int:
+    """Part ``k`` of ``total`` split as evenly as can be into ``parts``."""
+    return total // parts + (1 if k < total % parts else 0)
+
+
 def run(
     relay, sink: Sink, messages: int, sessions: int, size: int, reuse: bool, timeout: float
 ) -> dict:
-    """smtp-source into ``relay``; the time until smtp-sink counted every message."""
+    """
+    smtp-source into ``relay``; the time until smtp-sink counted every
+    message.  A relay of several nodes gets one smtp-source per node at the
+    same time, the messages and sessions split between them.
+    """
     target = sink.count + messages
-    argv = [SMTP_SOURCE, "-s", str(sessions), "-m", str(messages), "-l", str(size),
-            "-f", SENDER, "-t", RECIPIENT, "-M", "client.bench.invalid"]  # fmt: skip
-    if reuse:
-        argv.append("-d")
-    argv.append(f"127.0.0.1:{relay.port}")
+    ports = relay.ports
+    argvs = []
+    for k, port in enumerate(ports):
+        argv = [SMTP_SOURCE, "-s", str(max(1, share(sessions, len(ports), k))),
+                "-m", str(share(messages, len(ports), k)), "-l", str(size),
+                "-f", SENDER, "-t", RECIPIENT, "-M", "client.bench.invalid"]  # fmt: skip
+        if reuse:
+            argv.append("-d")
+        argv.append(f"127.0.0.1:{port}")
+        argvs.append(argv)
     machine = MachineTime.now()
     start = time.perf_counter()
-    source = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    sources = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for argv in argvs
+    ]
+    deadline = time.monotonic() + timeout
+    try:
+        for source in sources:
+            out, _ = source.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            if source.returncode != 0 or out.strip():
+                raise BenchError(f"smtp-source into {relay.name}: exit {source.returncode}: {out}")
+    finally:
+        for source in sources:
+            if source.poll() is None:
+                source.kill()
+                source.wait()
     accepted = time.perf_counter() - start
-    if source.returncode != 0 or source.stdout.strip() or source.stderr.strip():
-        raise BenchError(
-            f"smtp-source into {relay.name}: exit {source.returncode}: {source.stdout}{source.stderr}"
-        )
     if not sink.waitFor(target, timeout):
         raise BenchError(
             f"{relay.name}: smtp-sink counted {sink.count - target + messages} of {messages}"
