@@ -88,7 +88,7 @@ def parseArgs(argv=None):
         help="also txsmtp on this PostgreSQL database, 1 and 2 nodes (each on a fresh schema)",
     )
     parser.add_argument("--queued", type=int, default=100_000)
-    parser.add_argument("--claims", type=int, default=20)
+    parser.add_argument("--claims", type=int, default=100)
     parser.add_argument("--no-queue", action="store_true", help="skip the queue at size")
     parser.add_argument(
         "--serve-seconds",
