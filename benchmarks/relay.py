@@ -165,8 +165,13 @@ def main(argv=None) -> int:
             progress(f"starting {name} ...")
             relays[name] = startRelay(name, args, os.path.join(workdir, name), sink, schemas)
         reuse = not args.new_connections
-        for relay in relays.values():
-            run(relay, sink, 50, min(args.sessions, 10), args.size, reuse, args.run_timeout)
+        for name, relay in relays.items():
+            try:
+                run(relay, sink, 50, min(args.sessions, 10), args.size, reuse, args.run_timeout)
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                # Counted as a failed run; the measured runs still go ahead.
+                results["errors"].setdefault(name, []).append(f"warm-up: {e}")
+                progress(f"  {name}: warm-up FAILED: {e}")
         order = list(relays)
         for rep in range(args.reps):
             for name in order[rep % len(order) :] + order[: rep % len(order)]:
