@@ -51,6 +51,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsmtp.queue.attempts import logAttempt
+from txsmtp.queue.errors import QueueError
 from txsmtp.queue.model import (
     AttemptResult,
     Lease,
@@ -78,6 +79,14 @@ MINIMUM_TIMER = 1.0
 #: Seconds before a destination whose shared slots were all taken (by the
 #: nodes of a shared store) is tried again.
 SLOT_RETRY = 1.0
+
+
+def _logError(f: Failure, what: str, then: str = "") -> None:
+    """A store that failed (its database away) in one line; anything else with its traceback."""
+    if f.check(QueueError):
+        _log.warn("Queue scheduler: {what} failed: {error}{then}", what=what, error=f.getErrorMessage(), then=then)
+    else:
+        _log.failure("Queue scheduler: {what} failed{then}", f, what=what, then=then)
 
 
 class IRouter(Protocol):
@@ -267,7 +276,7 @@ class Scheduler(service.Service):
             if f.check(defer.CancelledError) and self._stopping:
                 _log.warn("Queue scheduler: cancelled while {what} (stopping)", what=what)
             else:
-                _log.failure("Queue scheduler: error while {what}; the recipients stay leased", f, what=what)
+                _logError(f, what, "; the recipients stay leased")
 
         return Deferred.fromCoroutine(coroutine).addErrback(failed)
 
@@ -289,7 +298,7 @@ class Scheduler(service.Service):
                 try:
                     leases = await self.store.claim(self.owner, limit, self.leaseSeconds)
                 except Exception:
-                    _log.failure("Queue scheduler: claiming due recipients failed")
+                    _logError(Failure(), "claiming due recipients")
                     self._setTimer(self.clock.seconds() + ERROR_BACKOFF)
                     return
                 claimed = sum(len(lease.message.recipients) for lease in leases)
@@ -307,7 +316,7 @@ class Scheduler(service.Service):
                 try:
                     due = await self.store.nextDue()
                 except Exception:
-                    _log.failure("Queue scheduler: asking the store for the next due time failed")
+                    _logError(Failure(), "asking the store for the next due time")
                     due = self.clock.seconds() + ERROR_BACKOFF
                 if self._wanted or self._stopping:
                     continue
