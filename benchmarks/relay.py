@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -87,6 +88,11 @@ def parseArgs(argv=None):
         metavar="postgresql://...",
         help="also txsmtp on this PostgreSQL database, 1 and 2 nodes (each on a fresh schema)",
     )
+    parser.add_argument(
+        "--pg-options",
+        metavar="'OPTIONS'",
+        help="more twistd smtp options for the PostgreSQL nodes, e.g. '--queue-pool 4'",
+    )
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--claims", type=int, default=100)
     parser.add_argument("--no-queue", action="store_true", help="skip the queue at size")
@@ -131,7 +137,8 @@ def startRelay(name: str, args, workdir: str, sink: Sink, schemas: list[str]):
         schema, url = relay_pg.createSchema(args.queue, "relaybench_" + name.replace("-", "_"))
         schemas.append(schema)
         progress(f"  {name}: schema {schema}")
-        return TxsmtpNodes(args.repo, workdir, sink.port, url, PG_NODES[name], name)
+        extra = tuple(shlex.split(args.pg_options or ""))
+        return TxsmtpNodes(args.repo, workdir, sink.port, url, PG_NODES[name], name, extra)
     return Postfix(workdir, sink.port)
 
 
@@ -307,6 +314,9 @@ def report(args, results) -> None:
             print(f"claim(100) median, PostgreSQL / SQLite: {ratio:.2f}x")
     if args.json:
         extra = {"postgresql": relay_pg.serverVersion(args.queue)} if args.queue else None
+        results["args"] = {k: v for k, v in vars(args).items() if k != "claim_worker"}
+        if args.queue:
+            results["args"]["queue"] = relay_pg.redact(args.queue)
         results["machine"] = machineInfo(args.repo, ["twisted", "psycopg"], ["txsmtp"], extra)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -198,7 +198,14 @@ class TxsmtpNodes:
     """
 
     def __init__(
-        self, repo: str, workdir: str, sinkPort: int, url: str, count: int, name: str
+        self,
+        repo: str,
+        workdir: str,
+        sinkPort: int,
+        url: str,
+        count: int,
+        name: str,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.nodes: list[Txsmtp] = []
@@ -210,7 +217,7 @@ class TxsmtpNodes:
                         os.path.join(workdir, f"n{k}"),
                         sinkPort,
                         queue=url,
-                        extra=("--queue-node", f"n{k}"),
+                        extra=("--queue-node", f"n{k}", *extra),
                         name=f"{name}/n{k}",
                     )
                 )

@@ -50,6 +50,15 @@ def withSearchPath(url: str, schema: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
+def redact(url: str) -> str:
+    """``url`` without its password (for the JSON record)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def createSchema(url: str, prefix: str) -> tuple[str, str]:
     """A new empty schema: its name, and ``url`` with it first on the search_path."""
     import psycopg
