@@ -223,6 +223,10 @@ def main(argv=None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
             for schema in schemas:
                 relay_pg.dropSchema(args.queue, schema)
+        else:
+            progress(
+                f"kept {workdir}" + (f" and the schemas {', '.join(schemas)}" if schemas else "")
+            )
     report(args, results)
     return 0 if not results["errors"] else 1
 
