@@ -239,20 +239,36 @@ class DatabaseFailureTests(_Nodes):
         self.assertIn("unreachable", str(error))
 
     async def test_connectionsKilled(self) -> None:
-        """Every connection of the node killed: a commit fails with QueueError, leaves nothing, and the next works."""
-        store = await self.openNode("a", poolSize=1)
+        """
+        The node's connections killed (as a restart of PostgreSQL does):
+        work asked for afterwards finds its connection dead at BEGIN, and
+        is done on a new one; nothing fails.
+        """
+        store = await self.openNode("a", poolSize=2)
         await self.enqueue(store)
-        self.sql(
+        killed = self.sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE application_name = 'txsmtp' AND pid <> pg_backend_pid()"
-            " AND datname = current_database()"
+            " AND datname = current_database() AND state = 'idle'"
         )
+        self.assertGreaterEqual(len(killed), 2)
+        await defer.gatherResults([defer.Deferred.fromCoroutine(self.enqueue(store)) for _ in range(4)])
+        self.assertEqual(len(await store.list()), 5)
+
+    async def test_failureInTransaction(self) -> None:
+        """An error inside a transaction fails that work only (QueueError); nothing of it stays."""
+        store = await self.openNode("a", poolSize=1)
+        self.sql("ALTER TABLE recipients ADD CONSTRAINT short CHECK (length(address) < 30)")
         writer = store.newMessage()
-        writer.write(b"lost\r\n")
-        await self.assertFailure(writer.commit("s@example.org", recipients("r@example.com"), {}), QueueError)
-        self.assertEqual(len(await store.list()), 1)
+        writer.write(b"x\r\n")
+        error = await self.assertFailure(
+            writer.commit("s@example.org", recipients("a-very-long-address-indeed@example.com"), {}), QueueError
+        )
+        self.assertIn("short", str(error))
+        self.assertEqual(self.sql("SELECT count(*) FROM messages"), [(0,)])
+        self.assertEqual(self.sql("SELECT count(*) FROM body_chunks"), [(0,)])
         await self.enqueue(store)
-        self.assertEqual(len(await store.list()), 2)
+        self.assertEqual(len(await store.list()), 1)
 
 
 class DestinationSlotTests(_Nodes):
@@ -269,8 +285,14 @@ class DestinationSlotTests(_Nodes):
         a.slots.release(one)
         got = await b.slots.acquire("mx:example.com", 2)
         self.assertEqual(got.number, 0)
-        await a.close()  # its connection goes, and its slots with it
-        self.assertEqual((await b.slots.acquire("mx:example.com", 2)).number, 1)
+        await a.close()  # its connection goes, and its slots with it, once its backend has ended
+        from twisted.internet import reactor
+
+        deadline = reactor.seconds() + 10  # type: ignore[attr-defined]
+        while (slot := await b.slots.acquire("mx:example.com", 2)) is None:
+            self.assertLess(reactor.seconds(), deadline, "node a's slot was never freed")  # type: ignore[attr-defined]
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(slot.number, 1)
 
 
 class SharedSchedulerTests(_Nodes):

@@ -26,6 +26,7 @@ disk :class:`~txsmtp.queue.errors.QueueFullError`).
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -181,9 +182,25 @@ class ConnectionPool:
                     return
                 function, args, d, options = job
                 try:
-                    if connection is None:
+                    try:
+                        fresh = connection is None
+                        if connection is None:
+                            connection = connect(self.url)
+                        result = _transaction(connection, function, args, **options)
+                    except _StaleConnection as stale:
+                        # The server went away since this connection's last
+                        # use (a restart): nothing of this job was done, so
+                        # it is run once more on a new connection.
+                        _close(connection)
+                        connection = None
+                        if fresh:
+                            raise stale.error from None
                         connection = connect(self.url)
-                    result = _transaction(connection, function, args, **options)
+                        result = _transaction(connection, function, args, **options)
+                except _StaleConnection as stale:
+                    _close(connection)
+                    connection = None
+                    self._reactor.callFromThread(d.errback, Failure(asQueueError(stale.error)))
                 except BaseException as e:
                     if _broken(e, connection):
                         _close(connection)
@@ -203,6 +220,14 @@ def _isDatabaseError(e: BaseException) -> bool:
     return isinstance(e, psycopg.Error)
 
 
+class _StaleConnection(Exception):
+    """The connection failed at ``BEGIN``: nothing of the transaction was done."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _transaction(
     connection: Any,
     function: Callable[..., Any],
@@ -210,7 +235,13 @@ def _transaction(
     durable: bool = True,
     isolation: str | None = None,
 ) -> Any:
-    with connection.transaction():
+    import psycopg
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(connection.transaction())
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            raise _StaleConnection(e) from e
         if isolation is not None:
             connection.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
         if not durable:
