@@ -26,7 +26,6 @@ disk :class:`~txsmtp.queue.errors.QueueFullError`).
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -228,6 +227,10 @@ class _StaleConnection(Exception):
         self.error = error
 
 
+#: The isolation levels :meth:`ConnectionPool.run` takes.
+_ISOLATION = ("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
+
+
 def _transaction(
     connection: Any,
     function: Callable[..., Any],
@@ -235,18 +238,36 @@ def _transaction(
     durable: bool = True,
     isolation: str | None = None,
 ) -> Any:
+    """
+    ``function(connection, *args)`` between ``BEGIN`` and ``COMMIT``.  The
+    transaction's settings go with ``BEGIN`` in one round trip (a simple
+    query may hold several statements); when that fails, the connection
+    was dead before anything was done (:class:`_StaleConnection`).
+    """
     import psycopg
 
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(connection.transaction())
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            raise _StaleConnection(e) from e
-        if isolation is not None:
-            connection.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
-        if not durable:
-            connection.execute("SET LOCAL synchronous_commit = off")
-        return function(connection, *args)
+    begin = "BEGIN"
+    if isolation is not None:
+        if isolation not in _ISOLATION:
+            raise ValueError(f"unknown isolation level {isolation!r}")
+        begin += f" ISOLATION LEVEL {isolation}"
+    if not durable:
+        begin += "; SET LOCAL synchronous_commit = off"
+    try:
+        connection.execute(begin)
+    except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+        raise _StaleConnection(e) from e
+    try:
+        result = function(connection, *args)
+    except BaseException:
+        if not connection.closed and not connection.broken:
+            try:
+                connection.execute("ROLLBACK")
+            except psycopg.Error:
+                pass
+        raise
+    connection.execute("COMMIT")
+    return result
 
 
 def _close(connection: Any) -> None:
