@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["QueueError", "QueueFullError", "QueueLockedError"]
+__all__ = ["QueueError", "QueueFullError", "QueueLockedError", "QueueUnreachableError"]
 
 
 class QueueError(Exception):
@@ -15,3 +15,7 @@ class QueueFullError(QueueError):
 
 class QueueLockedError(QueueError):
     """Another process owns this queue (its lock is taken)."""
+
+
+class QueueUnreachableError(QueueError):
+    """The store's database cannot be reached, for now (a server answers ``451 4.3.0``)."""

@@ -36,7 +36,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txsmtp.queue.errors import QueueError, QueueFullError, QueueLockedError
+from txsmtp.queue.errors import QueueError, QueueFullError, QueueLockedError, QueueUnreachableError
 
 __all__ = ["ConnectionPool", "Listener", "DestinationSlots", "connect", "asQueueError", "Slot", "takeNode"]
 
@@ -59,6 +59,18 @@ CONNECTION_DEFAULTS = {
 STOP_CHECK = 0.25
 
 
+#: The server's side of the same (session settings): PostgreSQL ends the
+#: session of a node cut off from it within about half a minute, and frees
+#: the node's name and destination slots, rather than after the kernel's
+#: two hours.  Any the URL's ``options`` name are left to it.
+SERVER_SESSION_DEFAULTS = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+
 def connect(url: str) -> Any:
     """A new psycopg connection to ``url`` in autocommit mode (blocking)."""
     import psycopg
@@ -66,9 +78,19 @@ def connect(url: str) -> Any:
 
     given = conninfo_to_dict(url)
     extra: dict[str, Any] = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
+    options = str(given.get("options", ""))
+    settings = [k for k in SERVER_SESSION_DEFAULTS if k not in options]
     if str(given.get("host", "")).startswith("/"):
         extra.pop("tcp_user_timeout", None)
-    return psycopg.connect(url, autocommit=True, **extra)
+        settings = []  # a UNIX socket has no TCP timers
+    connection = psycopg.connect(url, autocommit=True, **extra)
+    if settings:
+        try:
+            connection.execute("; ".join(f"SET {k} = {SERVER_SESSION_DEFAULTS[k]}" for k in settings))
+        except BaseException:
+            connection.close()
+            raise
+    return connection
 
 
 def asQueueError(error: BaseException, doing: str = "") -> QueueError:
@@ -82,7 +104,7 @@ def asQueueError(error: BaseException, doing: str = "") -> QueueError:
     if isinstance(error, psycopg.errors.DiskFull):
         return QueueFullError(f"{prefix}the queue database is out of space: {detail}")
     if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
-        return QueueError(f"{prefix}the queue database is unreachable: {detail}")
+        return QueueUnreachableError(f"{prefix}the queue database is unreachable: {detail}")
     return QueueError(f"{prefix}the queue database failed: {detail}")
 
 
@@ -291,6 +313,8 @@ class Listener:
     :param notified: called with the payload of each notification.
     :param connected: called after each reconnection, once listening again.
     :param poll: called every ``pollInterval`` seconds.
+    :param lost: called when the connection fails (the database is away,
+        or the network to it).
     :param pollInterval: seconds between polls (and the longest the thread
         takes to notice :meth:`stop`, at most :data:`STOP_CHECK` of it).
     """
@@ -305,6 +329,7 @@ class Listener:
         connected: Callable[[], object],
         poll: Callable[[], object],
         pollInterval: float,
+        lost: Callable[[], object] | None = None,
     ) -> None:
         self.url = url
         self.channel = channel
@@ -313,6 +338,7 @@ class Listener:
         self._notified = notified
         self._connected = connected
         self._poll = poll
+        self._lost = lost
         self.pollInterval = pollInterval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -351,6 +377,8 @@ class Listener:
                     self._listen(connection)
                 except BaseException as e:
                     if not self._stop.is_set():
+                        if self._lost is not None:
+                            self._reactor.callFromThread(self._lost)
                         _log.warn(
                             "queue: lost the database's notifications ({error}); polling until it "
                             "reconnects",

@@ -53,7 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsmtp.queue import pgqueries as queries
-from txsmtp.queue.errors import QueueError
+from txsmtp.queue.errors import QueueError, QueueUnreachableError
 from txsmtp.queue.interfaces import IQueueStore
 from txsmtp.queue.model import Lease, QueuedMessage, RecipientOutcome
 from txsmtp.queue.pgconnections import (
@@ -155,6 +155,8 @@ class PostgresStore:
         #: bodies read with claims, for openBody: oldest first, bounded
         self._bodies: OrderedDict[str, bytes] = OrderedDict()
         self._bodiesSize = 0
+        #: whether the database answered the last time it was asked (see openBody)
+        self.reachable = True
 
     def __repr__(self) -> str:
         return f"PostgresStore({redactURL(self.url)!r}, node={self.node!r})"
@@ -243,7 +245,7 @@ class PostgresStore:
         self.channel = f"txsmtp_queue.{schema}"
         self._listener = Listener(
             self.url, self.channel, f"node:{self.node}", self._reactor,
-            self._notified, self._wake, self._wake, self.pollInterval,
+            self._notified, self._reconnected, self._wake, self.pollInterval, self._lost,
         )  # fmt: skip
         self._listener.start(connection)
         self._pool = ConnectionPool(self.url, self.poolSize, self._reactor, "txsmtp-pg")
@@ -289,6 +291,22 @@ class PostgresStore:
 
     # -- running work -------------------------------------------------------------------------
 
+    def _reconnected(self) -> None:
+        self.reachable = True
+        self._wake()
+
+    def _lost(self) -> None:
+        self.reachable = False
+
+    def _answered(self, result: Any) -> Any:
+        self.reachable = True
+        return result
+
+    def _failed(self, f: Failure) -> Failure:
+        if f.check(QueueUnreachableError):
+            self.reachable = False
+        return f
+
     def _notOpen(self) -> QueueError | None:
         if self._state != "open":
             return QueueError(f"the queue {redactURL(self.url)} is not open")
@@ -299,7 +317,8 @@ class PostgresStore:
         if error is not None:
             return defer.fail(error)
         assert self._pool is not None
-        return self._pool.run(function, *args, durable=durable, isolation=isolation)
+        d = self._pool.run(function, *args, durable=durable, isolation=isolation)
+        return d.addCallbacks(self._answered, self._failed)
 
     def _notify(self, db: Any) -> None:
         assert self.channel is not None
@@ -404,8 +423,10 @@ class PostgresStore:
         if not validId(messageId):
             return defer.fail(KeyError(messageId))
         data = self._bodies.get(messageId)
-        if data is not None:
-            # Read with the claim: a message's body never changes.
+        if data is not None and self.reachable:
+            # Read with the claim: a message's body never changes.  Not while
+            # the database is away: a delivery made then could not be
+            # recorded, and would be made again.
             return defer.succeed(io.BytesIO(data))
         return self._run(_readBody, messageId, isolation="REPEATABLE READ")
 
