@@ -98,16 +98,29 @@ class PrivateCluster:
     :ivar url: a libpq URL of the test role and database over TCP.
     """
 
-    def __init__(self, bindir: str, directory: str, port: int) -> None:
+    def __init__(
+        self,
+        bindir: str,
+        directory: str,
+        port: int,
+        addresses: tuple[str, ...] = ("127.0.0.1",),
+        trustNetworks: tuple[str, ...] = (),
+    ) -> None:
         self.bindir = bindir
+        self.addresses = addresses
+        self.trustNetworks = trustNetworks
         self.directory = directory
         self.data = os.path.join(directory, "data")
         self.logFile = os.path.join(directory, "log")
         self.port = port
-        self.url = f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}"
+        self.url = self.urlFor(addresses[0])
         #: ``postgres`` (the superuser) over TCP, for set-up and checks
         self.adminURL = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         self.prefix, self.uid, self.gid = _asOwner()
+
+    def urlFor(self, address: str) -> str:
+        """The URL of the test role and database through ``address`` (one of :attr:`addresses`)."""
+        return f"postgresql://{USER}:{PASSWORD}@{address}:{self.port}/{DATABASE}"
 
     # -- commands ------------------------------------------------------------------
 
@@ -115,7 +128,8 @@ class PrivateCluster:
         return [*self.prefix, os.path.join(self.bindir, program), *args]
 
     def _ctl(self, action: str, *extra: str) -> list[str]:
-        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        listen = ",".join(self.addresses)
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses={listen} -c fsync=off"
         return self._command(
             "pg_ctl", "-D", self.data, "-l", self.logFile, "-o", options, "-w", "-t", "60", action, *extra
         )
@@ -157,6 +171,10 @@ class PrivateCluster:
                 "--locale=C", "--no-sync", "--no-instructions",
             )
         )  # fmt: skip
+        if self.trustNetworks:
+            with open(os.path.join(self.data, "pg_hba.conf"), "a") as f:
+                for network in self.trustNetworks:
+                    f.write(f"host all all {network} trust\n")
         self.startBlocking()
         import psycopg
 
@@ -193,10 +211,15 @@ class PrivateCluster:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def privateCluster(testCase: Any) -> PrivateCluster:
+def privateCluster(
+    testCase: Any, addresses: tuple[str, ...] = ("127.0.0.1",), trustNetworks: tuple[str, ...] = ()
+) -> PrivateCluster:
     """
     Make, start and answer a :class:`PrivateCluster` for ``testCase`` (a
     trial ``TestCase``): stopped and removed in its cleanup.  Blocking.
+
+    :param addresses: where it listens (the first one is in :attr:`PrivateCluster.url`).
+    :param trustNetworks: more client networks (CIDR) let in without a password.
     """
     try:
         import psycopg  # noqa: F401
@@ -204,7 +227,7 @@ def privateCluster(testCase: Any) -> PrivateCluster:
         _unavailable("psycopg is not installed: pip install 'txsmtp[postgresql]'")
     bindir = findBinaries()
     directory = tempfile.mkdtemp(prefix="txpg-", dir="/tmp")
-    cluster = PrivateCluster(bindir, directory, freePort())
+    cluster = PrivateCluster(bindir, directory, freePort(), addresses, trustNetworks)
     testCase.addCleanup(cluster.destroy)
     cluster.create()
     return cluster

@@ -1,0 +1,205 @@
+"""
+A node cut off from PostgreSQL at the network level: ``node1`` runs in a
+network namespace of its own (``ip netns``) joined to the host by a veth
+pair, and reaches the database (a private cluster, :mod:`tests.pgcluster`)
+and the sink through it; ``node2`` runs on the host.  The test talks to
+``node1`` over a UNIX socket (the file system is shared), so taking the
+veth down cuts node1 from the database and the sink, not from its client.
+
+While cut, node1 answers ``451 4.3.0`` at the end of DATA; node2 delivers
+what node1 had accepted or held (its leases lapse); once the link is back
+node1 accepts again.  Nothing acknowledged is lost.
+
+Needs root and ``ip``: skipped otherwise (failed under
+``TXSMTP_REQUIRE_PEERS=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.trial import unittest
+
+from tests.peers import PEERS_REQUIRED, requirePeer
+from tests.pgcluster import privateCluster
+from tests.pghelpers import requirePostgres, withSearchPath
+from tests.pgnodes import Load, nodeArgs, pollUntil, query, rawTransaction, tokenCounts
+from tests.relay_helpers import DirectoryWatch, shortDirectory, sinkDirectory
+from tests.test_client_interop import SINK_NAME, _SinkProcess, freePort
+from tests.twistd_helpers import (
+    TWISTD,
+    RawSMTPClient,
+    RunningTwistd,
+    _TwistdProcess,
+    childEnv,
+    startTwistd,
+    withTimeout,
+)
+
+REACTOR: Any = reactor
+
+
+class Namespace:
+    """
+    A network namespace joined to the host by a veth pair on a /30:
+    :attr:`hostAddress` on the host side, :attr:`address` inside.
+    Removed in the test's cleanup.
+    """
+
+    def __init__(self, testCase: unittest.TestCase) -> None:
+        if os.geteuid() != 0:
+            message = "network namespaces need root"
+            if PEERS_REQUIRED:
+                raise AssertionError(message + "; TXSMTP_REQUIRE_PEERS=1 makes this a failure")
+            raise unittest.SkipTest(message)
+        self.ip = requirePeer("ip")
+        tag = secrets.token_hex(3)
+        self.name = f"txsmtp-{tag}"
+        self.hostLink, self.link = f"txh{tag}", f"txn{tag}"
+        net = int(tag[:2], 16)
+        self.network = f"10.231.{net}.0/30"
+        self.hostAddress, self.address = f"10.231.{net}.1", f"10.231.{net}.2"
+        testCase.addCleanup(self.destroy)
+        self._run("netns", "add", self.name)
+        self._run("link", "add", self.hostLink, "type", "veth", "peer", "name", self.link)
+        self._run("link", "set", self.link, "netns", self.name)
+        self._run("addr", "add", f"{self.hostAddress}/30", "dev", self.hostLink)
+        self._run("link", "set", self.hostLink, "up")
+        self._inside("addr", "add", f"{self.address}/30", "dev", self.link)
+        self._inside("link", "set", self.link, "up")
+        self._inside("link", "set", "lo", "up")
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run([self.ip, *args], capture_output=True, timeout=30)
+        if result.returncode != 0:
+            raise AssertionError(f"ip {' '.join(args)}: {result.stderr.decode(errors='replace')}")
+
+    def _inside(self, *args: str) -> None:
+        self._run("netns", "exec", self.name, self.ip, *args)
+
+    def cut(self) -> None:
+        """Take the host side of the veth down: nothing crosses it."""
+        self._run("link", "set", self.hostLink, "down")
+
+    def restore(self) -> None:
+        self._run("link", "set", self.hostLink, "up")
+
+    def destroy(self) -> None:
+        subprocess.run([self.ip, "link", "del", self.hostLink], capture_output=True, timeout=30)
+        subprocess.run([self.ip, "netns", "del", self.name], capture_output=True, timeout=30)
+
+
+async def startTwistdIn(
+    testCase: unittest.TestCase, namespace: Namespace, socket: str, *smtpArgs: str
+) -> RunningTwistd:
+    """``twistd -n smtp --listen unix:SOCKET ARGS`` inside ``namespace`` (stopped in the cleanup)."""
+    cwd = shortDirectory(testCase)
+    args = [namespace.ip, "netns", "exec", namespace.name, *TWISTD, "-n", "--pidfile=", "--logfile=-", "smtp"]
+    args += ["--listen", f"unix:{socket}", *smtpArgs]
+    process = _TwistdProcess()
+    REACTOR.spawnProcess(process, namespace.ip, args, env=childEnv(), path=cwd)
+    running = RunningTwistd(process, cwd)
+    testCase.addCleanup(running.stop)
+    await withTimeout(process.waitFor(r"txsmtp listening on"), 30, lambda: f"twistd in {namespace.name}:\n{process.text}")
+    return running
+
+
+async def startSinkAt(testCase: unittest.TestCase, address: str, port: int, directory: str) -> _SinkProcess:
+    """smtp-sink on ``address:port`` (as :func:`tests.relay_helpers.startSinkOn` on 127.0.0.1)."""
+    path = requirePeer("smtp-sink")
+    privileges = ["-u", "nobody"] if os.geteuid() == 0 else []
+    args = [path, *privileges, "-vvv", "-h", SINK_NAME, "-d", os.path.join(directory, "%M%S.")]
+    args += [f"{address}:{port}", "64"]
+    process = _SinkProcess()
+    REACTOR.spawnProcess(process, path, args, env=dict(os.environ), path=directory)
+    testCase.addCleanup(process.stop)
+    await withTimeout(process.whenReady(), 15, lambda: f"smtp-sink not listening: {process.text}")
+    return process
+
+
+async def connectUNIX(testCase: unittest.TestCase, path: str) -> RawSMTPClient:
+    client = await connectProtocol(UNIXClientEndpoint(REACTOR, path, timeout=10), RawSMTPClient())
+    testCase.addCleanup(client.close)
+    await client.waitReplies(1)
+    await client.command(b"EHLO client.test.invalid")
+    return client
+
+
+class NetworkCutTests(unittest.TestCase):
+    timeout = 300
+
+    async def test_node_cut_from_database(self) -> None:
+        requirePostgres()
+        namespace = Namespace(self)
+        cluster = privateCluster(
+            self, addresses=("127.0.0.1", namespace.hostAddress), trustNetworks=(namespace.network,)
+        )
+        await query(cluster.url, "CREATE SCHEMA q")
+        hostURL = withSearchPath(cluster.url, "q")
+        nsURL = withSearchPath(cluster.urlFor(namespace.hostAddress), "q")
+        sinkDir = sinkDirectory(self)
+        watch = DirectoryWatch(self, sinkDir)
+        sinkPort = freePort()
+        await startSinkAt(self, namespace.hostAddress, sinkPort, sinkDir)
+        relayHost = ["--relay-host", f"[{namespace.hostAddress}]:{sinkPort}"]
+        socket = os.path.join(shortDirectory(self), "n1.sock")
+        node1 = await startTwistdIn(self, namespace, socket, *nodeArgs(nsURL, "node1", sinkPort, lease="10s"), *relayHost)
+        node2 = await startTwistd(self, *nodeArgs(hostURL, "node2", sinkPort, lease="10s"), *relayHost)
+        acked: set[str] = set()
+        refused: set[str] = set()
+        # Some mail through each node.
+        client = await connectUNIX(self, socket)
+        for i in range(10):
+            replies = await rawTransaction(client, f"ns-{i}")
+            self.assertEqual(replies[-1].code, 250, replies)
+            acked.add(f"ns-{i}")
+        load = Load([node2.port])
+        await withTimeout(load.sendAll([f"host-{i}" for i in range(20)]), 60, load.summary)
+        # The cut: node1 answers 451 4.3.0 at the end of DATA.
+        namespace.cut()
+        cutAt = time.monotonic()
+        replies = await withTimeout(
+            Deferred.fromCoroutine(rawTransaction(client, "cut-0")), 120, lambda: f"no reply from node1 while cut:\n{node1.log[-3000:]}"
+        )
+        answeredIn = time.monotonic() - cutAt
+        self.assertEqual([r.code for r in replies[:3]], [250, 250, 354], replies)
+        self.assertEqual((replies[3].code, replies[3].enhanced), (451, "4.3.0"), replies[3])
+        refused.add("cut-0")
+        # node2 goes on meanwhile.
+        await withTimeout(load.sendAll([f"during-{i}" for i in range(20)]), 60, load.summary)
+        await load.close()
+        acked |= load.acked
+        self.assertEqual(len(load.acked), 40, load.summary())
+        namespace.restore()
+        restoredAt = time.monotonic()
+        attempts: list[str] = []
+
+        async def acceptsAgain() -> bool:
+            attempts.append(f"back-{len(attempts)}")
+            got = await rawTransaction(client, attempts[-1])
+            return bool(got[-1].code == 250)
+
+        await pollUntil(acceptsAgain, 90, lambda: f"node1 does not accept again:\n{node1.log[-3000:]}", 0.5)
+        back = time.monotonic() - restoredAt
+        acked.add(attempts[-1])
+        refused |= set(attempts[:-1])
+        await watch.waitUntil(
+            lambda names: set(tokenCounts(watch)) >= acked,
+            120,
+            lambda: f"missing: {sorted(acked - set(tokenCounts(watch)))}",
+        )
+        counts = tokenCounts(watch)
+        duplicates = {t: c for t, c in counts.items() if c > 1}
+        print(
+            f"\nnetwork cut: node1 answered 451 {answeredIn:.1f}s after the cut, accepted again {back:.1f}s "
+            f"after the link came back; {len(counts)} delivered, {len(duplicates)} duplicated {sorted(duplicates)}"
+        )
+        self.assertEqual(refused & set(counts), set())
+
