@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from twisted.trial.unittest import SkipTest
 
@@ -66,7 +66,7 @@ def withSearchPath(url: str, schema: str) -> str:
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
     query.append(("options", f"-c search_path={schema}"))
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
 def dropSchema(url: str, schema: str) -> None:

@@ -1,0 +1,454 @@
+"""
+The connections of :class:`~txsmtp.queue.postgres.PostgresStore`, each
+owned by a thread of its own: psycopg 3's blocking API is driven from
+threads, as Twisted applications (Synapse among them) drive their
+databases, so that the store works on whichever reactor the application
+runs (psycopg's asyncio API would impose the asyncio reactor).
+
+- :class:`ConnectionPool`: ``size`` threads sharing one queue of work, each
+  with its own connection, made when first needed and made again after a
+  failure.  :meth:`ConnectionPool.run` runs a function in one transaction
+  and delivers its result on the reactor thread.
+- :class:`Listener`: one thread with one connection that holds the node's
+  advisory lock (two live processes with one node name would end each
+  other's leases) and ``LISTEN``\\ s on the queue's channel; it calls back
+  on every notification, on every (re)connection (notifications sent
+  while it was away are lost) and every ``pollInterval`` seconds (the
+  polling fallback).
+- :class:`DestinationSlots`: one thread with one connection holding the
+  destination slots as session-level advisory locks, so that
+  ``--destination-concurrency`` holds across every node: a node that dies
+  loses its connection, and its slots with it.
+
+Database errors become :class:`~txsmtp.queue.errors.QueueError` (a full
+disk :class:`~txsmtp.queue.errors.QueueFullError`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txsmtp.queue.errors import QueueError, QueueFullError, QueueLockedError
+
+__all__ = ["ConnectionPool", "Listener", "DestinationSlots", "connect", "asQueueError", "Slot"]
+
+_log = Logger(namespace="txsmtp.queue.postgres")
+
+#: libpq settings used unless the URL gives its own: a dead peer is noticed
+#: within about half a minute, not after the kernel's two hours.
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+    "application_name": "txsmtp",
+}
+
+
+#: How often (seconds) the listener's thread looks whether it was stopped.
+STOP_CHECK = 0.25
+
+
+def connect(url: str) -> Any:
+    """A new psycopg connection to ``url`` in autocommit mode (blocking)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(url)
+    extra: dict[str, Any] = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
+    if str(given.get("host", "")).startswith("/"):
+        extra.pop("tcp_user_timeout", None)
+    return psycopg.connect(url, autocommit=True, **extra)
+
+
+def asQueueError(error: BaseException, doing: str = "") -> QueueError:
+    """The :class:`~txsmtp.queue.errors.QueueError` for a database error (returned, not raised)."""
+    if isinstance(error, QueueError):
+        return error
+    import psycopg
+
+    prefix = f"{doing}: " if doing else ""
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, psycopg.errors.DiskFull):
+        return QueueFullError(f"{prefix}the queue database is out of space: {detail}")
+    if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return QueueError(f"{prefix}the queue database is unreachable: {detail}")
+    return QueueError(f"{prefix}the queue database failed: {detail}")
+
+
+def _broken(error: BaseException, connection: Any) -> bool:
+    """Whether ``connection`` must be dropped after ``error``."""
+    import psycopg
+
+    return bool(
+        isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+        or connection is None
+        or connection.closed
+        or connection.broken
+    )
+
+
+class ConnectionPool:
+    """
+    ``size`` threads, each with its own connection to ``url``, taking work
+    from one queue.
+
+    :param url: a libpq URL or connection string.
+    :param size: how many threads (and connections, at most).
+    :param reactor: delivers the results (``callFromThread``).
+    :param name: names the threads.
+    """
+
+    def __init__(self, url: str, size: int, reactor: Any, name: str = "txsmtp-pg") -> None:
+        if size < 1:
+            raise ValueError("a connection pool needs at least one connection")
+        self.url = url
+        self.size = size
+        self._reactor = reactor
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any], dict[str, Any]] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._stopped: Deferred[None] | None = None
+        self._running = 0
+
+    def start(self) -> None:
+        """Start the threads."""
+        for i in range(self.size):
+            t = threading.Thread(target=self._work, name=f"{self._name}-{i}", daemon=True)
+            self._threads.append(t)
+            self._running += 1
+            t.start()
+
+    def run(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        durable: bool = True,
+        isolation: str | None = None,
+    ) -> Deferred[Any]:
+        """
+        ``function(connection, *args)`` in one transaction, on a pool
+        thread: a Deferred for its result.
+
+        :param durable: ``False`` commits with ``synchronous_commit = off``:
+            the commit does not wait for the WAL to reach the disk (it
+            survives anything but a crash of PostgreSQL itself, and a
+            later durable commit writes it with its own).
+        :param isolation: e.g. ``"REPEATABLE READ"`` (default: the server's).
+        """
+        d: Deferred[Any] = Deferred()
+        if self._stopping:
+            d.errback(QueueError("the queue is closed"))
+            return d
+        self._jobs.put((function, args, d, {"durable": durable, "isolation": isolation}))
+        return d
+
+    def stop(self) -> Deferred[None]:
+        """Let the work queued so far finish, close every connection, end the threads."""
+        if self._stopped is None:
+            self._stopping = True
+            self._stopped = Deferred()
+            for _ in self._threads:
+                self._jobs.put(None)
+            if not self._running:
+                self._stopped.callback(None)
+        return self._stopped
+
+    def _threadEnded(self) -> None:
+        self._running -= 1
+        if self._running == 0 and self._stopped is not None and not self._stopped.called:
+            self._stopped.callback(None)
+
+    # -- in the threads -----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        connection: Any = None
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                function, args, d, options = job
+                try:
+                    if connection is None:
+                        connection = connect(self.url)
+                    result = _transaction(connection, function, args, **options)
+                except BaseException as e:
+                    if _broken(e, connection):
+                        _close(connection)
+                        connection = None
+                    failure = Failure(asQueueError(e)) if _isDatabaseError(e) else Failure()
+                    self._reactor.callFromThread(d.errback, failure)
+                else:
+                    self._reactor.callFromThread(d.callback, result)
+        finally:
+            _close(connection)
+            self._reactor.callFromThread(self._threadEnded)
+
+
+def _isDatabaseError(e: BaseException) -> bool:
+    import psycopg
+
+    return isinstance(e, psycopg.Error)
+
+
+def _transaction(
+    connection: Any,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    durable: bool = True,
+    isolation: str | None = None,
+) -> Any:
+    with connection.transaction():
+        if isolation is not None:
+            connection.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+        if not durable:
+            connection.execute("SET LOCAL synchronous_commit = off")
+        return function(connection, *args)
+
+
+def _close(connection: Any) -> None:
+    if connection is not None:
+        try:
+            connection.close()
+        except Exception:
+            pass
+
+
+class Listener:
+    """
+    The thread that holds the node's lock and listens on the queue's
+    channel.
+
+    :param url: the database.
+    :param channel: the channel to ``LISTEN`` on.
+    :param lockKey: the advisory lock that says this node is alive (text,
+        hashed by the server), or ``None``.
+    :param reactor: where the callbacks run (``callFromThread``).
+    :param notified: called with the payload of each notification.
+    :param connected: called after each reconnection, once listening again.
+    :param poll: called every ``pollInterval`` seconds.
+    :param pollInterval: seconds between polls (and the longest the thread
+        takes to notice :meth:`stop`, at most :data:`STOP_CHECK` of it).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        lockKey: str | None,
+        reactor: Any,
+        notified: Callable[[str], object],
+        connected: Callable[[], object],
+        poll: Callable[[], object],
+        pollInterval: float,
+    ) -> None:
+        self.url = url
+        self.channel = channel
+        self.lockKey = lockKey
+        self._reactor = reactor
+        self._notified = notified
+        self._connected = connected
+        self._poll = poll
+        self.pollInterval = pollInterval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"txsmtp-pg-listen {channel}", daemon=True)
+        self._first: Deferred[None] = Deferred()
+        self._ended: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        """
+        Start the thread.  :return: a Deferred firing once the first
+        connection listens, or failing: the database unreachable
+        (:class:`~txsmtp.queue.errors.QueueError`), the node's lock held by
+        another process (:class:`~txsmtp.queue.errors.QueueLockedError`).
+        """
+        self._thread.start()
+        return self._first
+
+    def stop(self) -> Deferred[None]:
+        """End the thread (its connection closes, releasing the node's lock)."""
+        self._stop.set()
+        if not self._thread.is_alive() and not self._ended.called:
+            self._ended.callback(None)
+        return self._ended
+
+    def _report(self, result: None | Failure) -> None:
+        if not self._first.called:
+            if isinstance(result, Failure):
+                self._first.errback(result)
+            else:
+                self._first.callback(None)
+
+    def _run(self) -> None:
+        from psycopg import sql
+
+        backoff = 1.0
+        try:
+            while not self._stop.is_set():
+                connection: Any = None
+                try:
+                    connection = connect(self.url)
+                    if self.lockKey is not None:
+                        taken = connection.execute(
+                            "SELECT pg_try_advisory_lock(hashtext(current_schema() || ':' || %s)::bigint)",
+                            (self.lockKey,),
+                        ).fetchone()[0]
+                        if not taken:
+                            raise QueueLockedError(
+                                f"another live process uses the queue under the node name "
+                                f"{self.lockKey.partition(':')[2]!r}: give each node its own "
+                                "(--queue-node)"
+                            )
+                    connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    backoff = 1.0
+                    if self._first.called:
+                        # Reconnected: what was notified meanwhile is lost.
+                        _log.info("queue: listening for the database's notifications again")
+                        self._reactor.callFromThread(self._connected)
+                    self._reactor.callFromThread(self._report, None)
+                    self._listen(connection)
+                except BaseException as e:
+                    failure = Failure(e if isinstance(e, QueueError) else asQueueError(e, "listening"))
+                    if not self._first.called:
+                        self._reactor.callFromThread(self._report, failure)
+                        return
+                    if not self._stop.is_set():
+                        _log.warn(
+                            "queue: lost the database's notifications ({error}); polling until it "
+                            "reconnects",
+                            error=failure.getErrorMessage(),
+                        )
+                        self._reactor.callFromThread(self._poll)
+                        self._stop.wait(backoff)
+                        backoff = min(backoff * 2, 30.0)
+                finally:
+                    _close(connection)
+        finally:
+            self._reactor.callFromThread(self._fireEnded)
+
+    def _fireEnded(self) -> None:
+        if not self._ended.called:
+            self._ended.callback(None)
+
+    def _listen(self, connection: Any) -> None:
+        import time
+
+        nextPoll = time.monotonic() + self.pollInterval
+        while not self._stop.is_set():
+            timeout = max(0.0, min(STOP_CHECK, nextPoll - time.monotonic()))
+            for n in connection.notifies(timeout=timeout):
+                self._reactor.callFromThread(self._notified, n.payload)
+            if time.monotonic() >= nextPoll:
+                nextPoll = time.monotonic() + self.pollInterval
+                self._reactor.callFromThread(self._poll)
+
+
+class Slot:
+    """One destination slot taken by :class:`DestinationSlots`."""
+
+    __slots__ = ("key", "number", "generation")
+
+    def __init__(self, key: str, number: int, generation: int) -> None:
+        self.key = key
+        self.number = number
+        self.generation = generation
+
+
+class DestinationSlots:
+    """
+    Up to ``limit`` slots per destination across every node: each slot is a
+    session-level advisory lock held by this thread's connection.
+
+    :param url: the database.
+    :param reactor: delivers results.
+    """
+
+    def __init__(self, url: str, reactor: Any) -> None:
+        self.url = url
+        self._reactor = reactor
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="txsmtp-pg-slots", daemon=True)
+        self._connection: Any = None
+        #: a new generation with each connection: slots of an older one are gone
+        self._generation = 0
+        self._held: dict[str, set[int]] = {}
+        self._ended: Deferred[None] = Deferred()
+        self._stopping = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> Deferred[None]:
+        """End the thread; its connection closes, which releases every slot."""
+        if not self._stopping:
+            self._stopping = True
+            self._jobs.put(None)
+        return self._ended
+
+    def acquire(self, key: str, limit: int) -> Deferred[Slot | None]:
+        """A free slot of ``key`` (one of ``limit``), or ``None`` when all are taken (or on an error)."""
+        if self._stopping:
+            return defer.succeed(None)
+        d: Deferred[Slot | None] = Deferred()
+        self._jobs.put((self._acquire, (key, limit), d))
+        return d
+
+    def release(self, slot: Slot) -> None:
+        """Give ``slot`` back (best effort: a lost connection released it already)."""
+        if not self._stopping:
+            self._jobs.put((self._release, (slot,), Deferred()))
+
+    def _run(self) -> None:
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                function, args, d = job
+                try:
+                    result = function(*args)
+                except Exception as e:
+                    _log.warn("queue: destination slots: {error}", error=asQueueError(e))
+                    _close(self._connection)
+                    self._connection = None
+                    self._held.clear()
+                    result = None
+                self._reactor.callFromThread(d.callback, result)
+        finally:
+            _close(self._connection)
+            self._reactor.callFromThread(self._ended.callback, None)
+
+    def _acquire(self, key: str, limit: int) -> Slot | None:
+        if self._connection is None:
+            self._connection = connect(self.url)
+            self._generation += 1
+            self._held.clear()
+        held = self._held.setdefault(key, set())
+        number = self._connection.execute(
+            "SELECT txsmtp_take_slot(%s, %s, %s)", (key, limit, sorted(held))
+        ).fetchone()[0]
+        if number is None:
+            return None
+        held.add(number)
+        return Slot(key, int(number), self._generation)
+
+    def _release(self, slot: Slot) -> None:
+        if self._connection is None or slot.generation != self._generation:
+            return
+        self._connection.execute(
+            "SELECT pg_advisory_unlock(hashtext(current_schema() || ':' || %s), %s)",
+            (slot.key, slot.number),
+        )
+        self._held.get(slot.key, set()).discard(slot.number)

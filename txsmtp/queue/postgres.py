@@ -1,0 +1,538 @@
+"""
+:class:`PostgresStore`: one queue in PostgreSQL, shared by several nodes.
+
+Any node can accept a message and any node can deliver it.  What makes
+that safe (the tables are in :mod:`txsmtp.queue.pgschema`, the SQL in
+:mod:`txsmtp.queue.pgqueries`, the threads in
+:mod:`txsmtp.queue.pgconnections`):
+
+- **Bodies** are written in chunks of :data:`CHUNK_SIZE` as they arrive
+  (committed without waiting for the disk), and the rows that make the
+  message visible are committed with its last chunk, durably.  The WAL is
+  written in order, so that commit makes the earlier chunks durable too;
+  only then does :meth:`PostgresWriter.commit` fire and a server answer
+  250.  A writer holds at most a chunk in memory, plus
+  :data:`WRITES_IN_FLIGHT` being written; :meth:`PostgresStore.openBody`
+  copies a body into a spooled temporary file a few chunks at a time.
+- **Claims** take due recipients with ``FOR UPDATE SKIP LOCKED`` and lease
+  them under a random token; outcomes are recorded only while the token
+  holds, so a node whose lease lapsed (it died, stalled, or lost the
+  database) cannot overwrite a newer claim; its recipients are claimed
+  again by any node once the lease has lapsed.  Claims, renewals and
+  outcomes commit with ``synchronous_commit = off`` (as the SQLite store
+  commits them without ``fsync``): a crash of PostgreSQL itself may forget
+  the last of them, which means a recipient tried again, never lost.
+- **Wake-ups**: a commit, a flush and a release send a notification on the
+  queue's channel, and every node's :class:`~txsmtp.queue.pgconnections.Listener`
+  wakes its scheduler; since a notification sent while a node was away is
+  lost, nodes also poll every ``pollInterval`` seconds.
+- **Node names**: leases are taken under :attr:`PostgresStore.node`; the
+  node holds an advisory lock on its name while open, so a second live
+  process with the same name is refused, and opening ends the leases its
+  previous run left.
+- **Destination slots**: :attr:`PostgresStore.slots` keeps the scheduler's
+  per-destination limit across every node.
+
+Times are the nodes' clocks: they must agree to well within a lease.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import socket
+import tempfile
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txsmtp.queue import pgqueries as queries
+from txsmtp.queue.errors import QueueError
+from txsmtp.queue.interfaces import IQueueStore, IQueueWriter
+from txsmtp.queue.model import Lease, QueuedMessage, QueuedRecipient, RecipientOutcome
+from txsmtp.queue.pgconnections import ConnectionPool, DestinationSlots, Listener, connect
+from txsmtp.queue.pgschema import migrate
+from txsmtp.queue.sqlitebody import newMessageId, validId
+
+__all__ = ["PostgresStore", "PostgresWriter", "isPostgresURL", "CHUNK_SIZE", "redactURL"]
+
+_log = Logger(namespace="txsmtp.queue.postgres")
+
+#: The size of a body chunk (the last one of a message may be shorter).
+CHUNK_SIZE = 256 * 1024
+#: How many chunks of one message may be on their way to the database
+#: before :meth:`PostgresWriter.write` asks its caller to wait.
+WRITES_IN_FLIGHT = 2
+#: A body up to this size is copied into memory by openBody; larger ones spill to a file.
+SPOOL_SIZE = 1024 * 1024
+#: Chunks whose message never came (a writer that died) are removed after this long.
+ORPHAN_AGE = 86400.0
+#: How often the orphans are looked for (seconds).
+ORPHAN_INTERVAL = 3600.0
+
+
+def isPostgresURL(text: str) -> bool:
+    """Whether ``--queue`` names a PostgreSQL database rather than a directory."""
+    return text.startswith(("postgresql://", "postgres://"))
+
+
+def redactURL(url: str) -> str:
+    """``url`` without its password, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+@implementer(IQueueStore)
+class PostgresStore:
+    """
+    A queue store (:class:`~txsmtp.queue.interfaces.IQueueStore`) in a
+    PostgreSQL database, which several nodes may share.
+
+    :param url: a libpq URL (``postgresql://USER:PASSWORD@HOST:PORT/DB``;
+        ``?options=-c%20search_path%3DNAME`` puts the queue in schema
+        ``NAME``).
+    :param clock: whose ``seconds()`` is now (the reactor by default).
+    :param reactor: the reactor the threads answer through.
+    :param node: the name leases are taken under, one per live node
+        (default: the host name).
+    :param poolSize: connections (and threads) for the store's work; a
+        node uses two more, the listener's and the slots'.
+    :param pollInterval: seconds between polls for work that a lost
+        notification would have announced.
+
+    :ivar node: the lease owner name.
+    :ivar slots: the :class:`~txsmtp.queue.pgconnections.DestinationSlots`
+        (for the scheduler), once open.
+    :ivar schema: the schema the queue lives in, once open.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        clock: Any = None,
+        reactor: Any = None,
+        node: str | None = None,
+        poolSize: int = 10,
+        pollInterval: float = 5.0,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self.url = url
+        self.clock = clock if clock is not None else reactor
+        self._reactor = reactor
+        self.node = node or socket.gethostname()
+        self.poolSize = poolSize
+        self.pollInterval = pollInterval
+        self.schema: str | None = None
+        self.channel: str | None = None
+        self.slots: DestinationSlots | None = None
+        self._state = "new"
+        self._pool: ConnectionPool | None = None
+        self._listener: Listener | None = None
+        self._listeners: list[Callable[[], object]] = []
+        self._cleaner: task.LoopingCall | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redactURL(self.url)!r}, node={self.node!r})"
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    def open(self) -> Deferred[None]:
+        """
+        Create or migrate the schema (under an advisory lock), take the
+        node's lock and listen for notifications, end the leases this node
+        left, and remove chunks orphaned long ago.
+
+        :return: a Deferred; it fails with
+            :class:`~txsmtp.queue.errors.QueueLockedError` when a live
+            process uses this node name, or
+            :class:`~txsmtp.queue.errors.QueueError` (unreachable, refused).
+        """
+        if self._state != "new":
+            return defer.fail(QueueError(f"{self!r} was already opened"))
+        self._state = "opening"
+        return Deferred.fromCoroutine(self._open())
+
+    async def _open(self) -> None:
+        try:
+            self._pool = ConnectionPool(self.url, self.poolSize, self._reactor, "txsmtp-pg")
+            self._pool.start()
+            schema, before, after = await self._pool.run(_migrate)
+            self.schema = schema
+            self.channel = f"txsmtp_queue.{schema}"
+            if before != after:
+                _log.info(
+                    "queue {store}: schema {schema} migrated from version {before} to {after}",
+                    store=self,
+                    schema=schema,
+                    before=before,
+                    after=after,
+                )
+            self._listener = Listener(
+                self.url,
+                self.channel,
+                f"node:{self.node}",
+                self._reactor,
+                self._notified,
+                self._wake,
+                self._wake,
+                self.pollInterval,
+            )
+            await self._listener.start()
+            ended = await self._pool.run(queries.clearLeases, self.node)
+            orphans = await self._pool.run(queries.removeOrphanChunks, ORPHAN_AGE)
+            if ended or orphans:
+                _log.info(
+                    "queue {store}: ended {leases} leases of this node's previous run, removed "
+                    "{orphans} chunks of bodies never committed",
+                    store=self,
+                    leases=ended,
+                    orphans=orphans,
+                )
+            self.slots = DestinationSlots(self.url, self._reactor)
+            self.slots.start()
+        except BaseException:
+            self._state = "closed"
+            await self._stop()
+            raise
+        if self._state != "opening":  # closed meanwhile
+            return
+        self._state = "open"
+        self._cleaner = task.LoopingCall(self._removeOrphans)
+        self._cleaner.clock = self._reactor
+        self._cleaner.start(ORPHAN_INTERVAL, now=False).addErrback(
+            lambda f: _log.failure("queue {store}: removing orphan chunks", f, store=self)
+        )
+
+    def close(self) -> Deferred[None]:
+        """Let the work asked for finish, then close every connection (ending the node's lock)."""
+        if self._state in ("new", "closed"):
+            self._state = "closed"
+            return defer.succeed(None)
+        self._state = "closed"
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        cleaner, self._cleaner = self._cleaner, None
+        if cleaner is not None and cleaner.running:
+            cleaner.stop()
+        stops = [
+            part.stop()
+            for part in (self.slots, self._listener, self._pool)
+            if part is not None
+        ]
+        await defer.gatherResults(stops, consumeErrors=True)
+
+    def _removeOrphans(self) -> Deferred[None]:
+        d = self._run(queries.removeOrphanChunks, ORPHAN_AGE)
+
+        def done(n: int) -> None:
+            if n:
+                _log.info("queue {store}: removed {n} chunks of bodies never committed", store=self, n=n)
+
+        def failed(f: Failure) -> None:
+            _log.warn("queue {store}: removing orphan chunks failed: {error}", store=self, error=f.getErrorMessage())
+
+        return d.addCallbacks(done, failed)
+
+    # -- running work -------------------------------------------------------------------------
+
+    def _notOpen(self) -> QueueError | None:
+        if self._state != "open":
+            return QueueError(f"the queue {redactURL(self.url)} is not open")
+        return None
+
+    def _run(self, function: Callable[..., Any], *args: Any, durable: bool = True, isolation: str | None = None) -> Deferred[Any]:
+        error = self._notOpen()
+        if error is not None:
+            return defer.fail(error)
+        assert self._pool is not None
+        return self._pool.run(function, *args, durable=durable, isolation=isolation)
+
+    def _notify(self, db: Any) -> None:
+        assert self.channel is not None
+        queries.notify(db, self.channel, self.node)
+
+    def _notified(self, payload: str) -> None:
+        # This node's own commits woke it already.
+        if payload != self.node:
+            self._wake()
+
+    def _wake(self, result: Any = None) -> Any:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:
+                _log.failure("queue wake listener {listener} failed", listener=listener)
+        return result
+
+    def addWakeListener(self, listener: Callable[[], object]) -> None:
+        """Call ``listener()`` after each commit, flush and release, of any node, and at each poll."""
+        self._listeners.append(listener)
+
+    def removeWakeListener(self, listener: Callable[[], object]) -> None:
+        """Stop calling ``listener``."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    # -- new messages -------------------------------------------------------------------------
+
+    def newMessage(self) -> PostgresWriter:
+        """A :class:`PostgresWriter` for a new message."""
+        return PostgresWriter(self)
+
+    # -- claims and outcomes ------------------------------------------------------------------
+
+    def claim(self, owner: str, limit: int, leaseSeconds: float) -> Deferred[list[Lease]]:
+        """
+        Lease up to ``limit`` due recipients (not held, due, not under a
+        live lease), skipping those another node is claiming this instant;
+        one lease per message, the earliest due first.
+        """
+        now = self.clock.seconds()
+        return self._run(queries.claim, owner, limit, now, now + leaseSeconds, durable=False)
+
+    def renew(self, lease: Lease, leaseSeconds: float) -> Deferred[bool]:
+        """Extend ``lease`` to now plus ``leaseSeconds``: ``False`` when its token no longer holds."""
+        expires = self.clock.seconds() + leaseSeconds
+
+        def renewed(held: bool) -> bool:
+            if held:
+                lease.expires = expires
+            return held
+
+        return self._run(queries.renew, lease, expires, durable=False).addCallback(renewed)
+
+    def record(self, lease: Lease, outcomes: Iterable[RecipientOutcome]) -> Deferred[bool]:
+        """
+        Record ``outcomes`` if the lease's token holds on every one of
+        their recipients, else nothing (``False``); the rules are
+        :meth:`txsmtp.queue.sqlite.SQLiteStore.record`'s.
+        """
+        return self._run(queries.record, lease, list(outcomes), self.clock.seconds(), durable=False)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def openBody(self, messageId: str) -> Deferred[IO[bytes]]:
+        """
+        The body, copied (a few chunks at a time, in one snapshot) into a
+        temporary file kept in memory up to :data:`SPOOL_SIZE`; fails with
+        :class:`KeyError` for an unknown id.
+        """
+        error = self._notOpen()
+        if error is not None:
+            return defer.fail(error)
+        if not validId(messageId):
+            return defer.fail(KeyError(messageId))
+        return self._run(_readBody, messageId, isolation="REPEATABLE READ")
+
+    def nextDue(self) -> Deferred[float | None]:
+        """When the earliest recipient not held can be claimed (``None``: none)."""
+        return self._run(queries.nextDue)
+
+    def list(self) -> Deferred[builtins.list[QueuedMessage]]:
+        """Every message with its recipients, oldest (by arrival) first."""
+        return self._run(queries.messages, None, isolation="REPEATABLE READ")
+
+    def show(self, messageId: str) -> Deferred[QueuedMessage | None]:
+        """One message with its recipients, or ``None``."""
+        d = self._run(queries.messages, messageId, isolation="REPEATABLE READ")
+        return d.addCallback(lambda found: found[0] if found else None)
+
+    # -- the operator's commands --------------------------------------------------------------
+
+    def hold(self, messageId: str) -> Deferred[bool]:
+        """Hold every recipient of the message."""
+        return self._run(queries.hold, messageId)
+
+    def release(self, messageId: str) -> Deferred[bool]:
+        """Release a held message: due now; every node is woken."""
+        return self._run(self._withNotify(queries.release), messageId, self.clock.seconds()).addCallback(self._wake)
+
+    def delete(self, messageId: str) -> Deferred[bool]:
+        """Remove a message, body and all, without any report."""
+        return self._run(queries.delete, messageId)
+
+    def flush(self, messageId: str | None = None) -> Deferred[int]:
+        """Deferred recipients (of one message, or all) due now; every node is woken."""
+        return self._run(self._withNotify(queries.flush), messageId, self.clock.seconds()).addCallback(self._wake)
+
+    def _withNotify(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def withNotify(db: Any, *args: Any) -> Any:
+            result = function(db, *args)
+            assert self.channel is not None
+            queries.notify(db, self.channel, self.node)
+            return result
+
+        return withNotify
+
+
+def _migrate(db: Any) -> tuple[str, int, int]:
+    return migrate(db)
+
+
+def _readBody(db: Any, messageId: str) -> IO[bytes]:
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_SIZE, prefix="txsmtp-body-")
+    try:
+        if not queries.readBody(db, messageId, spool):
+            raise KeyError(messageId)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+@implementer(IQueueWriter)
+class PostgresWriter:
+    """
+    One message being written into a :class:`PostgresStore`: full chunks
+    go to the database as they fill, the rest with the commit.
+
+    :ivar id: the message's id (known before the commit).
+    :ivar size: how many bytes were written.
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.id = newMessageId()
+        self.size = 0
+        self._store = store
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._seq = 0
+        self._inFlight: list[Deferred[None]] = []
+        self._error: QueueError | None = store._notOpen()
+        self._done = False
+
+    def write(self, chunk: bytes) -> Deferred[None] | None:
+        if self._error is not None or self._done:
+            return None
+        self.size += len(chunk)
+        self._buffer.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered < CHUNK_SIZE:
+            return None
+        data = b"".join(self._buffer)
+        self._buffer, self._buffered = [], 0
+        while len(data) >= CHUNK_SIZE:
+            self._send(data[:CHUNK_SIZE])
+            data = data[CHUNK_SIZE:]
+        if data:
+            self._buffer, self._buffered = [data], len(data)
+        if len(self._inFlight) > WRITES_IN_FLIGHT:
+            # Back-pressure: the caller waits for the oldest write.
+            waiting: Deferred[None] = Deferred()
+            self._inFlight[0].addBoth(lambda _: waiting.callback(None))
+            return waiting
+        return None
+
+    def _send(self, data: bytes) -> None:
+        seq, self._seq = self._seq, self._seq + 1
+        d = self._store._run(queries.insertChunk, self.id, seq, data, durable=False)
+        self._inFlight.append(d)
+
+        def done(result: Any) -> None:
+            self._inFlight.remove(d)
+            if isinstance(result, Failure) and self._error is None:
+                self._error = QueueError(f"writing the body: {result.getErrorMessage()}")
+
+        d.addBoth(done)
+
+    def commit(
+        self,
+        sender: str,
+        recipients: list[QueuedRecipient],
+        envelope: dict[str, Any],
+        arrival: float | None = None,
+    ) -> Deferred[str]:
+        if self._done:
+            return defer.fail(QueueError("this message was already committed or aborted"))
+        self._done = True
+        return Deferred.fromCoroutine(self._commit(sender, list(recipients), envelope, arrival))
+
+    async def _commit(
+        self, sender: str, recipients: list[QueuedRecipient], envelope: dict[str, Any], arrival: float | None
+    ) -> str:
+        store = self._store
+        if self._error is None and not recipients:
+            self._error = QueueError("a message needs at least one recipient")
+        data = ""
+        if self._error is None:
+            try:
+                data = json.dumps({k: v for k, v in envelope.items() if k != "recipients"})
+            except (TypeError, ValueError) as e:
+                self._error = QueueError(f"the envelope cannot be stored: {e}")
+        while self._inFlight:
+            await defer.DeferredList(list(self._inFlight), consumeErrors=True)
+        if self._error is not None:
+            self._dropChunks()
+            raise self._error
+        last = b"".join(self._buffer)
+        self._buffer = []
+        when = store.clock.seconds() if arrival is None else arrival
+        try:
+            await store._run(
+                _commitMessage, store, self.id, self._seq, last, sender, when, self.size, data, recipients
+            )
+        except Exception as e:
+            self._dropChunks()
+            raise (e if isinstance(e, QueueError) else QueueError(f"committing to the queue: {e}")) from e
+        # The listeners are woken after the commit's Deferred has fired.
+        store._reactor.callLater(0, store._wake)
+        return self.id
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._buffer = []
+            d = defer.DeferredList(list(self._inFlight), consumeErrors=True)
+            d.addCallback(lambda _: self._dropChunks())
+
+    def _dropChunks(self) -> None:
+        if self._seq == 0 or self._store._notOpen() is not None:
+            return  # nothing written, or orphans for the periodic clean-up
+        self._store._run(queries.deleteChunks, self.id).addErrback(
+            lambda f: _log.warn(
+                "queue: could not remove the chunks of {queueId}: {error}; they go within a day",
+                queueId=self.id,
+                error=f.getErrorMessage(),
+            )
+        )
+
+
+def _commitMessage(
+    db: Any,
+    store: PostgresStore,
+    messageId: str,
+    seq: int,
+    last: bytes,
+    sender: str,
+    arrival: float,
+    size: int,
+    envelope: str,
+    recipients: builtins.list[QueuedRecipient],
+) -> None:
+    # One transaction, committed durably (synchronous_commit on): the last
+    # chunk, the rows that make the message visible, the notification.
+    if last or seq == 0:
+        queries.insertChunk(db, messageId, seq, last)
+    queries.insertMessage(db, messageId, sender, arrival, size, envelope, recipients)
+    store._notify(db)
+
+
+def checkConnection(url: str) -> None:
+    """Connect to ``url`` once and close (blocking): raises on failure.  For start-up checks."""
+    connect(url).close()
