@@ -9,7 +9,10 @@ The ``txsmtp`` command (a console script)::
     txsmtp queue delete ID          remove a message, without any report
     txsmtp --version
 
-Each ``queue`` command takes ``--queue DIR`` (default ``./queue``).  While a
+Each ``queue`` command takes ``--queue DIR`` (default ``./queue``), or
+``--queue postgresql://...`` for a queue in PostgreSQL, which the command
+works on directly (its ``flush`` and ``release`` wake every node through
+the database's notifications).  While a
 server runs on the queue, the command asks it over ``DIR/control.sock``
 (:mod:`txsmtp.queue.control`), so that ``flush`` and ``release`` make it try
 at once.  With no server (no socket, or a socket nobody listens on any
@@ -27,6 +30,7 @@ import getopt
 import importlib
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -90,7 +94,7 @@ class _Options(usage.Options):
 class _QueueCommand(_Options):
     synopsis = "[--queue DIR]"
     longdesc = ""
-    optParameters = [["queue", "q", None, f"The queue directory (default: ./{DEFAULT_QUEUE})."]]
+    optParameters = [["queue", "q", None, f"The queue directory (default: ./{DEFAULT_QUEUE}), or the postgresql://USER@HOST/DB of a shared queue."]]
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         # Options may follow the message id (txsmtp queue show ID --queue DIR),
@@ -158,7 +162,7 @@ class QueueOptions(_Options):
 
     def getSynopsis(self) -> str:
         return "Usage: txsmtp queue [--queue DIR] COMMAND [options]"
-    optParameters = [["queue", "q", None, f"The queue directory (default: ./{DEFAULT_QUEUE})."]]
+    optParameters = [["queue", "q", None, f"The queue directory (default: ./{DEFAULT_QUEUE}), or the postgresql://USER@HOST/DB of a shared queue."]]
     subCommands = [
         ["list", None, _ListOptions, "List the queued messages and their recipients."],
         ["show", None, _ShowOptions, "Show one message: its envelope and recipients."],
@@ -346,14 +350,41 @@ async def _connect(directory: str, reactor: Any) -> tuple[Any, bool, Callable[[]
     return StoreControl(store), False, store.close
 
 
+async def _connectDatabase(url: str, reactor: Any) -> tuple[Any, Callable[[], Any]]:
+    """
+    The :class:`~txsmtp.queue.control.IQueueControl` of a queue in
+    PostgreSQL: the store itself, opened under a node name of its own (it
+    takes no leases), whose flush and release wake every node through the
+    database's notifications.
+    """
+    try:
+        postgres = importlib.import_module("txsmtp.queue.postgres")
+    except ImportError:
+        raise CommandError("a PostgreSQL queue needs psycopg 3: pip install 'txsmtp[postgresql]'") from None
+    store = postgres.PostgresStore(
+        url, reactor=reactor, node=f"txsmtp-queue-{socket.gethostname()}-{os.getpid()}", poolSize=1,
+        pollInterval=3600.0,
+    )  # fmt: skip
+    try:
+        await store.open()
+    except Exception as e:
+        raise CommandError(f"cannot open the queue {postgres.redactURL(url)}: {e}") from None
+    return StoreControl(store), store.close
+
+
 async def _queueCommand(config: Options, reactor: Any, out: TextIO, err: TextIO) -> int:
     queueOptions = config.subOptions
     name = queueOptions.subCommand
     command = queueOptions.subOptions
     directory = command.directory()
-    if not os.path.isdir(directory):
+    shared = directory.startswith(("postgresql://", "postgres://"))
+    if shared:
+        control, close = await _connectDatabase(directory, reactor)
+        serverRuns = True  # flush and release notify every node
+    elif not os.path.isdir(directory):
         raise CommandError(f"no queue directory at {directory} (--queue DIR names it)")
-    control, serverRuns, close = await _connect(directory, reactor)
+    else:
+        control, serverRuns, close = await _connect(directory, reactor)
     try:
         messageId = command.get("id")
         if name == "list":
@@ -374,7 +405,8 @@ async def _queueCommand(config: Options, reactor: Any, out: TextIO, err: TextIO)
             await getattr(control, name)(messageId)
             out.write(f"{messageId}: {name}d\n" if name != "hold" else f"{messageId}: held\n")
     except UnknownMessageError:
-        raise CommandError(f"no message {_clean(messageId)} in the queue {directory}") from None
+        where = "" if shared else f" {directory}"
+        raise CommandError(f"no message {_clean(messageId)} in the queue{where}") from None
     finally:
         await defer.maybeDeferred(close)
     return 0

@@ -43,7 +43,11 @@ RELAY_SWITCHES = ("queue", "relay-host", "route", "local-domains", "relay-networ
 RELAY_ONLY = (
     "relay-credentials", "relay-tls", "relay-ca", "dns-server", "retry-min", "retry-max",
     "max-queue-lifetime", "delay-warning", "sender-login-map", "destination-concurrency", "max-hops",
+    "queue-lease", "queue-node", "queue-pool",
 )  # fmt: skip
+
+#: How long a claim holds when ``--queue-lease`` is not given (seconds).
+DEFAULT_LEASE = 300.0
 
 #: The queue directory when the relay is on and ``--queue`` is not given.
 DEFAULT_QUEUE = "queue"
@@ -85,7 +89,10 @@ class RelayOptions:
     """
 
     relayParameters = [
-        ["queue", None, None, "The queue directory; turns the relay on (default ./queue when another relay option is given)."],
+        ["queue", None, None, "The queue: a directory, or postgresql://USER@HOST/DB for one shared by several nodes; turns the relay on (default ./queue when another relay option is given)."],
+        ["queue-lease", None, None, "How long a claim on queued mail holds before another node may take it; renewed while a delivery runs (default 5m)", _duration("queue-lease")],
+        ["queue-node", None, None, "This node's name in a PostgreSQL queue, one per live node (default: the host name)."],
+        ["queue-pool", None, None, "Connections to a PostgreSQL queue for its work, besides the listener's and the slots' (default 10)", _positiveInt("queue-pool")],
         ["local-domains", None, None, "Domains this server is the final destination for, D1,D2: their mail goes to --deliver."],
         ["relay-networks", None, None, "Client networks allowed to relay without AUTH, CIDR,... (default: none)."],
         ["relay-host", None, None, "Send all mail for other domains through this smart host, [HOST]:PORT."],
@@ -151,6 +158,18 @@ class RelaySetup:
     lifetime: float
     delayWarning: float | None
     destinationConcurrency: int
+    #: how long a claim holds (``--queue-lease``)
+    lease: float = DEFAULT_LEASE
+    #: for a PostgreSQL queue: the node's name and pool size (``None``: a directory)
+    node: str | None = None
+    pool: int = 10
+
+    @property
+    def shared(self) -> bool:
+        """Whether the queue is in PostgreSQL (shared by nodes), not in a directory."""
+        from txsmtp.queue.postgres import isPostgresURL
+
+        return isPostgresURL(self.queue)
 
 
 def _setup(options: Any) -> RelaySetup:
@@ -213,8 +232,26 @@ def _setup(options: Any) -> RelaySetup:
         raise ValueError(
             f"--retry-max ({retryMax:g}s) must not be shorter than --retry-min ({retryMin:g}s)"
         )
+    queue = options["queue"] or DEFAULT_QUEUE
+    node = None
+    from txsmtp.queue.postgres import isPostgresURL
+
+    if isPostgresURL(queue):
+        _checkPsycopg()
+        node = options["queue-node"] or _hostname()
+    else:
+        queue = os.path.abspath(queue)
+        for name in ("queue-node", "queue-pool"):
+            if options[name] is not None:
+                raise ValueError(f"--{name} applies only to a PostgreSQL queue (--queue postgresql://...)")
+    lease = options["queue-lease"] or DEFAULT_LEASE
+    if lease < 5:
+        raise ValueError(f"--queue-lease must be at least 5s, not {lease:g}s")
     return RelaySetup(
-        queue=os.path.abspath(options["queue"] or DEFAULT_QUEUE),
+        queue=queue,
+        lease=lease,
+        node=node,
+        pool=options["queue-pool"] or 10,
         localDomains=localDomains,
         routes=routes,
         relayHost=relayHost,
@@ -228,6 +265,21 @@ def _setup(options: Any) -> RelaySetup:
         delayWarning=options["delay-warning"],
         destinationConcurrency=options["destination-concurrency"] or 20,
     )
+
+
+def _checkPsycopg() -> None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "--queue postgresql://... needs psycopg 3: pip install 'txsmtp[postgresql]'"
+        ) from None
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def _credentials(path: str) -> tuple[str, str]:
@@ -291,7 +343,12 @@ def relaySummary(options: Any) -> str:
     setup: RelaySetup | None = options.get("relaySetup")
     if setup is None:
         return ""
-    parts = [f"queue {setup.queue}"]
+    if setup.shared:
+        from txsmtp.queue.postgres import redactURL
+
+        parts = [f"queue {redactURL(setup.queue)} (node {setup.node}, lease {setup.lease:g}s)"]
+    else:
+        parts = [f"queue {setup.queue}"]
     parts.append("local domains " + (",".join(setup.localDomains) or "none"))
     if setup.routes:
         parts.append(
@@ -324,7 +381,7 @@ class QueueService(service.MultiService):
     def __init__(
         self,
         store: Any,
-        directory: str,
+        directory: str | None,
         inner: Any = None,
         runAs: tuple[int, int] | None = None,
         outbound: Any = None,
@@ -335,7 +392,8 @@ class QueueService(service.MultiService):
         self.directory = directory
         self.inner = inner
         self.runAs = runAs
-        self.controlPath = os.path.join(directory, "control.sock")
+        #: ``None`` for a queue in PostgreSQL (``txsmtp queue`` reaches the database)
+        self.controlPath = os.path.join(directory, "control.sock") if directory is not None else None
         #: twistd's own options: how to report a failure to start
         self.twistdOptions: Any = None
         self._control: Any = None
@@ -352,7 +410,9 @@ class QueueService(service.MultiService):
 
         try:
             self.store.openNow()
-        except QueueLockedError:
+        except QueueLockedError as e:
+            if self.directory is None:
+                _cannotStart(f"cannot open the queue: {e}", self.twistdOptions)
             # The reason first: daemonizing, twistd passes on only 100 octets.
             _cannotStart(
                 "the queue is in use by another process (stop that server, or give another "
@@ -361,11 +421,13 @@ class QueueService(service.MultiService):
             )
         except (QueueError, OSError) as e:
             why = getattr(e, "strerror", None) or str(e) or type(e).__name__
-            _cannotStart(f"cannot open the queue: {why} ({self.directory})", self.twistdOptions)
+            where = self.directory if self.directory is not None else repr(self.store)
+            _cannotStart(f"cannot open the queue: {why} ({where})", self.twistdOptions)
         self._opened = True
-        self._listenControl()
-        if self.runAs is not None:
-            _giveTree(self.directory, *self.runAs)
+        if self.directory is not None:
+            self._listenControl()
+            if self.runAs is not None:
+                _giveTree(self.directory, *self.runAs)
 
     def _listenControl(self) -> None:
         """The control socket, at once (a UNIX socket listens synchronously)."""
@@ -382,6 +444,7 @@ class QueueService(service.MultiService):
                 why=failure.getErrorMessage(),
             )
 
+        assert self.controlPath is not None
         listenControl(self.store, self.controlPath).addCallbacks(listening, failed)
 
     def privilegedStartService(self) -> None:
@@ -434,7 +497,13 @@ def buildRelay(options: Any, hostname: str, inner: Any, runAs: tuple[int, int] |
     from txsmtp.queue.scheduler import Scheduler
     from txsmtp.queue.sqlite import SQLiteStore
 
-    store = SQLiteStore(setup.queue)
+    store: Any
+    if setup.shared:
+        from txsmtp.queue.postgres import PostgresStore
+
+        store = PostgresStore(setup.queue, node=setup.node, poolSize=setup.pool)
+    else:
+        store = SQLiteStore(setup.queue)
     router = Router(setup.localDomains, setup.routes, setup.relayHost)
     outbound = Outbound(
         hostname,
@@ -453,8 +522,10 @@ def buildRelay(options: Any, hostname: str, inner: Any, runAs: tuple[int, int] |
         retry=retry,
         destinationConcurrency=setup.destinationConcurrency,
         delayWarning=setup.delayWarning,
+        owner=setup.node or "local",
+        leaseSeconds=setup.lease,
     )
-    queue = QueueService(store, setup.queue, inner, runAs, outbound)
+    queue = QueueService(store, None if setup.shared else setup.queue, inner, runAs, outbound)
     scheduler.setServiceParent(queue)
     delivery = RelayDelivery(store, router, setup.policy, inner, hostname)
     return delivery, queue

@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 
 from txsmtp.queue.errors import QueueError, QueueFullError, QueueLockedError
 
-__all__ = ["ConnectionPool", "Listener", "DestinationSlots", "connect", "asQueueError", "Slot"]
+__all__ = ["ConnectionPool", "Listener", "DestinationSlots", "connect", "asQueueError", "Slot", "takeNode"]
 
 _log = Logger(namespace="txsmtp.queue.postgres")
 
@@ -263,78 +263,53 @@ class Listener:
         self._poll = poll
         self.pollInterval = pollInterval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"txsmtp-pg-listen {channel}", daemon=True)
-        self._first: Deferred[None] = Deferred()
+        self._thread: threading.Thread | None = None
         self._ended: Deferred[None] = Deferred()
 
-    def start(self) -> Deferred[None]:
+    def start(self, connection: Any) -> None:
         """
-        Start the thread.  :return: a Deferred firing once the first
-        connection listens, or failing: the database unreachable
-        (:class:`~txsmtp.queue.errors.QueueError`), the node's lock held by
-        another process (:class:`~txsmtp.queue.errors.QueueLockedError`).
+        Start the thread with ``connection``, which already holds the
+        node's lock and listens (:func:`takeNode`); when it fails, the
+        thread connects again, and again takes the lock and listens.
         """
+        self._thread = threading.Thread(
+            target=self._run, args=(connection,), name=f"txsmtp-pg-listen {self.channel}", daemon=True
+        )
         self._thread.start()
-        return self._first
 
     def stop(self) -> Deferred[None]:
         """End the thread (its connection closes, releasing the node's lock)."""
         self._stop.set()
-        if not self._thread.is_alive() and not self._ended.called:
+        if self._thread is None and not self._ended.called:
             self._ended.callback(None)
         return self._ended
 
-    def _report(self, result: None | Failure) -> None:
-        if not self._first.called:
-            if isinstance(result, Failure):
-                self._first.errback(result)
-            else:
-                self._first.callback(None)
-
-    def _run(self) -> None:
-        from psycopg import sql
-
+    def _run(self, connection: Any) -> None:
         backoff = 1.0
         try:
             while not self._stop.is_set():
-                connection: Any = None
                 try:
-                    connection = connect(self.url)
-                    if self.lockKey is not None:
-                        taken = connection.execute(
-                            "SELECT pg_try_advisory_lock(hashtext(current_schema() || ':' || %s)::bigint)",
-                            (self.lockKey,),
-                        ).fetchone()[0]
-                        if not taken:
-                            raise QueueLockedError(
-                                f"another live process uses the queue under the node name "
-                                f"{self.lockKey.partition(':')[2]!r}: give each node its own "
-                                "(--queue-node)"
-                            )
-                    connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-                    backoff = 1.0
-                    if self._first.called:
-                        # Reconnected: what was notified meanwhile is lost.
+                    if connection is None:
+                        connection = connect(self.url)
+                        takeNode(connection, self.channel, self.lockKey)
+                        # What was notified while this node was away is lost.
                         _log.info("queue: listening for the database's notifications again")
                         self._reactor.callFromThread(self._connected)
-                    self._reactor.callFromThread(self._report, None)
+                    backoff = 1.0
                     self._listen(connection)
                 except BaseException as e:
-                    failure = Failure(e if isinstance(e, QueueError) else asQueueError(e, "listening"))
-                    if not self._first.called:
-                        self._reactor.callFromThread(self._report, failure)
-                        return
                     if not self._stop.is_set():
                         _log.warn(
                             "queue: lost the database's notifications ({error}); polling until it "
                             "reconnects",
-                            error=failure.getErrorMessage(),
+                            error=e if isinstance(e, QueueError) else asQueueError(e),
                         )
                         self._reactor.callFromThread(self._poll)
                         self._stop.wait(backoff)
                         backoff = min(backoff * 2, 30.0)
                 finally:
                     _close(connection)
+                    connection = None
         finally:
             self._reactor.callFromThread(self._fireEnded)
 
@@ -353,6 +328,29 @@ class Listener:
             if time.monotonic() >= nextPoll:
                 nextPoll = time.monotonic() + self.pollInterval
                 self._reactor.callFromThread(self._poll)
+
+
+def takeNode(connection: Any, channel: str, lockKey: str | None) -> None:
+    """
+    On ``connection``: take the node's advisory lock (a ``bigint`` key
+    hashed from the schema and ``lockKey``) and ``LISTEN`` on ``channel``
+    (blocking).
+
+    :raise QueueLockedError: another live session holds the lock.
+    """
+    from psycopg import sql
+
+    if lockKey is not None:
+        taken = connection.execute(
+            "SELECT pg_try_advisory_lock(hashtext(current_schema() || ':' || %s)::bigint)",
+            (lockKey,),
+        ).fetchone()[0]
+        if not taken:
+            raise QueueLockedError(
+                f"another live process uses the queue under the node name "
+                f"{lockKey.partition(':')[2]!r}: give each node its own (--queue-node)"
+            )
+    connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
 
 class Slot:

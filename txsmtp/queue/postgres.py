@@ -45,7 +45,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -55,7 +55,14 @@ from txsmtp.queue import pgqueries as queries
 from txsmtp.queue.errors import QueueError
 from txsmtp.queue.interfaces import IQueueStore, IQueueWriter
 from txsmtp.queue.model import Lease, QueuedMessage, QueuedRecipient, RecipientOutcome
-from txsmtp.queue.pgconnections import ConnectionPool, DestinationSlots, Listener, connect
+from txsmtp.queue.pgconnections import (
+    ConnectionPool,
+    DestinationSlots,
+    Listener,
+    asQueueError,
+    connect,
+    takeNode,
+)
 from txsmtp.queue.pgschema import migrate
 from txsmtp.queue.sqlitebody import newMessageId, validId
 
@@ -154,7 +161,7 @@ class PostgresStore:
         """
         Create or migrate the schema (under an advisory lock), take the
         node's lock and listen for notifications, end the leases this node
-        left, and remove chunks orphaned long ago.
+        left, and remove chunks orphaned long ago; in a thread.
 
         :return: a Deferred; it fails with
             :class:`~txsmtp.queue.errors.QueueLockedError` when a live
@@ -164,51 +171,83 @@ class PostgresStore:
         if self._state != "new":
             return defer.fail(QueueError(f"{self!r} was already opened"))
         self._state = "opening"
-        return Deferred.fromCoroutine(self._open())
+        d = threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._openBlocking)
 
-    async def _open(self) -> None:
+        def failed(f: Failure) -> Failure:
+            self._state = "closed"
+            return f
+
+        return d.addCallbacks(self._started, failed)
+
+    def openNow(self) -> None:
+        """
+        :meth:`open` on the calling thread, waiting for the database: for
+        start-up, before the reactor runs, so that a refusal is reported at
+        once.
+
+        :raise QueueLockedError: a live process uses this node name.
+        :raise QueueError: the database cannot be reached or used.
+        """
+        if self._state != "new":
+            raise QueueError(f"{self!r} was already opened")
+        self._state = "opening"
         try:
-            self._pool = ConnectionPool(self.url, self.poolSize, self._reactor, "txsmtp-pg")
-            self._pool.start()
-            schema, before, after = await self._pool.run(_migrate)
-            self.schema = schema
-            self.channel = f"txsmtp_queue.{schema}"
-            if before != after:
-                _log.info(
-                    "queue {store}: schema {schema} migrated from version {before} to {after}",
-                    store=self,
-                    schema=schema,
-                    before=before,
-                    after=after,
-                )
-            self._listener = Listener(
-                self.url,
-                self.channel,
-                f"node:{self.node}",
-                self._reactor,
-                self._notified,
-                self._wake,
-                self._wake,
-                self.pollInterval,
-            )
-            await self._listener.start()
-            ended = await self._pool.run(queries.clearLeases, self.node)
-            orphans = await self._pool.run(queries.removeOrphanChunks, ORPHAN_AGE)
-            if ended or orphans:
-                _log.info(
-                    "queue {store}: ended {leases} leases of this node's previous run, removed "
-                    "{orphans} chunks of bodies never committed",
-                    store=self,
-                    leases=ended,
-                    orphans=orphans,
-                )
-            self.slots = DestinationSlots(self.url, self._reactor)
-            self.slots.start()
+            opened = self._openBlocking()
         except BaseException:
             self._state = "closed"
-            await self._stop()
             raise
+        self._started(opened)
+
+    def _openBlocking(self) -> tuple[Any, str]:
+        connection = None
+        try:
+            connection = connect(self.url)
+            schema, before, after = migrate(connection)
+            channel = f"txsmtp_queue.{schema}"
+            takeNode(connection, channel, f"node:{self.node}")
+            with connection.transaction():
+                ended = queries.clearLeases(connection, self.node)
+            with connection.transaction():
+                orphans = queries.removeOrphanChunks(connection, ORPHAN_AGE)
+        except BaseException as e:
+            if connection is not None:
+                connection.close()
+            if isinstance(e, Exception) and not isinstance(e, QueueError):
+                raise asQueueError(e, "opening the queue") from e
+            raise
+        if before != after:
+            _log.info(
+                "queue {store}: schema {schema} migrated from version {before} to {after}",
+                store=self,
+                schema=schema,
+                before=before,
+                after=after,
+            )
+        if ended or orphans:
+            _log.info(
+                "queue {store}: ended {leases} leases of this node's previous run, removed "
+                "{orphans} chunks of bodies never committed",
+                store=self,
+                leases=ended,
+                orphans=orphans,
+            )
+        return connection, schema
+
+    def _started(self, opened: tuple[Any, str]) -> None:
+        connection, schema = opened
+        self.schema = schema
+        self.channel = f"txsmtp_queue.{schema}"
+        self._listener = Listener(
+            self.url, self.channel, f"node:{self.node}", self._reactor,
+            self._notified, self._wake, self._wake, self.pollInterval,
+        )  # fmt: skip
+        self._listener.start(connection)
+        self._pool = ConnectionPool(self.url, self.poolSize, self._reactor, "txsmtp-pg")
+        self._pool.start()
+        self.slots = DestinationSlots(self.url, self._reactor)
+        self.slots.start()
         if self._state != "opening":  # closed meanwhile
+            self._stop()
             return
         self._state = "open"
         self._cleaner = task.LoopingCall(self._removeOrphans)
@@ -223,18 +262,14 @@ class PostgresStore:
             self._state = "closed"
             return defer.succeed(None)
         self._state = "closed"
-        return Deferred.fromCoroutine(self._stop())
+        return self._stop()
 
-    async def _stop(self) -> None:
+    def _stop(self) -> Deferred[None]:
         cleaner, self._cleaner = self._cleaner, None
         if cleaner is not None and cleaner.running:
             cleaner.stop()
-        stops = [
-            part.stop()
-            for part in (self.slots, self._listener, self._pool)
-            if part is not None
-        ]
-        await defer.gatherResults(stops, consumeErrors=True)
+        stops = [part.stop() for part in (self.slots, self._listener, self._pool) if part is not None]
+        return defer.gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
 
     def _removeOrphans(self) -> Deferred[None]:
         d = self._run(queries.removeOrphanChunks, ORPHAN_AGE)
@@ -378,10 +413,6 @@ class PostgresStore:
             return result
 
         return withNotify
-
-
-def _migrate(db: Any) -> tuple[str, int, int]:
-    return migrate(db)
 
 
 def _readBody(db: Any, messageId: str) -> IO[bytes]:

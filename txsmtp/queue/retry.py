@@ -16,7 +16,9 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Callable
 
-__all__ = ["RetryPolicy", "DEFAULT_MINIMUM", "DEFAULT_MAXIMUM", "DEFAULT_LIFETIME"]
+from txsmtp.queue.model import AttemptResult, QueuedRecipient, RecipientOutcome, Result
+
+__all__ = ["RetryPolicy", "outcomeFor", "DEFAULT_MINIMUM", "DEFAULT_MAXIMUM", "DEFAULT_LIFETIME"]
 
 #: Postfix's ``minimal_backoff_time``, in seconds.
 DEFAULT_MINIMUM = 300.0
@@ -105,3 +107,47 @@ class RetryPolicy:
     def expiry(self, arrival: float) -> float:
         """When a message that arrived at ``arrival`` expires (a timestamp)."""
         return arrival + self.lifetime
+
+
+def outcomeFor(
+    retry: RetryPolicy,
+    delayWarning: float | None,
+    arrival: float,
+    rcpt: QueuedRecipient,
+    result: AttemptResult,
+    now: float,
+) -> tuple[RecipientOutcome, AttemptResult | None]:
+    """
+    What to record for one attempt's result, and the result to report
+    (``None``: nothing to report): a final result as it is; a temporary
+    failure deferred to the policy's next attempt, or bounced with
+    ``4.4.7`` once the message is older than its lifetime.
+
+    :param delayWarning: the age after which one delay report is due for
+        a recipient still deferred (``None``: never, or no reports at all).
+    :param arrival: when the message arrived.
+    :param rcpt: the recipient tried.
+    :param now: the time of the result.
+    """
+    if result.result != Result.DEFERRED:
+        return RecipientOutcome(rcpt.index, result.result), result
+    if retry.expired(arrival, now):
+        days = retry.lifetime / 86400
+        age = f"{days:g} days" if days >= 1 else f"{retry.lifetime:g} seconds"
+        expired = AttemptResult(
+            Result.FAILED,
+            "4.4.7",
+            diagnostic=result.diagnostic,
+            remoteMTA=result.remoteMTA,
+            reason=f"message was too long in the queue (more than {age}); last error: {result.reason}",
+        )
+        return RecipientOutcome(rcpt.index, Result.FAILED), expired
+    warn = delayWarning is not None and not rcpt.delayReported and now - arrival >= delayWarning
+    outcome = RecipientOutcome(
+        rcpt.index,
+        Result.DEFERRED,
+        nextAttempt=retry.nextAttempt(arrival, now),
+        lastError=result.reason or result.diagnostic or result.status,
+        delayReported=rcpt.delayReported or warn,
+    )
+    return outcome, (result if warn else None)

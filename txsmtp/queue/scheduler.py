@@ -19,6 +19,10 @@ outbound delivery, and records what became of them.
   ``4.4.7`` once the message is older than its lifetime.  Reports are
   queued (:class:`~txsmtp.queue.reports.Reporter`) before the outcomes are
   recorded: a crash in between sends a report twice, never not at all.
+- With a store shared by several nodes (one that has ``slots``, as
+  :class:`~txsmtp.queue.postgres.PostgresStore`), an attempt also takes
+  one of the destination's ``destinationConcurrency`` slots, which all the
+  nodes share; when none is free, the batch waits :data:`SLOT_RETRY`.
 - Leases of recipients waiting in memory or under way are renewed before
   they lapse.  When anything fails (the store, the outbound delivery, the
   reporter), the error is logged and the recipients concerned stay leased
@@ -55,7 +59,7 @@ from txsmtp.queue.model import (
     RecipientOutcome,
     Result,
 )
-from txsmtp.queue.retry import RetryPolicy
+from txsmtp.queue.retry import RetryPolicy, outcomeFor
 
 if TYPE_CHECKING:
     from txsmtp.queue.reports import Reporter
@@ -71,6 +75,9 @@ ERROR_BACKOFF = 10.0
 #: The shortest timer: a store whose next due time is already past (a race
 #: with a lease that just lapsed) is asked again after this, never at once.
 MINIMUM_TIMER = 1.0
+#: Seconds before a destination whose shared slots were all taken (by the
+#: nodes of a shared store) is tried again.
+SLOT_RETRY = 1.0
 
 
 class IRouter(Protocol):
@@ -88,6 +95,8 @@ class _Batch:
     hop: NextHop
     recipients: list[QueuedRecipient]
     deferred: Deferred[Any] | None = None
+    #: the store's destination slots were all taken: wait and try again
+    noSlot: bool = False
 
 
 @dataclass(eq=False)
@@ -171,6 +180,8 @@ class Scheduler(service.Service):
         self._waitingRecipients = 0
         self._active: dict[str, int] = {}
         self._inFlight: set[_Batch] = set()
+        #: destinations whose shared slots were all taken, until a timer
+        self._blocked: dict[str, IDelayedCall] = {}
         self._held: dict[str, _Held] = {}
         self._timer: IDelayedCall | None = None
         self._timerDue: float | None = None
@@ -203,6 +214,9 @@ class Scheduler(service.Service):
         self._stopping = True
         self.store.removeWakeListener(self.wake)
         self._cancelTimer()
+        for blocked in self._blocked.values():
+            blocked.cancel()
+        self._blocked.clear()
         for queue in self._waiting.values():
             for batch in queue:
                 self._batchDone(batch)
@@ -370,6 +384,8 @@ class Scheduler(service.Service):
                 for key in list(self._waiting):
                     if len(self._inFlight) >= self.concurrency:
                         break
+                    if key in self._blocked:
+                        continue
                     queue = self._waiting.get(key)
                     while queue and len(self._inFlight) < self.concurrency:
                         if self._active.get(key, 0) >= self.destinationConcurrency:
@@ -398,6 +414,16 @@ class Scheduler(service.Service):
             del self._active[key]
         self._inFlight.discard(batch)
         batch.deferred = None
+        if batch.noSlot and not self._stopping:
+            # Every node's slots for this destination are taken: wait in
+            # line (still leased and renewed) and try again in a moment.
+            batch.noSlot = False
+            self._waiting.setdefault(key, deque()).appendleft(batch)
+            self._waitingRecipients += len(batch.recipients)
+            if key not in self._blocked:
+                self._blocked[key] = self.clock.callLater(SLOT_RETRY, self._unblock, key)
+            self._dispatch()
+            return
         self._batchDone(batch)
         if self._stopping:
             if not self._inFlight:
@@ -411,6 +437,10 @@ class Scheduler(service.Service):
             # (Otherwise the store's wake-ups and the timer cover what is due.)
             self._starved = False
             self.wake()
+
+    def _unblock(self, key: str) -> None:
+        self._blocked.pop(key, None)
+        self._dispatch()
 
     def _batchDone(self, batch: _Batch) -> None:
         held = self._held.get(batch.lease.token)
@@ -426,6 +456,21 @@ class Scheduler(service.Service):
     # -- one attempt -------------------------------------------------------
 
     async def _attempt(self, batch: _Batch) -> None:
+        # A store shared by several nodes keeps destinationConcurrency for
+        # all of them together (PostgresStore.slots); others have no slots.
+        slots = getattr(self.store, "slots", None)
+        if slots is None:
+            return await self._deliver(batch)
+        slot = await slots.acquire(batch.hop.key, self.destinationConcurrency)
+        if slot is None:
+            batch.noSlot = True
+            return None
+        try:
+            return await self._deliver(batch)
+        finally:
+            slots.release(slot)
+
+    async def _deliver(self, batch: _Batch) -> None:
         lease, hop, recipients = batch.lease, batch.hop, batch.recipients
         message = lease.message
         body = await self.store.openBody(message.id)
@@ -442,7 +487,9 @@ class Scheduler(service.Service):
         final: list[AttemptResult] = []
         reportable: list[tuple[QueuedRecipient, AttemptResult]] = []
         for rcpt, result in zip(recipients, results, strict=True):
-            outcome, report = self._outcome(message.arrival, rcpt, result, now)
+            outcome, report = outcomeFor(
+                self.retry, self.delayWarning if self.reporter is not None else None, message.arrival, rcpt, result, now
+            )
             outcomes.append(outcome)
             final.append(report if report is not None else result)
             if report is not None:
@@ -479,41 +526,6 @@ class Scheduler(service.Service):
         deferred = [o.nextAttempt for o in outcomes if o.result == Result.DEFERRED and o.nextAttempt is not None]
         if deferred and not self._stopping:
             self._setTimer(min(deferred))
-
-    def _outcome(
-        self, arrival: float, rcpt: QueuedRecipient, result: AttemptResult, now: float
-    ) -> tuple[RecipientOutcome, AttemptResult | None]:
-        """
-        The outcome to record for one result, and the result to pass to the
-        reporter (``None``: nothing to report).
-        """
-        if result.result != Result.DEFERRED:
-            return RecipientOutcome(rcpt.index, result.result), result
-        if self.retry.expired(arrival, now):
-            days = self.retry.lifetime / 86400
-            age = f"{days:g} days" if days >= 1 else f"{self.retry.lifetime:g} seconds"
-            expired = AttemptResult(
-                Result.FAILED,
-                "4.4.7",
-                diagnostic=result.diagnostic,
-                remoteMTA=result.remoteMTA,
-                reason=f"message was too long in the queue (more than {age}); last error: {result.reason}",
-            )
-            return RecipientOutcome(rcpt.index, Result.FAILED), expired
-        warn = (
-            self.reporter is not None
-            and self.delayWarning is not None
-            and not rcpt.delayReported
-            and now - arrival >= self.delayWarning
-        )
-        outcome = RecipientOutcome(
-            rcpt.index,
-            Result.DEFERRED,
-            nextAttempt=self.retry.nextAttempt(arrival, now),
-            lastError=result.reason or result.diagnostic or result.status,
-            delayReported=rcpt.delayReported or warn,
-        )
-        return outcome, (result if warn else None)
 
     # -- leases ------------------------------------------------------------
 
