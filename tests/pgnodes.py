@@ -41,6 +41,8 @@ __all__ = [
     "nodeArgs",
     "pollUntil",
     "query",
+    "queueEmpty",
+    "queueIds",
     "queueCommand",
     "queueList",
     "rawTransaction",
@@ -55,6 +57,7 @@ RECIPIENT = "carol@remote.test"
 REACTOR: Any = reactor
 
 _TOKEN = re.compile(rb"Message-Id: <([A-Za-z0-9.-]+)@local\.test>")
+_QUEUE_ID = re.compile(rb"\(txsmtp\) with [A-Z]+ id ([0-9A-Za-z]+)")
 
 
 def message(token: str, size: int = 1000) -> bytes:
@@ -67,13 +70,23 @@ def message(token: str, size: int = 1000) -> bytes:
 
 
 def nodeArgs(
-    url: str, node: str, sinkPort: int, *extra: str, lease: str = "15s", concurrency: int = 5
+    url: str,
+    node: str,
+    sinkPort: int,
+    *extra: str,
+    lease: str = "15s",
+    concurrency: int = 5,
+    nextHop: list[str] | None = None,
 ) -> list[str]:
-    """The options of one node: the shared queue, everything relayed to the sink."""
+    """
+    The options of one node: the shared queue, everything relayed to the
+    sink on 127.0.0.1 (or through the options ``nextHop``).
+    """
+    if nextHop is None:
+        nextHop = ["--relay-host", f"[127.0.0.1]:{sinkPort}", "--relay-tls", "none"]
     return [
         "--hostname", HOSTNAME, "--queue", url, "--queue-node", node, "--queue-lease", lease,
-        "--relay-host", f"[127.0.0.1]:{sinkPort}", "--relay-tls", "none",
-        "--relay-networks", "127.0.0.0/8", "--retry-min", "1", "--retry-max", "2",
+        *nextHop, "--relay-networks", "127.0.0.0/8", "--retry-min", "1", "--retry-max", "2",
         "--destination-concurrency", str(concurrency), *extra,
     ]  # fmt: skip
 
@@ -106,6 +119,16 @@ def tokenCounts(watch: DirectoryWatch) -> Counter[str]:
         assert m is not None, dump.body[:300]
         counts[m.group(1).decode()] += 1
     return counts
+
+
+def queueIds(watch: DirectoryWatch) -> dict[str, str]:
+    """The queue id each token got from the node that accepted it (from its ``Received:``)."""
+    ids = {}
+    for dump in sinkMessages(watch):
+        token, queueId = _TOKEN.search(dump.body), _QUEUE_ID.search(dump.body)
+        assert token is not None and queueId is not None, dump.body[:300]
+        ids[token.group(1).decode()] = queueId.group(1).decode()
+    return ids
 
 
 def incomplete(watch: DirectoryWatch) -> list[str]:
@@ -188,15 +211,27 @@ class Load:
             await mailer.close()
 
 
-async def rawTransaction(client: RawSMTPClient, token: str) -> list[Any]:
-    """MAIL, RCPT, DATA and ``token``'s message on an open session: every reply."""
+async def rawTransaction(client: RawSMTPClient, token: str, timeout: float = 15.0) -> list[Any]:
+    """
+    MAIL, RCPT, DATA and ``token``'s message on an open session: every
+    reply (the one to the final dot may take up to ``timeout`` seconds).
+    """
     replies = []
     for line in [f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "DATA"]:
         replies += await client.command(line.encode())
     if replies[-1].code != 354:
         return replies
-    replies += await client.command(message(token) + b".")
+    start = len(client.replies)
+    client.send(message(token) + b".\r\n")
+    replies += (await client.waitReplies(start + 1, timeout))[start:]
     return replies
+
+
+async def queueEmpty(url: str) -> bool:
+    """Whether the queue at ``url`` holds no message and no recipient."""
+    [(n,)] = await query(url, "SELECT count(*) FROM recipients")
+    [(m,)] = await query(url, "SELECT count(*) FROM messages")
+    return bool(n == 0 and m == 0)
 
 
 def _query(url: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
