@@ -121,13 +121,21 @@ def tokenCounts(watch: DirectoryWatch) -> Counter[str]:
     return counts
 
 
-def queueIds(watch: DirectoryWatch) -> dict[str, str]:
-    """The queue id each token got from the node that accepted it (from its ``Received:``)."""
+_STORED = re.compile(r"accepted id=(\S+) .* stored=(\S+)")
+
+
+def queueIds(watch: DirectoryWatch, nodes: Iterable[RunningTwistd]) -> dict[str, str]:
+    """
+    The id in the queue of each token at the sink: the node that accepted
+    it wrote the session's id in its ``Received:`` and logged
+    ``accepted id=SESSION ... stored=QUEUEID``.
+    """
+    stored = dict(m.groups() for node in nodes for m in _STORED.finditer(node.log))
     ids = {}
     for dump in sinkMessages(watch):
-        token, queueId = _TOKEN.search(dump.body), _QUEUE_ID.search(dump.body)
-        assert token is not None and queueId is not None, dump.body[:300]
-        ids[token.group(1).decode()] = queueId.group(1).decode()
+        token, sessionId = _TOKEN.search(dump.body), _QUEUE_ID.search(dump.body)
+        assert token is not None and sessionId is not None, dump.body[:300]
+        ids[token.group(1).decode()] = stored[sessionId.group(1).decode()]
     return ids
 
 

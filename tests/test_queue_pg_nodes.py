@@ -152,7 +152,7 @@ class KillTests(unittest.TestCase):
         self.assertTrue(inFlight)
         self.assertEqual(sorted(takenOver), inFlight)
         # Only messages node1 held at the kill came twice: those in flight.
-        ids = queueIds(watch)
+        ids = queueIds(watch, nodes)
         self.assertLessEqual({ids[t] for t in duplicates}, set(inFlight))
         self.assertLessEqual(len(duplicates), min(len(inFlight), concurrency))
         self.assertTrue(all(c == 2 for c in duplicates.values()), duplicates)
@@ -172,13 +172,12 @@ class DatabaseRestartTests(unittest.TestCase):
         sinkDir = sinkDirectory(self)
         watch = DirectoryWatch(self, sinkDir)
         sink = await startSinkOn(self, freePort(), sinkDir)
-        nodes = await startNodes(self, url, sink.port, 3, lease="10s")
+        pool = 10  # --queue-pool's default
+        nodes = await startNodes(self, url, sink.port, 3, "--queue-pool", str(pool), lease="10s")
         load = Load([n.port for n in nodes], poolSize=3)
         # Phase 1: load going on; the database stops once 40 are acknowledged.
         first = load.sendAll([f"before-{i}" for i in range(120)])
         await withTimeout(load.when(lambda: len(load.acked) >= 40), 60, load.summary)
-        claimFailed = "Queue scheduler: claiming due recipients failed"
-        failedBefore = [n.log.count(claimFailed) for n in nodes]
         await cluster.stop("fast")
         stoppedAt = time.monotonic()
         # While it is down each node answers 451 4.3.0 at the end of DATA.
@@ -194,7 +193,10 @@ class DatabaseRestartTests(unittest.TestCase):
             self.assertEqual((replies[3].code, replies[3].enhanced), (451, "4.3.0"), replies[3])
         await withTimeout(first, 120, load.summary)
         refusedBefore = len(load.refused)
-        # Down until every node's scheduler has found it so too (it polls).
+        # Down until every node's scheduler has tried again, and failed (it
+        # polls the database every few seconds).
+        claimFailed = "Queue scheduler: claiming due recipients failed"
+        failedBefore = [n.log.count(claimFailed) for n in nodes]
         await pollUntil(
             lambda: all(n.log.count(claimFailed) > b for n, b in zip(nodes, failedBefore, strict=True)),
             30,
@@ -203,23 +205,24 @@ class DatabaseRestartTests(unittest.TestCase):
         downFor = time.monotonic() - stoppedAt
         await cluster.start()
         restartedAt = time.monotonic()
-        retried: list[str] = []
         # They reconnect by themselves: a new transaction on each is accepted.
+        refusedAfter = []
         for i, node in enumerate(nodes):
             attempts = await self._acceptedAgain(node, f"node{i + 1}")
             load.acked.add(attempts[-1])
-            retried += attempts[:-1]
+            refusedAfter.append(attempts[:-1])
         reconnected = time.monotonic() - restartedAt
-        # Phase 2: the load goes on.  (Each pooled connection that was open
-        # at the stop fails once when next used: a 451 each, see the report.)
-        second = [f"after-{i}" for i in range(60)]
+        # Phase 2: the load goes on.
+        second = [f"after-{i}" for i in range(90)]
         await withTimeout(load.sendAll(second), 90, load.summary)
-        refusedAfter = sorted(set(second) - load.acked)
-        # Phase 3: every message accepted.
-        third = [f"settled-{i}" for i in range(30)]
-        await withTimeout(load.sendAll(third), 90, load.summary)
         await load.close()
-        self.assertLessEqual(set(third), load.acked, load.summary())
+        for i, token in enumerate(second):
+            if token not in load.acked:
+                refusedAfter[i % len(nodes)].append(token)
+        # A connection of a node's pool that was open at the stop fails when
+        # next used (a 451 if a message was using it), once: then it is
+        # replaced.  So at most the pool's size of refusals per node.
+        self.assertTrue(all(len(r) <= pool for r in refusedAfter), (refusedAfter, load.summary()))
         await watch.waitUntil(
             lambda names: set(tokenCounts(watch)) >= load.acked,
             120,
@@ -231,23 +234,20 @@ class DatabaseRestartTests(unittest.TestCase):
         [(orphans,)] = await query(url, "SELECT count(DISTINCT message) FROM body_chunks")
         counts = tokenCounts(watch)
         duplicates = {t: c for t, c in counts.items() if c > 1}
-        refused451 = {t for t, (c, e) in load.refused.items() if (c, e) == (451, "4.3.0")}
         report(
-            f"PostgreSQL restart: down {downFor:.1f}s ({refusedBefore} of the load refused), accepting again {reconnected:.1f}s after the start "
-            f"({len(retried)} refused before); {len(refusedAfter)} of {len(second)} refused after that; "
+            f"PostgreSQL restart: down {downFor:.2f}s ({refusedBefore} of the load refused), accepting again {reconnected:.2f}s after the start "
+            f"({[len(r) for r in refusedAfter]} refused per node after the start); "
             f"load: {load.summary()}; {len(counts)} delivered, {len(duplicates)} duplicated {sorted(duplicates)}; "
             f"{orphans} uncommitted bodies left"
         )
         # Nothing refused was queued: not delivered, not left in the queue.
-        refused = set(load.refused) | {f"down-{i}" for i in range(len(nodes))} | set(retried)
+        refused = set(load.refused) | {f"down-{i}" for i in range(len(nodes))} | {t for r in refusedAfter for t in r}
         self.assertEqual(refused & set(counts), set())
         self.assertEqual(incomplete(watch), [])
-        self.assertTrue(refused451 <= set(load.refused))
         # Duplicates: deliveries in flight at the stop (their outcome could
         # not be recorded), at most the destination's concurrency.
         self.assertLessEqual(len(duplicates), 5)
         self.assertTrue(all(c == 2 for c in duplicates.values()), duplicates)
-
 
     async def _acceptedAgain(self, node: RunningTwistd, name: str) -> list[str]:
         """Send to ``node`` until a message is accepted (polling); the tokens tried, the accepted last."""
