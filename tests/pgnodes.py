@@ -37,6 +37,8 @@ __all__ = [
     "RECIPIENT",
     "SENDER",
     "Load",
+    "explainDuplicates",
+    "incomplete",
     "message",
     "nodeArgs",
     "pollUntil",
@@ -137,6 +139,21 @@ def queueIds(watch: DirectoryWatch, nodes: Iterable[RunningTwistd]) -> dict[str,
         assert token is not None and sessionId is not None, dump.body[:300]
         ids[token.group(1).decode()] = stored[sessionId.group(1).decode()]
     return ids
+
+
+def explainDuplicates(
+    duplicates: dict[str, int], ids: dict[str, str], nodes: list[RunningTwistd]
+) -> str:
+    """For a failure message: each duplicated token, and what the nodes logged about its message."""
+    lines = []
+    for token, count in sorted(duplicates.items()):
+        queueId = ids.get(token, "?")
+        lines.append(f"{token} x{count}, queued as {queueId}:")
+        for i, node in enumerate(nodes):
+            for line in node.log.splitlines():
+                if queueId in line or "again after" in line:
+                    lines.append(f"  node{i + 1}: {line[:400]}")
+    return "\n".join(lines)
 
 
 def incomplete(watch: DirectoryWatch) -> list[str]:
