@@ -105,8 +105,10 @@ class PrivateCluster:
         port: int,
         addresses: tuple[str, ...] = ("127.0.0.1",),
         trustNetworks: tuple[str, ...] = (),
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.bindir = bindir
+        self.settings = dict(settings or {})
         self.addresses = addresses
         self.trustNetworks = trustNetworks
         self.directory = directory
@@ -130,6 +132,7 @@ class PrivateCluster:
     def _ctl(self, action: str, *extra: str) -> list[str]:
         listen = ",".join(self.addresses)
         options = f"-p {self.port} -k {self.directory} -c listen_addresses={listen} -c fsync=off"
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         return self._command(
             "pg_ctl", "-D", self.data, "-l", self.logFile, "-o", options, "-w", "-t", "60", action, *extra
         )
@@ -212,7 +215,10 @@ class PrivateCluster:
 
 
 def privateCluster(
-    testCase: Any, addresses: tuple[str, ...] = ("127.0.0.1",), trustNetworks: tuple[str, ...] = ()
+    testCase: Any,
+    addresses: tuple[str, ...] = ("127.0.0.1",),
+    trustNetworks: tuple[str, ...] = (),
+    settings: dict[str, str] | None = None,
 ) -> PrivateCluster:
     """
     Make, start and answer a :class:`PrivateCluster` for ``testCase`` (a
@@ -220,6 +226,7 @@ def privateCluster(
 
     :param addresses: where it listens (the first one is in :attr:`PrivateCluster.url`).
     :param trustNetworks: more client networks (CIDR) let in without a password.
+    :param settings: server settings (``postgres -c NAME=VALUE``).
     """
     try:
         import psycopg  # noqa: F401
@@ -227,7 +234,7 @@ def privateCluster(
         _unavailable("psycopg is not installed: pip install 'txsmtp[postgresql]'")
     bindir = findBinaries()
     directory = tempfile.mkdtemp(prefix="txpg-", dir="/tmp")
-    cluster = PrivateCluster(bindir, directory, freePort(), addresses, trustNetworks)
+    cluster = PrivateCluster(bindir, directory, freePort(), addresses, trustNetworks, settings)
     testCase.addCleanup(cluster.destroy)
     cluster.create()
     return cluster

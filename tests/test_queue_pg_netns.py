@@ -1,14 +1,18 @@
 """
 A node cut off from PostgreSQL at the network level: ``node1`` runs in a
-network namespace of its own (``ip netns``) joined to the host by a veth
-pair, and reaches the database (a private cluster, :mod:`tests.pgcluster`)
-and the sink through it; ``node2`` runs on the host.  The test talks to
-``node1`` over a UNIX socket (the file system is shared), so taking the
-veth down cuts node1 from the database and the sink, not from its client.
+network namespace of its own (``ip netns``) joined to the host by two
+veth pairs, one to the database (a private cluster, :mod:`tests.pgcluster`),
+one to the sink; ``node2`` runs on the host.  The test talks to ``node1``
+over a UNIX socket (the file system is shared), so taking the database's
+veth down cuts node1 from the database only.
 
-While cut, node1 answers ``451 4.3.0`` at the end of DATA; node2 delivers
-what node1 had accepted or held (its leases lapse); once the link is back
-node1 accepts again.  Nothing acknowledged is lost.
+The cut comes while node1 holds leases (deliveries under way, slowed by
+the sink).  While cut, node1 answers ``451 4.3.0`` at the end of DATA
+(after libpq's ``tcp_user_timeout``, 30 s); its leases lapse and node2
+delivers what it held; node1's deliveries that reached the sink but could
+not be recorded come twice (duplicates, at most the destination's
+concurrency, all among what node1 held).  Once the link is back node1
+accepts again.  Nothing acknowledged is lost.
 
 Needs root and ``ip``: skipped otherwise (failed under
 ``TXSMTP_REQUIRE_PEERS=1``).
@@ -55,12 +59,26 @@ from tests.twistd_helpers import (
 
 REACTOR: Any = reactor
 
+#: The server drops the sessions of a client it can no longer reach within
+#: seconds (else hours: the system's keepalives; or, for a session it was
+#: sending to, when its retransmissions give up or the link returns).  The
+#: sessions of a node cut off mid-delivery hold its destination slots
+#: (advisory locks) until then, and the other nodes wait for those slots.
+SERVER_TIMEOUTS = {
+    "tcp_keepalives_idle": "5",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+
 
 class Namespace:
     """
-    A network namespace joined to the host by a veth pair on a /30:
-    :attr:`hostAddress` on the host side, :attr:`address` inside.
-    Removed in the test's cleanup.
+    A network namespace joined to the host by two veth pairs, each on a
+    /30: the database's link (:attr:`dbHost` on the host side,
+    :attr:`dbAddress` inside) and the mail's (:attr:`mailHost` on the host
+    side), so that the database can be cut off alone.  Removed in the
+    test's cleanup.
     """
 
     def __init__(self, testCase: unittest.TestCase) -> None:
@@ -71,20 +89,27 @@ class Namespace:
             raise unittest.SkipTest(message)
         self.ip = requirePeer("ip")
         tag = secrets.token_hex(3)
-        self.name = f"txsmtp-{tag}"
-        self.hostLink, self.link = f"txh{tag}", f"txn{tag}"
         net = int(tag[:2], 16)
-        self.network = f"10.231.{net}.0/30"
-        self.hostAddress, self.address = f"10.231.{net}.1", f"10.231.{net}.2"
+        self.name = f"txsmtp-{tag}"
+        self.dbNetwork = f"10.231.{net}.0/30"
+        self.dbHost, self.dbAddress = f"10.231.{net}.1", f"10.231.{net}.2"
+        self.mailHost = f"10.232.{net}.1"
+        self.dbLink = f"txd{tag}"
+        self._links: list[str] = []
         testCase.addCleanup(self.destroy)
         self._run("netns", "add", self.name)
-        self._run("link", "add", self.hostLink, "type", "veth", "peer", "name", self.link)
-        self._run("link", "set", self.link, "netns", self.name)
-        self._run("addr", "add", f"{self.hostAddress}/30", "dev", self.hostLink)
-        self._run("link", "set", self.hostLink, "up")
-        self._inside("addr", "add", f"{self.address}/30", "dev", self.link)
-        self._inside("link", "set", self.link, "up")
         self._inside("link", "set", "lo", "up")
+        self._join(self.dbLink, f"txe{tag}", self.dbHost, self.dbAddress)
+        self._join(f"txm{tag}", f"txn{tag}", self.mailHost, f"10.232.{net}.2")
+
+    def _join(self, hostLink: str, link: str, hostAddress: str, address: str) -> None:
+        self._run("link", "add", hostLink, "type", "veth", "peer", "name", link)
+        self._links.append(hostLink)
+        self._run("link", "set", link, "netns", self.name)
+        self._run("addr", "add", f"{hostAddress}/30", "dev", hostLink)
+        self._run("link", "set", hostLink, "up")
+        self._inside("addr", "add", f"{address}/30", "dev", link)
+        self._inside("link", "set", link, "up")
 
     def _run(self, *args: str) -> None:
         result = subprocess.run([self.ip, *args], capture_output=True, timeout=30)
@@ -95,14 +120,15 @@ class Namespace:
         self._run("netns", "exec", self.name, self.ip, *args)
 
     def cut(self) -> None:
-        """Take the host side of the veth down: nothing crosses it."""
-        self._run("link", "set", self.hostLink, "down")
+        """Take the host side of the database's veth down: nothing crosses it."""
+        self._run("link", "set", self.dbLink, "down")
 
     def restore(self) -> None:
-        self._run("link", "set", self.hostLink, "up")
+        self._run("link", "set", self.dbLink, "up")
 
     def destroy(self) -> None:
-        subprocess.run([self.ip, "link", "del", self.hostLink], capture_output=True, timeout=30)
+        for link in self._links:
+            subprocess.run([self.ip, "link", "del", link], capture_output=True, timeout=30)
         subprocess.run([self.ip, "netns", "del", self.name], capture_output=True, timeout=30)
 
 
@@ -151,20 +177,24 @@ class NetworkCutTests(unittest.TestCase):
         requirePostgres()
         namespace = Namespace(self)
         cluster = privateCluster(
-            self, addresses=("127.0.0.1", namespace.hostAddress), trustNetworks=(namespace.network,)
+            self,
+            addresses=("127.0.0.1", namespace.dbHost),
+            trustNetworks=(namespace.dbNetwork,),
+            settings=SERVER_TIMEOUTS,
         )
         await query(cluster.url, "CREATE SCHEMA q")
         hostURL = withSearchPath(cluster.url, "q")
-        nsURL = withSearchPath(cluster.urlFor(namespace.hostAddress), "q")
+        nsURL = withSearchPath(cluster.urlFor(namespace.dbHost), "q")
         sinkDir = sinkDirectory(self)
         watch = DirectoryWatch(self, sinkDir)
         sinkPort = freePort()
-        # Slow deliveries (a second before the reply to the final dot, without
-        # PIPELINING: see test_queue_pg_nodes), so that the cut catches some.
-        await startSinkAt(self, namespace.hostAddress, sinkPort, sinkDir, "-L", "-p", "-W", ".:1")
+        # Slow deliveries (a second before the reply to DATA), so that the cut
+        # catches some.  (Not the delay after the final dot of the kill test:
+        # over LMTP, smtp-sink then stalls sessions now and then.)
+        await startSinkAt(self, namespace.mailHost, sinkPort, sinkDir, "-L", "-p", "-w", "1")
         # An LMTP route (to the sink, speaking LMTP): mail for it is accepted
         # from any client, the UNIX socket's too, as for a local domain.
-        route = ["--route", f"remote.test=lmtp:[{namespace.hostAddress}]:{sinkPort}"]
+        route = ["--route", f"remote.test=lmtp:[{namespace.mailHost}]:{sinkPort}"]
         socket = os.path.join(shortDirectory(self), "n1.sock")
         node1 = await startTwistdIn(
             self, namespace, socket, *nodeArgs(nsURL, "node1", sinkPort, lease="10s", nextHop=route)
@@ -208,7 +238,7 @@ class NetworkCutTests(unittest.TestCase):
             "SELECT count(DISTINCT a.pid), count(l.pid) FROM pg_stat_activity a "
             "LEFT JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' WHERE a.client_addr = %s"
         )
-        lingering = await query(cluster.adminURL, sessions, namespace.address)
+        lingering = await query(cluster.adminURL, sessions, namespace.dbAddress)
         namespace.restore()
         restoredAt = time.monotonic()
         attempts: list[str] = []
@@ -228,7 +258,7 @@ class NetworkCutTests(unittest.TestCase):
             lambda: f"missing: {sorted(acked - set(tokenCounts(watch)))}",
         )
         await pollUntil(lambda: queueEmpty(hostURL), 60, lambda: "the queue is not empty")
-        atEnd = await query(cluster.adminURL, sessions, namespace.address)
+        atEnd = await query(cluster.adminURL, sessions, namespace.dbAddress)
         counts = tokenCounts(watch)
         duplicates = {t: c for t, c in counts.items() if c > 1}
         print(
