@@ -147,3 +147,17 @@ class DocumentedCommandsTests(unittest.TestCase):
         logins = senderLoginMap(path)
         self.assertTrue(logins.allows("bob@example.org", "anyone@lists.example.org"))
         self.assertFalse(logins.allows("alice", "bob@example.org"))
+
+    def test_postgresqlNodes(self) -> None:
+        """The nodes sharing one PostgreSQL queue: one queue, one name each, the same routing."""
+        text = readPage("deployments.rst")
+        section = text[text.index(".. _deployments-postgresql:") :]
+        commands = commandLines(section)
+        self.assertEqual(len(commands), 3)  # mx1, mx2, and mx1's unit file
+        setups = [self.parse(words)["relaySetup"] for words in commands]
+        for setup in setups:
+            self.assertTrue(setup.shared)
+            self.assertEqual(setup.queue, "postgresql://txsmtp@10.0.0.20/txsmtp")
+            self.assertEqual((setup.lease, setup.localDomains), (300.0, ["example.com"]))
+            self.assertEqual(setup.routes["example.com"].kind, "lmtp")
+        self.assertEqual([s.node for s in setups], ["mx1", "mx2", "mx1"])

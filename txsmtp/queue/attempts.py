@@ -33,10 +33,12 @@ from txsmtp.client import (
     SMTPTLSError,
     SMTPUnsupportedError,
 )
+from txsmtp.queue.errors import QueueError
 from txsmtp.queue.model import AttemptResult, NextHop, QueuedRecipient, RecipientOutcome, Result
 from txsmtp.wire.reply import Reply
 
 __all__ = [
+    "logStoreError",
     "deferred",
     "delivered",
     "diagnostic",
@@ -219,3 +221,14 @@ def errorResult(error: BaseException, where: str, remoteMTA: str | None) -> tupl
         return deferred("4.4.0", reason, remoteMTA), True
     Logger(namespace="txsmtp.queue.outbound").failure("unexpected error delivering to {where}", Failure(error), where=where)
     return deferred("4.3.0", f"{where}: internal error: {type(error).__name__}: {text}", remoteMTA), False
+
+
+def logStoreError(log: Logger, f: Failure, what: str, then: str = "") -> None:
+    """
+    Log that the scheduler's ``what`` failed: a store error (its database
+    away) in one line, anything else with its traceback.
+    """
+    if f.check(QueueError):
+        log.warn("Queue scheduler: {what} failed: {error}{then}", what=what, error=f.getErrorMessage(), then=then)
+    else:
+        log.failure("Queue scheduler: {what} failed{then}", f, what=what, then=then)

@@ -181,9 +181,25 @@ class ConnectionPool:
                     return
                 function, args, d, options = job
                 try:
-                    if connection is None:
+                    try:
+                        fresh = connection is None
+                        if connection is None:
+                            connection = connect(self.url)
+                        result = _transaction(connection, function, args, **options)
+                    except _StaleConnection as stale:
+                        # The server went away since this connection's last
+                        # use (a restart): nothing of this job was done, so
+                        # it is run once more on a new connection.
+                        _close(connection)
+                        connection = None
+                        if fresh:
+                            raise stale.error from None
                         connection = connect(self.url)
-                    result = _transaction(connection, function, args, **options)
+                        result = _transaction(connection, function, args, **options)
+                except _StaleConnection as stale:
+                    _close(connection)
+                    connection = None
+                    self._reactor.callFromThread(d.errback, Failure(asQueueError(stale.error)))
                 except BaseException as e:
                     if _broken(e, connection):
                         _close(connection)
@@ -203,6 +219,18 @@ def _isDatabaseError(e: BaseException) -> bool:
     return isinstance(e, psycopg.Error)
 
 
+class _StaleConnection(Exception):
+    """The connection failed at ``BEGIN``: nothing of the transaction was done."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+#: The isolation levels :meth:`ConnectionPool.run` takes.
+_ISOLATION = ("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
+
+
 def _transaction(
     connection: Any,
     function: Callable[..., Any],
@@ -210,12 +238,36 @@ def _transaction(
     durable: bool = True,
     isolation: str | None = None,
 ) -> Any:
-    with connection.transaction():
-        if isolation is not None:
-            connection.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
-        if not durable:
-            connection.execute("SET LOCAL synchronous_commit = off")
-        return function(connection, *args)
+    """
+    ``function(connection, *args)`` between ``BEGIN`` and ``COMMIT``.  The
+    transaction's settings go with ``BEGIN`` in one round trip (a simple
+    query may hold several statements); when that fails, the connection
+    was dead before anything was done (:class:`_StaleConnection`).
+    """
+    import psycopg
+
+    begin = "BEGIN"
+    if isolation is not None:
+        if isolation not in _ISOLATION:
+            raise ValueError(f"unknown isolation level {isolation!r}")
+        begin += f" ISOLATION LEVEL {isolation}"
+    if not durable:
+        begin += "; SET LOCAL synchronous_commit = off"
+    try:
+        connection.execute(begin)
+    except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+        raise _StaleConnection(e) from e
+    try:
+        result = function(connection, *args)
+    except BaseException:
+        if not connection.closed and not connection.broken:
+            try:
+                connection.execute("ROLLBACK")
+            except psycopg.Error:
+                pass
+        raise
+    connection.execute("COMMIT")
+    return result
 
 
 def _close(connection: Any) -> None:

@@ -77,17 +77,42 @@ def insertMessage(
     size: int,
     envelope: str,
     recipients: list[Any],
+    chunk: tuple[int, bytes] | None = None,
+    notifyOn: tuple[str, str] | None = None,
 ) -> None:
-    """The rows that make a message visible: recipients queued, due at arrival."""
-    db.execute(
-        f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s)",
-        (messageId, sender, arrival, size, envelope),
-    )
-    with db.cursor() as cursor:
-        cursor.executemany(
-            _RECIPIENT_INSERT,
-            [_recipientRow(messageId, i, r, arrival) for i, r in enumerate(recipients)],
-        )
+    """
+    The rows that make a message visible (recipients queued, due at
+    arrival), with its last chunk and a notification if given, in one
+    statement (data-modifying ``WITH`` clauses all run, in one round trip).
+    """
+    rows = [_recipientRow(messageId, i, r, arrival) for i, r in enumerate(recipients)]
+    parts = [
+        f"m AS (INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%(id)s, %(sender)s, %(arrival)s,"
+        " %(size)s, %(envelope)s))",
+        "r AS (INSERT INTO recipients (message, idx, address, notify, orcpt, state, next_attempt)"
+        " SELECT %(id)s, u.i, u.a, u.n, u.o, 'queued', %(arrival)s"
+        " FROM unnest(%(idx)s::integer[], %(address)s::text[], %(notify)s::text[], %(orcpt)s::text[])"
+        " AS u(i, a, n, o))",
+    ]
+    params: dict[str, Any] = {
+        "id": messageId,
+        "sender": sender,
+        "arrival": arrival,
+        "size": size,
+        "envelope": envelope,
+        "idx": [row[1] for row in rows],
+        "address": [row[2] for row in rows],
+        "notify": [row[3] for row in rows],
+        "orcpt": [row[4] for row in rows],
+    }
+    if chunk is not None:
+        parts.append("c AS (INSERT INTO body_chunks (message, seq, data) VALUES (%(id)s, %(seq)s, %(data)s))")
+        params["seq"], params["data"] = chunk
+    final = "SELECT 1"
+    if notifyOn is not None:
+        final = "SELECT pg_notify(%(channel)s, %(payload)s)"
+        params["channel"], params["payload"] = notifyOn
+    db.execute("WITH " + ", ".join(parts) + " " + final, params)
 
 
 def _recipientRow(messageId: str, index: int, r: Any, due: float) -> tuple[Any, ...]:
@@ -148,12 +173,19 @@ def clearLeases(db: Any, owner: str) -> int:
     return int(cursor.rowcount)
 
 
-def claim(db: Any, owner: str, limit: int, now: float, expires: float) -> list[Lease]:
+def claim(
+    db: Any, owner: str, limit: int, now: float, expires: float, prefetch: tuple[int, int] = (0, 0)
+) -> tuple[list[Lease], dict[str, bytes]]:
     """
     Lease up to ``limit`` claimable recipients, earliest ``next_attempt``
     first, skipping those another claim has locked at this moment; one
     :class:`~txsmtp.queue.model.Lease` (with a random token of its own) per
     message.
+
+    :param prefetch: ``(largest, total)``: also read the bodies of the
+        claimed messages no larger than ``largest`` (one chunk each), up to
+        ``total`` octets in all, so that their delivery need not ask.
+    :return: the leases, and the bodies read.
     """
     nonce = secrets.token_hex(16)
     rows = db.execute(
@@ -170,7 +202,7 @@ def claim(db: Any, owner: str, limit: int, now: float, expires: float) -> list[L
         {"now": now, "limit": max(0, limit), "owner": owner, "nonce": nonce, "expires": expires},
     ).fetchall()
     if not rows:
-        return []
+        return [], {}
     ids = sorted({row[0] for row in rows})
     found = {
         m[0]: m
@@ -190,7 +222,22 @@ def claim(db: Any, owner: str, limit: int, now: float, expires: float) -> list[L
             leases[messageId] = lease
             due[messageId] = float(row[7])
         lease.message.recipients.append(recipientFromRow(row[:-1]))
-    return sorted(leases.values(), key=lambda lease: (due[lease.message.id], lease.message.id))
+    ordered = sorted(leases.values(), key=lambda lease: (due[lease.message.id], lease.message.id))
+    largest, total = prefetch
+    wanted = []
+    for lease in ordered:
+        size = lease.message.size
+        if size <= min(largest, total):
+            wanted.append(lease.message.id)
+            total -= size
+    bodies: dict[str, bytes] = {}
+    if wanted:
+        # A body no larger than a chunk is all in chunk 0.
+        for messageId, data in db.execute(
+            "SELECT message, data FROM body_chunks WHERE message = ANY(%s) AND seq = 0", (wanted,)
+        ).fetchall():
+            bodies[messageId] = bytes(data)
+    return ordered, bodies
 
 
 def renew(db: Any, lease: Lease, expires: float) -> bool:
@@ -202,29 +249,38 @@ def renew(db: Any, lease: Lease, expires: float) -> bool:
     return bool(cursor.rowcount > 0)
 
 
-def record(db: Any, lease: Lease, outcomes: list[RecipientOutcome], now: float) -> bool:
+def record(db: Any, lease: Lease, outcomes: list[RecipientOutcome], now: float) -> tuple[bool, bool]:
     """
     Record ``outcomes`` if the lease's token holds on every one of their
     recipients, else nothing (``False``); the rules are those of
     :func:`txsmtp.queue.sqlitequeries.record`.  The message's row is
     locked first (see the module's docstring).
+
+    :return: whether recorded, and whether the message left the queue.
     """
     messageId = lease.message.id
+    if outcomes and all(Result(o.result) is not Result.DEFERRED for o in outcomes):
+        # The common case in one round trip: see txsmtp_record_final.
+        indexes = sorted({o.index for o in outcomes})
+        done = db.execute(
+            "SELECT txsmtp_record_final(%s, %s, %s)", (messageId, lease.token, indexes)
+        ).fetchone()[0]
+        return done > 0, done > 1
     if db.execute("SELECT 1 FROM messages WHERE id = %s FOR UPDATE", (messageId,)).fetchone() is None:
-        return False
+        return False, False
     if not outcomes:
         held = db.execute(
             "SELECT 1 FROM recipients WHERE message = %s AND lease_token = %s LIMIT 1",
             (messageId, lease.token),
         ).fetchone()
-        return held is not None
+        return held is not None, False
     indexes = sorted({o.index for o in outcomes})
     holding = db.execute(
         "SELECT count(*) FROM recipients WHERE message = %s AND idx = ANY(%s) AND lease_token = %s",
         (messageId, indexes, lease.token),
     ).fetchone()[0]
     if holding != len(indexes):
-        return False
+        return False, False
     deferred = [o for o in outcomes if Result(o.result) is Result.DEFERRED]
     final = [o.index for o in outcomes if Result(o.result) is not Result.DEFERRED]
     if deferred:
@@ -251,15 +307,16 @@ def record(db: Any, lease: Lease, outcomes: list[RecipientOutcome], now: float) 
         db.execute(
             "DELETE FROM recipients WHERE message = %s AND idx = ANY(%s)", (messageId, final)
         )
-        _removeIfDone(db, messageId)
-    return True
+        return True, _removeIfDone(db, messageId)
+    return True, False
 
 
-def _removeIfDone(db: Any, messageId: str) -> None:
+def _removeIfDone(db: Any, messageId: str) -> bool:
     if db.execute("SELECT 1 FROM recipients WHERE message = %s LIMIT 1", (messageId,)).fetchone():
-        return
+        return False
     db.execute("DELETE FROM body_chunks WHERE message = %s", (messageId,))
     db.execute("DELETE FROM messages WHERE id = %s", (messageId,))
+    return True
 
 
 def nextDue(db: Any) -> float | None:

@@ -27,8 +27,10 @@ Three tables hold the queue:
   that never got one (an aborted or crashed writer) are removed a day
   later.
 
-And one function, ``txsmtp_take_slot(key, slots, held)``: the
-destination slots (see :mod:`txsmtp.queue.pgconnections`).
+And two functions: ``txsmtp_take_slot(key, slots, held)``, the
+destination slots (see :mod:`txsmtp.queue.pgconnections`), and
+``txsmtp_record_final(message, token, indexes)``, the final outcomes of
+:func:`txsmtp.queue.pgqueries.record` in one round trip.
 
 The rows convert to and from :mod:`txsmtp.queue.model` objects with the
 same functions as the SQLite store's (:mod:`txsmtp.queue.sqliteschema`):
@@ -93,6 +95,34 @@ _VERSION_1 = [
     # Mail is mostly text, but compressing each chunk costs the database's
     # CPU for little: keep them as they are, out of line.
     "ALTER TABLE body_chunks ALTER COLUMN data SET STORAGE EXTERNAL",
+    # Final outcomes for the recipients ``p_idx`` of message ``p_message``
+    # under the lease ``p_token`` (pgqueries.record): with the message's row locked, if
+    # the token holds on all of them, remove them, and the message with its
+    # body once no recipient is left; else change nothing.  0: the token
+    # does not hold, 1: recorded, 2: recorded and the message is gone.
+    """
+    CREATE FUNCTION txsmtp_record_final(p_message text, p_token text, p_idx integer[])
+    RETURNS integer LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        PERFORM 1 FROM messages WHERE id = p_message FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN 0;
+        END IF;
+        IF (SELECT count(*) FROM recipients
+            WHERE message = p_message AND idx = ANY(p_idx) AND lease_token = p_token)
+           <> cardinality(p_idx) THEN
+            RETURN 0;
+        END IF;
+        DELETE FROM recipients WHERE message = p_message AND idx = ANY(p_idx);
+        IF EXISTS (SELECT 1 FROM recipients WHERE message = p_message) THEN
+            RETURN 1;
+        END IF;
+        DELETE FROM body_chunks WHERE message = p_message;
+        DELETE FROM messages WHERE id = p_message;
+        RETURN 2;
+    END
+    $$
+    """,
     # A free slot among ``slots`` for the destination ``key``, as a
     # session-level advisory lock (two int4 keys: the hash of the schema and
     # key, and the slot), or NULL when all are taken.  ``held``: the slots this

@@ -7,12 +7,12 @@ that safe (the tables are in :mod:`txsmtp.queue.pgschema`, the SQL in
 :mod:`txsmtp.queue.pgconnections`):
 
 - **Bodies** are written in chunks of :data:`CHUNK_SIZE` as they arrive
-  (committed without waiting for the disk), and the rows that make the
+  (committed without waiting for the disk; see :mod:`txsmtp.queue.pgwriter`), and the rows that make the
   message visible are committed with its last chunk, durably.  The WAL is
   written in order, so that commit makes the earlier chunks durable too;
-  only then does :meth:`PostgresWriter.commit` fire and a server answer
+  only then does :meth:`~txsmtp.queue.pgwriter.PostgresWriter.commit` fire and a server answer
   250.  A writer holds at most a chunk in memory, plus
-  :data:`WRITES_IN_FLIGHT` being written; :meth:`PostgresStore.openBody`
+  :data:`~txsmtp.queue.pgwriter.WRITES_IN_FLIGHT` being written; :meth:`PostgresStore.openBody`
   copies a body into a spooled temporary file a few chunks at a time.
 - **Claims** take due recipients with ``FOR UPDATE SKIP LOCKED`` and lease
   them under a random token; outcomes are recorded only while the token
@@ -39,9 +39,10 @@ Times are the nodes' clocks: they must agree to well within a lease.
 from __future__ import annotations
 
 import builtins
-import json
+import io
 import socket
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
@@ -53,8 +54,8 @@ from zope.interface import implementer
 
 from txsmtp.queue import pgqueries as queries
 from txsmtp.queue.errors import QueueError
-from txsmtp.queue.interfaces import IQueueStore, IQueueWriter
-from txsmtp.queue.model import Lease, QueuedMessage, QueuedRecipient, RecipientOutcome
+from txsmtp.queue.interfaces import IQueueStore
+from txsmtp.queue.model import Lease, QueuedMessage, RecipientOutcome
 from txsmtp.queue.pgconnections import (
     ConnectionPool,
     DestinationSlots,
@@ -64,19 +65,19 @@ from txsmtp.queue.pgconnections import (
     takeNode,
 )
 from txsmtp.queue.pgschema import migrate
-from txsmtp.queue.sqlitebody import newMessageId, validId
+from txsmtp.queue.pgwriter import CHUNK_SIZE, PostgresWriter
+from txsmtp.queue.sqlitebody import validId
 
-__all__ = ["PostgresStore", "PostgresWriter", "isPostgresURL", "CHUNK_SIZE", "redactURL"]
+__all__ = ["PostgresStore", "isPostgresURL", "redactURL", "CHUNK_SIZE"]
 
 _log = Logger(namespace="txsmtp.queue.postgres")
 
-#: The size of a body chunk (the last one of a message may be shorter).
-CHUNK_SIZE = 256 * 1024
-#: How many chunks of one message may be on their way to the database
-#: before :meth:`PostgresWriter.write` asks its caller to wait.
-WRITES_IN_FLIGHT = 2
 #: A body up to this size is copied into memory by openBody; larger ones spill to a file.
 SPOOL_SIZE = 1024 * 1024
+#: Claims read the bodies of messages up to this size with the leases...
+PREFETCH_SIZE = 64 * 1024
+#: ... and keep at most this many octets of them for openBody.
+PREFETCH_TOTAL = 4 * 1024 * 1024
 #: Chunks whose message never came (a writer that died) are removed after this long.
 ORPHAN_AGE = 86400.0
 #: How often the orphans are looked for (seconds).
@@ -151,6 +152,9 @@ class PostgresStore:
         self._listener: Listener | None = None
         self._listeners: list[Callable[[], object]] = []
         self._cleaner: task.LoopingCall | None = None
+        #: bodies read with claims, for openBody: oldest first, bounded
+        self._bodies: OrderedDict[str, bytes] = OrderedDict()
+        self._bodiesSize = 0
 
     def __repr__(self) -> str:
         return f"PostgresStore({redactURL(self.url)!r}, node={self.node!r})"
@@ -326,7 +330,7 @@ class PostgresStore:
     # -- new messages -------------------------------------------------------------------------
 
     def newMessage(self) -> PostgresWriter:
-        """A :class:`PostgresWriter` for a new message."""
+        """A :class:`~txsmtp.queue.pgwriter.PostgresWriter` for a new message."""
         return PostgresWriter(self)
 
     # -- claims and outcomes ------------------------------------------------------------------
@@ -338,7 +342,26 @@ class PostgresStore:
         one lease per message, the earliest due first.
         """
         now = self.clock.seconds()
-        return self._run(queries.claim, owner, limit, now, now + leaseSeconds, durable=False)
+        room = PREFETCH_TOTAL - self._bodiesSize
+        d = self._run(
+            queries.claim, owner, limit, now, now + leaseSeconds, (PREFETCH_SIZE, room), durable=False
+        )
+        return d.addCallback(self._claimed)
+
+    def _claimed(self, result: tuple[builtins.list[Lease], dict[str, bytes]]) -> builtins.list[Lease]:
+        leases, bodies = result
+        for messageId, data in bodies.items():
+            self._forget(messageId)
+            self._bodies[messageId] = data
+            self._bodiesSize += len(data)
+        while self._bodiesSize > PREFETCH_TOTAL:
+            self._forget(next(iter(self._bodies)))
+        return leases
+
+    def _forget(self, messageId: str) -> None:
+        data = self._bodies.pop(messageId, None)
+        if data is not None:
+            self._bodiesSize -= len(data)
 
     def renew(self, lease: Lease, leaseSeconds: float) -> Deferred[bool]:
         """Extend ``lease`` to now plus ``leaseSeconds``: ``False`` when its token no longer holds."""
@@ -357,7 +380,15 @@ class PostgresStore:
         their recipients, else nothing (``False``); the rules are
         :meth:`txsmtp.queue.sqlite.SQLiteStore.record`'s.
         """
-        return self._run(queries.record, lease, list(outcomes), self.clock.seconds(), durable=False)
+        d = self._run(queries.record, lease, list(outcomes), self.clock.seconds(), durable=False)
+
+        def recorded(result: tuple[bool, bool]) -> bool:
+            done, removed = result
+            if removed:
+                self._forget(lease.message.id)
+            return done
+
+        return d.addCallback(recorded)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -372,6 +403,10 @@ class PostgresStore:
             return defer.fail(error)
         if not validId(messageId):
             return defer.fail(KeyError(messageId))
+        data = self._bodies.get(messageId)
+        if data is not None:
+            # Read with the claim: a message's body never changes.
+            return defer.succeed(io.BytesIO(data))
         return self._run(_readBody, messageId, isolation="REPEATABLE READ")
 
     def nextDue(self) -> Deferred[float | None]:
@@ -399,6 +434,7 @@ class PostgresStore:
 
     def delete(self, messageId: str) -> Deferred[bool]:
         """Remove a message, body and all, without any report."""
+        self._forget(messageId)
         return self._run(queries.delete, messageId)
 
     def flush(self, messageId: str | None = None) -> Deferred[int]:
@@ -425,143 +461,6 @@ def _readBody(db: Any, messageId: str) -> IO[bytes]:
         spool.close()
         raise
     return spool
-
-
-@implementer(IQueueWriter)
-class PostgresWriter:
-    """
-    One message being written into a :class:`PostgresStore`: full chunks
-    go to the database as they fill, the rest with the commit.
-
-    :ivar id: the message's id (known before the commit).
-    :ivar size: how many bytes were written.
-    """
-
-    def __init__(self, store: PostgresStore) -> None:
-        self.id = newMessageId()
-        self.size = 0
-        self._store = store
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._seq = 0
-        self._inFlight: list[Deferred[None]] = []
-        self._error: QueueError | None = store._notOpen()
-        self._done = False
-
-    def write(self, chunk: bytes) -> Deferred[None] | None:
-        if self._error is not None or self._done:
-            return None
-        self.size += len(chunk)
-        self._buffer.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered < CHUNK_SIZE:
-            return None
-        data = b"".join(self._buffer)
-        self._buffer, self._buffered = [], 0
-        while len(data) >= CHUNK_SIZE:
-            self._send(data[:CHUNK_SIZE])
-            data = data[CHUNK_SIZE:]
-        if data:
-            self._buffer, self._buffered = [data], len(data)
-        if len(self._inFlight) > WRITES_IN_FLIGHT:
-            # Back-pressure: the caller waits for the oldest write.
-            waiting: Deferred[None] = Deferred()
-            self._inFlight[0].addBoth(lambda _: waiting.callback(None))
-            return waiting
-        return None
-
-    def _send(self, data: bytes) -> None:
-        seq, self._seq = self._seq, self._seq + 1
-        d = self._store._run(queries.insertChunk, self.id, seq, data, durable=False)
-        self._inFlight.append(d)
-
-        def done(result: Any) -> None:
-            self._inFlight.remove(d)
-            if isinstance(result, Failure) and self._error is None:
-                self._error = QueueError(f"writing the body: {result.getErrorMessage()}")
-
-        d.addBoth(done)
-
-    def commit(
-        self,
-        sender: str,
-        recipients: list[QueuedRecipient],
-        envelope: dict[str, Any],
-        arrival: float | None = None,
-    ) -> Deferred[str]:
-        if self._done:
-            return defer.fail(QueueError("this message was already committed or aborted"))
-        self._done = True
-        return Deferred.fromCoroutine(self._commit(sender, list(recipients), envelope, arrival))
-
-    async def _commit(
-        self, sender: str, recipients: list[QueuedRecipient], envelope: dict[str, Any], arrival: float | None
-    ) -> str:
-        store = self._store
-        if self._error is None and not recipients:
-            self._error = QueueError("a message needs at least one recipient")
-        data = ""
-        if self._error is None:
-            try:
-                data = json.dumps({k: v for k, v in envelope.items() if k != "recipients"})
-            except (TypeError, ValueError) as e:
-                self._error = QueueError(f"the envelope cannot be stored: {e}")
-        while self._inFlight:
-            await defer.DeferredList(list(self._inFlight), consumeErrors=True)
-        if self._error is not None:
-            self._dropChunks()
-            raise self._error
-        last = b"".join(self._buffer)
-        self._buffer = []
-        when = store.clock.seconds() if arrival is None else arrival
-        try:
-            await store._run(
-                _commitMessage, store, self.id, self._seq, last, sender, when, self.size, data, recipients
-            )
-        except Exception as e:
-            self._dropChunks()
-            raise (e if isinstance(e, QueueError) else QueueError(f"committing to the queue: {e}")) from e
-        # The listeners are woken after the commit's Deferred has fired.
-        store._reactor.callLater(0, store._wake)
-        return self.id
-
-    def abort(self) -> None:
-        if not self._done:
-            self._done = True
-            self._buffer = []
-            d = defer.DeferredList(list(self._inFlight), consumeErrors=True)
-            d.addCallback(lambda _: self._dropChunks())
-
-    def _dropChunks(self) -> None:
-        if self._seq == 0 or self._store._notOpen() is not None:
-            return  # nothing written, or orphans for the periodic clean-up
-        self._store._run(queries.deleteChunks, self.id).addErrback(
-            lambda f: _log.warn(
-                "queue: could not remove the chunks of {queueId}: {error}; they go within a day",
-                queueId=self.id,
-                error=f.getErrorMessage(),
-            )
-        )
-
-
-def _commitMessage(
-    db: Any,
-    store: PostgresStore,
-    messageId: str,
-    seq: int,
-    last: bytes,
-    sender: str,
-    arrival: float,
-    size: int,
-    envelope: str,
-    recipients: builtins.list[QueuedRecipient],
-) -> None:
-    # One transaction, committed durably (synchronous_commit on): the last
-    # chunk, the rows that make the message visible, the notification.
-    if last or seq == 0:
-        queries.insertChunk(db, messageId, seq, last)
-    queries.insertMessage(db, messageId, sender, arrival, size, envelope, recipients)
-    store._notify(db)
 
 
 def checkConnection(url: str) -> None:

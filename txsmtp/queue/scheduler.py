@@ -4,8 +4,7 @@ outbound delivery, and records what became of them.
 
 - It wakes at once when the store says new work may be due (a commit, a
   flush, a release), and otherwise at the earliest due time the store gives
-  (its ``nextDue()``); it never polls in
-  a loop.
+  (its ``nextDue()``); it never polls in a loop.
 - It claims only what it has room for: at most ``maxRecipients`` per free
   attempt slot, and never more than ``concurrency * maxRecipients``
   recipients waiting in memory.  Claimed recipients are grouped by message
@@ -19,10 +18,10 @@ outbound delivery, and records what became of them.
   ``4.4.7`` once the message is older than its lifetime.  Reports are
   queued (:class:`~txsmtp.queue.reports.Reporter`) before the outcomes are
   recorded: a crash in between sends a report twice, never not at all.
-- With a store shared by several nodes (one that has ``slots``, as
-  :class:`~txsmtp.queue.postgres.PostgresStore`), an attempt also takes
-  one of the destination's ``destinationConcurrency`` slots, which all the
-  nodes share; when none is free, the batch waits :data:`SLOT_RETRY`.
+- With a store shared by several nodes (one with ``slots``), an attempt
+  also takes one of the destination's slots, shared by all the nodes
+  (:mod:`txsmtp.queue.handoff`); when none is free, the batch waits for an
+  attempt of this node to that destination to end, or :data:`SLOT_RETRY`.
 - Leases of recipients waiting in memory or under way are renewed before
   they lapse.  When anything fails (the store, the outbound delivery, the
   reporter), the error is logged and the recipients concerned stay leased
@@ -51,6 +50,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsmtp.queue.attempts import logAttempt
+from txsmtp.queue.attempts import logStoreError as _logError
+from txsmtp.queue.handoff import SlotHandoff
 from txsmtp.queue.model import (
     AttemptResult,
     Lease,
@@ -180,8 +181,10 @@ class Scheduler(service.Service):
         self._waitingRecipients = 0
         self._active: dict[str, int] = {}
         self._inFlight: set[_Batch] = set()
-        #: destinations whose shared slots were all taken, until a timer
+        #: destinations whose shared slots were all taken: until an attempt
+        #: of this node to it ends, or a timer
         self._blocked: dict[str, IDelayedCall] = {}
+        self._handoff: SlotHandoff | None = None
         self._held: dict[str, _Held] = {}
         self._timer: IDelayedCall | None = None
         self._timerDue: float | None = None
@@ -267,7 +270,7 @@ class Scheduler(service.Service):
             if f.check(defer.CancelledError) and self._stopping:
                 _log.warn("Queue scheduler: cancelled while {what} (stopping)", what=what)
             else:
-                _log.failure("Queue scheduler: error while {what}; the recipients stay leased", f, what=what)
+                _logError(_log, f, what, "; the recipients stay leased")
 
         return Deferred.fromCoroutine(coroutine).addErrback(failed)
 
@@ -289,7 +292,7 @@ class Scheduler(service.Service):
                 try:
                     leases = await self.store.claim(self.owner, limit, self.leaseSeconds)
                 except Exception:
-                    _log.failure("Queue scheduler: claiming due recipients failed")
+                    _logError(_log, Failure(), "claiming due recipients")
                     self._setTimer(self.clock.seconds() + ERROR_BACKOFF)
                     return
                 claimed = sum(len(lease.message.recipients) for lease in leases)
@@ -307,7 +310,7 @@ class Scheduler(service.Service):
                 try:
                     due = await self.store.nextDue()
                 except Exception:
-                    _log.failure("Queue scheduler: asking the store for the next due time failed")
+                    _logError(_log, Failure(), "asking the store for the next due time")
                     due = self.clock.seconds() + ERROR_BACKOFF
                 if self._wanted or self._stopping:
                     continue
@@ -416,7 +419,8 @@ class Scheduler(service.Service):
         batch.deferred = None
         if batch.noSlot and not self._stopping:
             # Every node's slots for this destination are taken: wait in
-            # line (still leased and renewed) and try again in a moment.
+            # line (still leased and renewed) until an attempt of this node
+            # to it ends, or when there is none, for a moment.
             batch.noSlot = False
             self._waiting.setdefault(key, deque()).appendleft(batch)
             self._waitingRecipients += len(batch.recipients)
@@ -424,19 +428,29 @@ class Scheduler(service.Service):
                 self._blocked[key] = self.clock.callLater(SLOT_RETRY, self._unblock, key)
             self._dispatch()
             return
+        blocked = self._blocked.pop(key, None)
+        if blocked is not None:
+            blocked.cancel()  # this attempt's slot is for the batches waiting
         self._batchDone(batch)
         if self._stopping:
+            self._releaseSpare(key)
             if not self._inFlight:
                 idle, self._idle = self._idle, []
                 for d in idle:
                     d.callback(None)
             return
         self._dispatch()
+        # A slot that no batch waiting for its destination took goes back.
+        self._releaseSpare(key)
         if self._starved:
             # Due work was left unclaimed for want of room; there is some now.
             # (Otherwise the store's wake-ups and the timer cover what is due.)
             self._starved = False
             self.wake()
+
+    def _releaseSpare(self, key: str) -> None:
+        if self._handoff is not None:
+            self._handoff.giveBack(key)
 
     def _unblock(self, key: str) -> None:
         self._blocked.pop(key, None)
@@ -461,14 +475,17 @@ class Scheduler(service.Service):
         slots = getattr(self.store, "slots", None)
         if slots is None:
             return await self._deliver(batch)
-        slot = await slots.acquire(batch.hop.key, self.destinationConcurrency)
+        if self._handoff is None or self._handoff.slots is not slots:
+            self._handoff = SlotHandoff(slots)
+        handoff, key = self._handoff, batch.hop.key
+        slot = await handoff.take(key, self.destinationConcurrency)
         if slot is None:
             batch.noSlot = True
             return None
         try:
             return await self._deliver(batch)
         finally:
-            slots.release(slot)
+            handoff.keep(key, slot)  # _finished gives it back if no batch takes it
 
     async def _deliver(self, batch: _Batch) -> None:
         lease, hop, recipients = batch.lease, batch.hop, batch.recipients
