@@ -251,8 +251,9 @@ class DatabaseRestartTests(unittest.TestCase):
         self.assertEqual(incomplete(watch), [])
         # Duplicates: deliveries in flight at the stop (their outcome could
         # not be recorded), at most the destination's concurrency.
-        self.assertLessEqual(len(duplicates), 5)
-        self.assertTrue(all(c == 2 for c in duplicates.values()), duplicates)
+        explanation = explainDuplicates(duplicates, queueIds(watch, nodes), nodes)
+        self.assertLessEqual(len(duplicates), 5, explanation)
+        self.assertTrue(all(c == 2 for c in duplicates.values()), explanation)
 
     async def _acceptedAgain(self, node: RunningTwistd, name: str) -> list[str]:
         """Send to ``node`` until a message is accepted (polling); the tokens tried, the accepted last."""
