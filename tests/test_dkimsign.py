@@ -167,6 +167,10 @@ class VerifiedTests(TestCase):
         random chunks give the same signature as fed whole, and it verifies.
         """
         body = b"\r\n".join(lines) + (b"\r\n" if finalCRLF else b"") + b"\r\n" * trailing
+        if body.endswith((b" ", b"\t")):
+            # Not WSP at the end of an unterminated last line, where dkimpy
+            # reads RFC 6376 otherwise (test_unterminatedLastLine).
+            body += b"."
         message = HEADERS + b"\r\n" + body
         whole = sign(message, "ed25519", canon)
         self.assertEqual(sign(message, "ed25519", canon, chunks=sizes), whole)
