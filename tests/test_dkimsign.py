@@ -344,6 +344,17 @@ class ErrorTests(TestCase):
         self.assertLess(len(signer._carry), 10)
         signer.signature()
 
+    def test_manyEmptyLines(self) -> None:
+        """
+        A long run of empty lines (deferred as a count) before more text,
+        and at the end (dropped).
+        """
+        for tail in (b"end\r\n", b""):
+            message = HEADERS + b"\r\nstart\r\n" + b"\r\n" * 10000 + tail
+            for canon in CANONS:
+                signature = sign(message, "ed25519", canon, chunks=[4096])
+                self.assertTrue(verify(signature + message, _ED), (canon, tail))
+
     def test_feedAfterSignature(self) -> None:
         signer = DKIMSigner("example.org", "sel", pem(_ED))
         signer.feed(b"From: a@example.org\r\n\r\nx\r\n")

@@ -254,9 +254,14 @@ class DKIMSigner:
         self._lineStarted = False
 
     def _flushEmptyLines(self) -> None:
-        if self._emptyLines:
-            self._bodyHash.update(_CRLF * self._emptyLines)
-            self._emptyLines = 0
+        """
+        Hash the empty lines deferred so far (a non-empty line follows), a
+        block at a time, so that a long run of them takes no memory.
+        """
+        while self._emptyLines:
+            count = min(self._emptyLines, 4096)
+            self._bodyHash.update(_CRLF * count)
+            self._emptyLines -= count
         self._bodyHashed = True
 
     def _hashLinePart(self, part: bytes) -> bytes:
