@@ -192,6 +192,24 @@ class VerifiedTests(TestCase):
                 self.assertEqual(sign(message, "ed25519", canon, chunks=[4093]), whole)
                 self.assertTrue(verify(whole + message, _ED), canon)
 
+    def test_longLineCutAtCR(self) -> None:
+        """
+        A long line whose CR ends one part and LF starts the next; and a
+        long line of WSP only, which "relaxed" makes empty (so dropped at
+        the end of the body).
+        """
+        for line in (b"x" * 10000, b" \t" * 6000, b"y " + b" " * 10000):
+            for end in (b"", b"next\r\n"):
+                head = HEADERS + b"\r\nfirst\r\n" + line + b"\r"
+                message = head + b"\n" + end
+                for canon in CANONS:
+                    signer = DKIMSigner("example.org", "sel", pem(_ED), canonicalization=canon)
+                    signer.feed(head)
+                    signer.feed(message[len(head):])
+                    signature = signer.signature()
+                    self.assertEqual(signature, sign(message, "ed25519", canon))
+                    self.assertTrue(verify(signature + message, _ED), (canon, end))
+
     def test_repeatedHeaders(self) -> None:
         """
         A repeated field is listed in h= once per instance (RFC 6376
