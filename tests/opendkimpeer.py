@@ -12,6 +12,7 @@ passing on its output and exit status (0: the signature verified).
 """
 
 import fcntl
+import os
 import socket
 import struct
 import subprocess
@@ -34,11 +35,21 @@ def main() -> int:
     fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
     sock.bind(("127.0.0.1", 53))
 
-    # The temporary file stays: it is what /etc/resolv.conf shows here, and
-    # the namespaces end with this process.
+    # The file is removed once the program ran; the mount over
+    # /etc/resolv.conf ends with this process's mount namespace.
     with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as conf:
         conf.write("nameserver 127.0.0.1\noptions attempts:1 timeout:2\n")
-    subprocess.run(["mount", "--bind", conf.name, "/etc/resolv.conf"], check=True)
+    try:
+        subprocess.run(["mount", "--bind", conf.name, "/etc/resolv.conf"], check=True)
+        return _serveAndRun(sock, program, name, record)
+    finally:
+        os.unlink(conf.name)
+
+
+def _serveAndRun(sock: socket.socket, program: str, name: bytes, record: bytes) -> int:
+    """
+    Answer DNS queries on ``sock`` in a thread while ``program`` runs.
+    """
 
     def serve() -> None:
         while True:
