@@ -327,6 +327,12 @@ class HeaderFieldTests(TestCase):
 class ErrorTests(TestCase):
     def test_noFrom(self) -> None:
         self.assertRaises(DKIMSignError, sign, b"To: b@example.com\r\n\r\nbody\r\n")
+        signer = DKIMSigner("example.org", "sel", pem(_ED), canonicalization="simple")
+        signer.feed(b"To: b@example.com\r\n\r\n")
+        self.assertRaises(DKIMSignError, signer.signature)
+        self.assertRaises(DKIMSignError, signer.signature)
+        # The body hash is not changed by the second attempt.
+        self.assertEqual(signer._finishBody(), hashlib.sha256(b"\r\n").digest())
 
     def test_noBlankLine(self) -> None:
         """

@@ -180,6 +180,7 @@ class DKIMSigner:
         self._lineStarted = False
         self._emptyLines = 0
         self._bodyHashed = False
+        self._bodyDigest: bytes | None = None
         self._signature: bytes | None = None
 
     def feed(self, data: bytes) -> None:
@@ -298,6 +299,8 @@ class DKIMSigner:
         not ending with CRLF, even ``"a\\r\\n\\r\\nb"``.)  A message received
         by SMTP always ends with CRLF, so this matters little.
         """
+        if self._bodyDigest is not None:
+            return self._bodyDigest
         if self._head is not None:
             # No empty line: all header fields, no body.
             block = bytes(self._head)
@@ -316,7 +319,8 @@ class DKIMSigner:
             self._carry = b""
         if not self._bodyHashed and not self._relaxedBody:
             self._bodyHash.update(_CRLF)
-        return self._bodyHash.digest()
+        self._bodyDigest = self._bodyHash.digest()
+        return self._bodyDigest
 
     def _canonHeader(self, field: bytes) -> bytes:
         if self._headerCanon == "relaxed":
