@@ -202,25 +202,6 @@ class BodyTests(_Nodes):
         self.assertTrue(await store.record(lease, [RecipientOutcome(0, Result.DELIVERED)]))
         self.assertEqual(self.sql("SELECT count(*) FROM body_chunks"), [(0,)])
 
-    async def test_bodiesReadWithClaims(self) -> None:
-        """
-        A claim reads the bodies of its small messages (openBody then asks
-        nothing of the database); a larger one is read at openBody; once a
-        message is gone, its body is no longer served.
-        """
-        from txsmtp.queue.postgres import PREFETCH_SIZE
-
-        store = await self.openNode("a")
-        small = await self.enqueue(store, body=b"small\r\n")
-        large = await self.enqueue(store, body=b"L" * (PREFETCH_SIZE + 1))
-        leases = {lease.message.id: lease for lease in await store.claim("a", 10, 60)}
-        self.sql("UPDATE body_chunks SET data = 'changed behind the store''s back'")
-        self.assertEqual(await self.readBody(store, small), b"small\r\n")
-        self.assertEqual(await self.readBody(store, large), b"changed behind the store's back")
-        for messageId, lease in leases.items():
-            self.assertTrue(await store.record(lease, [RecipientOutcome(0, Result.DELIVERED)]))
-            await self.assertFailure(store.openBody(messageId), KeyError)
-
     async def readBody(self, store: Any, messageId: str) -> bytes:
         f = await store.openBody(messageId)
         try:

@@ -452,14 +452,17 @@ def sentMessages(items: list[bytes]) -> tuple[set[str], set[bytes]]:
     """
     senders: set[str] = set()
     bodies: set[bytes] = set()
+    # The BDAT chunks since the last LAST, and where each MAIL came among
+    # them: a MAIL refused as nested leaves the transaction's chunks going.
     chunks: list[bytes] = []
+    starts = [0]
     for item in items:
         verb = item[:5].upper()
         if verb == b"MAIL ":
             m = re.match(rb"MAIL FROM:<([^>]*)>", item, re.IGNORECASE)
             if m:
                 senders.add(m.group(1).decode("ascii", "replace"))
-            chunks = []
+            starts.append(len(chunks))
         elif item.upper().startswith(b"DATA\r\n"):
             text = item[6:]
             end = 0 if text.startswith(b".\r\n") else text.find(b"\r\n.\r\n") + 2
@@ -469,8 +472,8 @@ def sentMessages(items: list[bytes]) -> tuple[set[str], set[bytes]]:
             header, _, data = item.partition(b"\r\n")
             chunks.append(data)
             if header.upper().endswith(b"LAST"):
-                bodies.add(b"".join(chunks))
-                chunks = []
+                bodies.update(b"".join(chunks[start:]) for start in starts)
+                chunks, starts = [], [0]
     return senders, bodies
 
 

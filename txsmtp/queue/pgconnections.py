@@ -313,8 +313,6 @@ class Listener:
     :param notified: called with the payload of each notification.
     :param connected: called after each reconnection, once listening again.
     :param poll: called every ``pollInterval`` seconds.
-    :param lost: called when the connection fails (the database is away,
-        or the network to it).
     :param pollInterval: seconds between polls (and the longest the thread
         takes to notice :meth:`stop`, at most :data:`STOP_CHECK` of it).
     """
@@ -329,7 +327,6 @@ class Listener:
         connected: Callable[[], object],
         poll: Callable[[], object],
         pollInterval: float,
-        lost: Callable[[], object] | None = None,
     ) -> None:
         self.url = url
         self.channel = channel
@@ -338,7 +335,6 @@ class Listener:
         self._notified = notified
         self._connected = connected
         self._poll = poll
-        self._lost = lost
         self.pollInterval = pollInterval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -377,8 +373,6 @@ class Listener:
                     self._listen(connection)
                 except BaseException as e:
                     if not self._stop.is_set():
-                        if self._lost is not None:
-                            self._reactor.callFromThread(self._lost)
                         _log.warn(
                             "queue: lost the database's notifications ({error}); polling until it "
                             "reconnects",

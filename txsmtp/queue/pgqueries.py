@@ -173,19 +173,13 @@ def clearLeases(db: Any, owner: str) -> int:
     return int(cursor.rowcount)
 
 
-def claim(
-    db: Any, owner: str, limit: int, now: float, expires: float, prefetch: tuple[int, int] = (0, 0)
-) -> tuple[list[Lease], dict[str, bytes]]:
+def claim(db: Any, owner: str, limit: int, now: float, expires: float) -> list[Lease]:
     """
     Lease up to ``limit`` claimable recipients, earliest ``next_attempt``
     first, skipping those another claim has locked at this moment; one
     :class:`~txsmtp.queue.model.Lease` (with a random token of its own) per
     message.
 
-    :param prefetch: ``(largest, total)``: also read the bodies of the
-        claimed messages no larger than ``largest`` (one chunk each), up to
-        ``total`` octets in all, so that their delivery need not ask.
-    :return: the leases, and the bodies read.
     """
     nonce = secrets.token_hex(16)
     rows = db.execute(
@@ -202,7 +196,7 @@ def claim(
         {"now": now, "limit": max(0, limit), "owner": owner, "nonce": nonce, "expires": expires},
     ).fetchall()
     if not rows:
-        return [], {}
+        return []
     ids = sorted({row[0] for row in rows})
     found = {
         m[0]: m
@@ -222,22 +216,7 @@ def claim(
             leases[messageId] = lease
             due[messageId] = float(row[7])
         lease.message.recipients.append(recipientFromRow(row[:-1]))
-    ordered = sorted(leases.values(), key=lambda lease: (due[lease.message.id], lease.message.id))
-    largest, total = prefetch
-    wanted = []
-    for lease in ordered:
-        size = lease.message.size
-        if size <= min(largest, total):
-            wanted.append(lease.message.id)
-            total -= size
-    bodies: dict[str, bytes] = {}
-    if wanted:
-        # A body no larger than a chunk is all in chunk 0.
-        for messageId, data in db.execute(
-            "SELECT message, data FROM body_chunks WHERE message = ANY(%s) AND seq = 0", (wanted,)
-        ).fetchall():
-            bodies[messageId] = bytes(data)
-    return ordered, bodies
+    return sorted(leases.values(), key=lambda lease: (due[lease.message.id], lease.message.id))
 
 
 def renew(db: Any, lease: Lease, expires: float) -> bool:

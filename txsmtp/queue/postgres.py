@@ -39,10 +39,8 @@ Times are the nodes' clocks: they must agree to well within a lease.
 from __future__ import annotations
 
 import builtins
-import io
 import socket
 import tempfile
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
@@ -53,7 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsmtp.queue import pgqueries as queries
-from txsmtp.queue.errors import QueueError, QueueUnreachableError
+from txsmtp.queue.errors import QueueError
 from txsmtp.queue.interfaces import IQueueStore
 from txsmtp.queue.model import Lease, QueuedMessage, RecipientOutcome
 from txsmtp.queue.pgconnections import (
@@ -74,10 +72,6 @@ _log = Logger(namespace="txsmtp.queue.postgres")
 
 #: A body up to this size is copied into memory by openBody; larger ones spill to a file.
 SPOOL_SIZE = 1024 * 1024
-#: Claims read the bodies of messages up to this size with the leases...
-PREFETCH_SIZE = 64 * 1024
-#: ... and keep at most this many octets of them for openBody.
-PREFETCH_TOTAL = 4 * 1024 * 1024
 #: Chunks whose message never came (a writer that died) are removed after this long.
 ORPHAN_AGE = 86400.0
 #: How often the orphans are looked for (seconds).
@@ -152,11 +146,6 @@ class PostgresStore:
         self._listener: Listener | None = None
         self._listeners: list[Callable[[], object]] = []
         self._cleaner: task.LoopingCall | None = None
-        #: bodies read with claims, for openBody: oldest first, bounded
-        self._bodies: OrderedDict[str, bytes] = OrderedDict()
-        self._bodiesSize = 0
-        #: whether the database answered the last time it was asked (see openBody)
-        self.reachable = True
 
     def __repr__(self) -> str:
         return f"PostgresStore({redactURL(self.url)!r}, node={self.node!r})"
@@ -245,7 +234,7 @@ class PostgresStore:
         self.channel = f"txsmtp_queue.{schema}"
         self._listener = Listener(
             self.url, self.channel, f"node:{self.node}", self._reactor,
-            self._notified, self._reconnected, self._wake, self.pollInterval, self._lost,
+            self._notified, self._wake, self._wake, self.pollInterval,
         )  # fmt: skip
         self._listener.start(connection)
         self._pool = ConnectionPool(self.url, self.poolSize, self._reactor, "txsmtp-pg")
@@ -291,22 +280,6 @@ class PostgresStore:
 
     # -- running work -------------------------------------------------------------------------
 
-    def _reconnected(self) -> None:
-        self.reachable = True
-        self._wake()
-
-    def _lost(self) -> None:
-        self.reachable = False
-
-    def _answered(self, result: Any) -> Any:
-        self.reachable = True
-        return result
-
-    def _failed(self, f: Failure) -> Failure:
-        if f.check(QueueUnreachableError):
-            self.reachable = False
-        return f
-
     def _notOpen(self) -> QueueError | None:
         if self._state != "open":
             return QueueError(f"the queue {redactURL(self.url)} is not open")
@@ -317,8 +290,7 @@ class PostgresStore:
         if error is not None:
             return defer.fail(error)
         assert self._pool is not None
-        d = self._pool.run(function, *args, durable=durable, isolation=isolation)
-        return d.addCallbacks(self._answered, self._failed)
+        return self._pool.run(function, *args, durable=durable, isolation=isolation)
 
     def _notify(self, db: Any) -> None:
         assert self.channel is not None
@@ -361,26 +333,7 @@ class PostgresStore:
         one lease per message, the earliest due first.
         """
         now = self.clock.seconds()
-        room = PREFETCH_TOTAL - self._bodiesSize
-        d = self._run(
-            queries.claim, owner, limit, now, now + leaseSeconds, (PREFETCH_SIZE, room), durable=False
-        )
-        return d.addCallback(self._claimed)
-
-    def _claimed(self, result: tuple[builtins.list[Lease], dict[str, bytes]]) -> builtins.list[Lease]:
-        leases, bodies = result
-        for messageId, data in bodies.items():
-            self._forget(messageId)
-            self._bodies[messageId] = data
-            self._bodiesSize += len(data)
-        while self._bodiesSize > PREFETCH_TOTAL:
-            self._forget(next(iter(self._bodies)))
-        return leases
-
-    def _forget(self, messageId: str) -> None:
-        data = self._bodies.pop(messageId, None)
-        if data is not None:
-            self._bodiesSize -= len(data)
+        return self._run(queries.claim, owner, limit, now, now + leaseSeconds, durable=False)
 
     def renew(self, lease: Lease, leaseSeconds: float) -> Deferred[bool]:
         """Extend ``lease`` to now plus ``leaseSeconds``: ``False`` when its token no longer holds."""
@@ -402,10 +355,7 @@ class PostgresStore:
         d = self._run(queries.record, lease, list(outcomes), self.clock.seconds(), durable=False)
 
         def recorded(result: tuple[bool, bool]) -> bool:
-            done, removed = result
-            if removed:
-                self._forget(lease.message.id)
-            return done
+            return result[0]  # (and whether the message left the queue)
 
         return d.addCallback(recorded)
 
@@ -422,12 +372,6 @@ class PostgresStore:
             return defer.fail(error)
         if not validId(messageId):
             return defer.fail(KeyError(messageId))
-        data = self._bodies.get(messageId)
-        if data is not None and self.reachable:
-            # Read with the claim: a message's body never changes.  Not while
-            # the database is away: a delivery made then could not be
-            # recorded, and would be made again.
-            return defer.succeed(io.BytesIO(data))
         return self._run(_readBody, messageId, isolation="REPEATABLE READ")
 
     def nextDue(self) -> Deferred[float | None]:
@@ -455,7 +399,6 @@ class PostgresStore:
 
     def delete(self, messageId: str) -> Deferred[bool]:
         """Remove a message, body and all, without any report."""
-        self._forget(messageId)
         return self._run(queries.delete, messageId)
 
     def flush(self, messageId: str | None = None) -> Deferred[int]:
