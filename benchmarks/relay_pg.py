@@ -18,17 +18,14 @@ Not part of txsmtp; see benchmarks/README.md.
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
-import statistics
 import subprocess
 import sys
-import time
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from _bench import BenchError, progress
-from relay_nodes import RECIPIENT, SENDER, TWISTD, readStatusKiB
+from relay_nodes import TWISTD
 
 RELAY_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")
 #: Commits in flight while the queue at size is filled.
@@ -108,83 +105,18 @@ def unavailable(url: str, repo: str) -> str | None:
     return None
 
 
-def percentile(times: list[float], p: float) -> float:
-    """The nearest-rank percentile ``p`` (0-100) of sorted ``times``."""
-    return times[max(0, math.ceil(p / 100 * len(times)) - 1)]
-
-
 def claimWorker(url: str, count: int, claims: int) -> None:
-    """Fill a PostgresStore with ``count`` messages, then time claim(); print one JSON line."""
-    from twisted.internet import defer, task
+    """The queue at size in a PostgresStore (see :func:`relay_queue.runClaimWorker`)."""
+    from relay_queue import runClaimWorker
 
-    from txsmtp.queue.model import QueuedRecipient
     from txsmtp.queue.postgres import PostgresStore
 
-    body = b"Subject: queued\r\n\r\n" + b"x" * 1000 + b"\r\n"
+    def makeStore(reactor, filling: bool):
+        if filling:
+            return PostgresStore(url, reactor=reactor, node="bench-fill", poolSize=16)
+        return PostgresStore(url, reactor=reactor, node="bench")
 
-    async def fill(reactor) -> float:
-        store = PostgresStore(url, reactor=reactor, node="bench-fill", poolSize=16)
-        await store.open()
-        start = time.perf_counter()
-        done = 0
-        reported = time.monotonic()
-        while done < count:
-            batch = []
-            for _ in range(min(FILL_IN_FLIGHT, count - done)):
-                writer = store.newMessage()
-                writer.write(body)
-                batch.append(writer.commit(SENDER, [QueuedRecipient(0, RECIPIENT)], {}))
-            await defer.gatherResults(batch, consumeErrors=True)
-            done += len(batch)
-            if time.monotonic() - reported > 10:
-                reported = time.monotonic()
-                rate = done / (time.perf_counter() - start)
-                progress(f"  {done:,} of {count:,} queued ({rate:,.0f} msg/s)")
-        elapsed = time.perf_counter() - start
-        await store.close()
-        return elapsed
-
-    async def measure(reactor) -> dict:
-        fillSeconds = await fill(reactor)
-        store = PostgresStore(url, reactor=reactor, node="bench")
-        start = time.perf_counter()
-        await store.open()
-        openSeconds = time.perf_counter() - start
-        start = time.perf_counter()
-        await store.nextDue()
-        nextDueSeconds = time.perf_counter() - start
-        times, claimed = [], 0
-        for _ in range(claims):
-            start = time.perf_counter()
-            leases = await store.claim("bench", 100, 600)
-            times.append(time.perf_counter() - start)
-            claimed += sum(len(lease.message.recipients) for lease in leases)
-        await store.close()
-        times.sort()
-        return {
-            "queued": count,
-            "fillSeconds": fillSeconds,
-            "openMs": openSeconds * 1000,
-            "nextDueMs": nextDueSeconds * 1000,
-            "claimMedianMs": statistics.median(times) * 1000,
-            "claimP95Ms": percentile(times, 95) * 1000,
-            "claimMaxMs": times[-1] * 1000,
-            "claims": claims,
-            "claimed": claimed,
-            "workerRssKiB": readStatusKiB(os.getpid(), "VmHWM"),
-        }
-
-    result = {}
-
-    async def main(reactor) -> None:
-        result.update(await measure(reactor))
-
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
-    except SystemExit as e:
-        if e.code:
-            raise
-    print(json.dumps(result), flush=True)
+    runClaimWorker(makeStore, count, claims, inFlight=FILL_IN_FLIGHT)
 
 
 def claimsAtSize(args) -> dict:

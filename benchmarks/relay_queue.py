@@ -27,21 +27,27 @@ RELAY_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.p
 # ---------------------------------------------------------------------------
 
 
-def claimWorker(directory: str, count: int, claims: int) -> None:
-    """Fill a store with ``count`` messages, then time claim(); print one JSON line."""
+def runClaimWorker(makeStore, count: int, claims: int, inFlight: int = 256) -> None:
+    """
+    Fill a store with ``count`` messages of 1 KiB through its writer API
+    (``inFlight`` commits at a time), open it again and time ``open``,
+    ``nextDue`` and ``claims`` calls of ``claim(100)``; print one JSON line.
+
+    :param makeStore: ``makeStore(reactor, filling)``: a new, unopened
+        store (``filling`` is true for the one that fills it).
+    """
     from twisted.internet import defer, task
 
     from txsmtp.queue.model import QueuedRecipient
-    from txsmtp.queue.sqlite import SQLiteStore
 
     body = b"Subject: queued\r\n\r\n" + b"x" * 1000 + b"\r\n"
 
     async def fill(reactor) -> float:
-        store = SQLiteStore(directory, reactor=reactor, sync=False)
+        store = makeStore(reactor, True)
         await store.open()
         start = time.perf_counter()
-        inFlight = 256
         done = 0
+        reported = time.monotonic()
         while done < count:
             batch = []
             for _ in range(min(inFlight, count - done)):
@@ -50,13 +56,17 @@ def claimWorker(directory: str, count: int, claims: int) -> None:
                 batch.append(writer.commit(SENDER, [QueuedRecipient(0, RECIPIENT)], {}))
             await defer.gatherResults(batch, consumeErrors=True)
             done += len(batch)
+            if time.monotonic() - reported > 10:
+                reported = time.monotonic()
+                rate = done / (time.perf_counter() - start)
+                progress(f"  {done:,} of {count:,} queued ({rate:,.0f} msg/s)")
         elapsed = time.perf_counter() - start
         await store.close()
         return elapsed
 
     async def measure(reactor) -> dict:
         fillSeconds = await fill(reactor)
-        store = SQLiteStore(directory, reactor=reactor)
+        store = makeStore(reactor, False)
         start = time.perf_counter()
         await store.open()
         openSeconds = time.perf_counter() - start
@@ -95,6 +105,13 @@ def claimWorker(directory: str, count: int, claims: int) -> None:
         if e.code:
             raise
     print(json.dumps(result), flush=True)
+
+
+def claimWorker(directory: str, count: int, claims: int) -> None:
+    """The queue at size in a SQLiteStore (filled without fsync, measured with)."""
+    from txsmtp.queue.sqlite import SQLiteStore
+
+    runClaimWorker(lambda reactor, filling: SQLiteStore(directory, reactor=reactor, sync=not filling), count, claims)
 
 
 def queueAtSize(args, workdir: str, sink: Sink) -> dict:

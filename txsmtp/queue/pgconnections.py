@@ -15,7 +15,8 @@ runs (psycopg's asyncio API would impose the asyncio reactor).
   on every notification, on every (re)connection (notifications sent
   while it was away are lost) and every ``pollInterval`` seconds (the
   polling fallback).
-- :class:`DestinationSlots`: one thread with one connection holding the
+- :class:`DestinationSlots`: one thread (a
+  :class:`~txsmtp.queue.sqlitethreads.Worker`) with one connection holding the
   destination slots as session-level advisory locks, so that
   ``--destination-concurrency`` holds across every node: a node that dies
   loses its connection, and its slots with it.
@@ -37,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsmtp.queue.errors import QueueError, QueueFullError, QueueLockedError, QueueUnreachableError
+from txsmtp.queue.sqlitethreads import Worker
 
 __all__ = ["ConnectionPool", "Listener", "DestinationSlots", "connect", "asQueueError", "Slot", "takeNode"]
 
@@ -441,7 +443,8 @@ class Slot:
 class DestinationSlots:
     """
     Up to ``limit`` slots per destination across every node: each slot is a
-    session-level advisory lock held by this thread's connection.
+    session-level advisory lock held by the connection of one thread (a
+    :class:`~txsmtp.queue.sqlitethreads.Worker`).
 
     :param url: the database.
     :param reactor: delivers results.
@@ -449,64 +452,53 @@ class DestinationSlots:
 
     def __init__(self, url: str, reactor: Any) -> None:
         self.url = url
-        self._reactor = reactor
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="txsmtp-pg-slots", daemon=True)
+        self._worker = Worker("txsmtp-pg-slots", reactor)
         self._connection: Any = None
         #: a new generation with each connection: slots of an older one are gone
         self._generation = 0
         self._held: dict[str, set[int]] = {}
-        self._ended: Deferred[None] = Deferred()
-        self._stopping = False
 
     def start(self) -> None:
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> Deferred[None]:
         """End the thread; its connection closes, which releases every slot."""
-        if not self._stopping:
-            self._stopping = True
-            self._jobs.put(None)
-        return self._ended
+        if self._worker.stopping:
+            return defer.succeed(None)
+        return self._worker.stop(self._close)
 
     def acquire(self, key: str, limit: int) -> Deferred[Slot | None]:
         """A free slot of ``key`` (one of ``limit``), or ``None`` when all are taken (or on an error)."""
-        if self._stopping:
+        if self._worker.stopping:
             return defer.succeed(None)
-        d: Deferred[Slot | None] = Deferred()
-        self._jobs.put((self._acquire, (key, limit), d))
+        d: Deferred[Slot | None] = self._worker.call(self._guarded, self._acquire, key, limit)
         return d
 
     def release(self, slot: Slot) -> None:
         """Give ``slot`` back (best effort: a lost connection released it already)."""
-        if not self._stopping:
-            self._jobs.put((self._release, (slot,), Deferred()))
+        if not self._worker.stopping:
+            self._worker.call(self._guarded, self._release, slot)
 
-    def _run(self) -> None:
+    # -- in the thread ------------------------------------------------------------------------
+
+    def _guarded(self, function: Callable[..., Any], *args: Any) -> Any:
         try:
-            while True:
-                job = self._jobs.get()
-                if job is None:
-                    return
-                function, args, d = job
-                try:
-                    result = function(*args)
-                except Exception as e:
-                    _log.warn("queue: destination slots: {error}", error=asQueueError(e))
-                    _close(self._connection)
-                    self._connection = None
-                    self._held.clear()
-                    result = None
-                self._reactor.callFromThread(d.callback, result)
-        finally:
-            _close(self._connection)
-            self._reactor.callFromThread(self._ended.callback, None)
+            return function(*args)
+        except Exception as e:
+            # Its slots went with the connection; the next call connects again.
+            _log.warn("queue: destination slots: {error}", error=asQueueError(e))
+            self._close()
+            return None
+
+    def _close(self) -> None:
+        _close(self._connection)
+        self._connection = None
+        self._held.clear()
 
     def _acquire(self, key: str, limit: int) -> Slot | None:
         if self._connection is None:
             self._connection = connect(self.url)
             self._generation += 1
-            self._held.clear()
         held = self._held.setdefault(key, set())
         number = self._connection.execute(
             "SELECT txsmtp_take_slot(%s, %s, %s)", (key, limit, sorted(held))

@@ -28,6 +28,7 @@ from txsmtp.queue.sqliteschema import (
     MESSAGE_COLUMNS,
     RECIPIENT_COLUMNS,
     messageFromRow,
+    messagesFromRows,
     recipientFromRow,
     recipientValues,
 )
@@ -228,14 +229,12 @@ def renew(db: Any, lease: Lease, expires: float) -> bool:
     return bool(cursor.rowcount > 0)
 
 
-def record(db: Any, lease: Lease, outcomes: list[RecipientOutcome], now: float) -> tuple[bool, bool]:
+def record(db: Any, lease: Lease, outcomes: list[RecipientOutcome], now: float) -> bool:
     """
     Record ``outcomes`` if the lease's token holds on every one of their
     recipients, else nothing (``False``); the rules are those of
     :func:`txsmtp.queue.sqlitequeries.record`.  The message's row is
     locked first (see the module's docstring).
-
-    :return: whether recorded, and whether the message left the queue.
     """
     messageId = lease.message.id
     if outcomes and all(Result(o.result) is not Result.DEFERRED for o in outcomes):
@@ -244,22 +243,22 @@ def record(db: Any, lease: Lease, outcomes: list[RecipientOutcome], now: float) 
         done = db.execute(
             "SELECT txsmtp_record_final(%s, %s, %s)", (messageId, lease.token, indexes)
         ).fetchone()[0]
-        return done > 0, done > 1
+        return bool(done)
     if db.execute("SELECT 1 FROM messages WHERE id = %s FOR UPDATE", (messageId,)).fetchone() is None:
-        return False, False
+        return False
     if not outcomes:
         held = db.execute(
             "SELECT 1 FROM recipients WHERE message = %s AND lease_token = %s LIMIT 1",
             (messageId, lease.token),
         ).fetchone()
-        return held is not None, False
+        return held is not None
     indexes = sorted({o.index for o in outcomes})
     holding = db.execute(
         "SELECT count(*) FROM recipients WHERE message = %s AND idx = ANY(%s) AND lease_token = %s",
         (messageId, indexes, lease.token),
     ).fetchone()[0]
     if holding != len(indexes):
-        return False, False
+        return False
     deferred = [o for o in outcomes if Result(o.result) is Result.DEFERRED]
     final = [o.index for o in outcomes if Result(o.result) is not Result.DEFERRED]
     if deferred:
@@ -286,16 +285,15 @@ def record(db: Any, lease: Lease, outcomes: list[RecipientOutcome], now: float) 
         db.execute(
             "DELETE FROM recipients WHERE message = %s AND idx = ANY(%s)", (messageId, final)
         )
-        return True, _removeIfDone(db, messageId)
-    return True, False
+        _removeIfDone(db, messageId)
+    return True
 
 
-def _removeIfDone(db: Any, messageId: str) -> bool:
+def _removeIfDone(db: Any, messageId: str) -> None:
     if db.execute("SELECT 1 FROM recipients WHERE message = %s LIMIT 1", (messageId,)).fetchone():
-        return False
+        return
     db.execute("DELETE FROM body_chunks WHERE message = %s", (messageId,))
     db.execute("DELETE FROM messages WHERE id = %s", (messageId,))
-    return True
 
 
 def nextDue(db: Any) -> float | None:
@@ -331,12 +329,7 @@ def messages(db: Any, messageId: str | None = None) -> list[QueuedMessage]:
             f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message = %s ORDER BY idx",
             (messageId,),
         ).fetchall()
-    byId = {row[0]: messageFromRow(row) for row in rows}
-    for row in recipients:
-        message = byId.get(row[0])
-        if message is not None:
-            message.recipients.append(recipientFromRow(row))
-    return list(byId.values())
+    return messagesFromRows(rows, recipients)
 
 
 def _exists(db: Any, messageId: str) -> bool:

@@ -98,28 +98,26 @@ _VERSION_1 = [
     # Final outcomes for the recipients ``p_idx`` of message ``p_message``
     # under the lease ``p_token`` (pgqueries.record): with the message's row locked, if
     # the token holds on all of them, remove them, and the message with its
-    # body once no recipient is left; else change nothing.  0: the token
-    # does not hold, 1: recorded, 2: recorded and the message is gone.
+    # body once no recipient is left; else change nothing.  Whether done.
     """
     CREATE FUNCTION txsmtp_record_final(p_message text, p_token text, p_idx integer[])
-    RETURNS integer LANGUAGE plpgsql VOLATILE AS $$
+    RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
     BEGIN
         PERFORM 1 FROM messages WHERE id = p_message FOR UPDATE;
         IF NOT FOUND THEN
-            RETURN 0;
+            RETURN false;
         END IF;
         IF (SELECT count(*) FROM recipients
             WHERE message = p_message AND idx = ANY(p_idx) AND lease_token = p_token)
            <> cardinality(p_idx) THEN
-            RETURN 0;
+            RETURN false;
         END IF;
         DELETE FROM recipients WHERE message = p_message AND idx = ANY(p_idx);
-        IF EXISTS (SELECT 1 FROM recipients WHERE message = p_message) THEN
-            RETURN 1;
+        IF NOT EXISTS (SELECT 1 FROM recipients WHERE message = p_message) THEN
+            DELETE FROM body_chunks WHERE message = p_message;
+            DELETE FROM messages WHERE id = p_message;
         END IF;
-        DELETE FROM body_chunks WHERE message = p_message;
-        DELETE FROM messages WHERE id = p_message;
-        RETURN 2;
+        RETURN true;
     END
     $$
     """,

@@ -14,7 +14,6 @@ fire, and a server answer 250.
 from __future__ import annotations
 
 import builtins
-import json
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -27,7 +26,7 @@ from txsmtp.queue import pgqueries as queries
 from txsmtp.queue.errors import QueueError
 from txsmtp.queue.interfaces import IQueueWriter
 from txsmtp.queue.model import QueuedRecipient
-from txsmtp.queue.sqlitebody import newMessageId
+from txsmtp.queue.sqlitebody import envelopeJSON, newMessageId
 
 if TYPE_CHECKING:
     from txsmtp.queue.postgres import PostgresStore
@@ -114,14 +113,12 @@ class PostgresWriter:
         self, sender: str, recipients: list[QueuedRecipient], envelope: dict[str, Any], arrival: float | None
     ) -> str:
         store = self._store
-        if self._error is None and not recipients:
-            self._error = QueueError("a message needs at least one recipient")
         data = ""
         if self._error is None:
             try:
-                data = json.dumps({k: v for k, v in envelope.items() if k != "recipients"})
-            except (TypeError, ValueError) as e:
-                self._error = QueueError(f"the envelope cannot be stored: {e}")
+                data = envelopeJSON(recipients, envelope)
+            except QueueError as e:
+                self._error = e
         while self._inFlight:
             await defer.DeferredList(list(self._inFlight), consumeErrors=True)
         if self._error is not None:

@@ -65,6 +65,7 @@ from txsmtp.queue.pgconnections import (
 from txsmtp.queue.pgschema import migrate
 from txsmtp.queue.pgwriter import CHUNK_SIZE, PostgresWriter
 from txsmtp.queue.sqlitebody import validId
+from txsmtp.queue.wakeups import WakeListeners
 
 __all__ = ["PostgresStore", "isPostgresURL", "redactURL", "CHUNK_SIZE"]
 
@@ -96,7 +97,7 @@ def redactURL(url: str) -> str:
 
 
 @implementer(IQueueStore)
-class PostgresStore:
+class PostgresStore(WakeListeners):
     """
     A queue store (:class:`~txsmtp.queue.interfaces.IQueueStore`) in a
     PostgreSQL database, which several nodes may share.
@@ -144,7 +145,7 @@ class PostgresStore:
         self._state = "new"
         self._pool: ConnectionPool | None = None
         self._listener: Listener | None = None
-        self._listeners: list[Callable[[], object]] = []
+        WakeListeners.__init__(self)
         self._cleaner: task.LoopingCall | None = None
 
     def __repr__(self) -> str:
@@ -292,31 +293,10 @@ class PostgresStore:
         assert self._pool is not None
         return self._pool.run(function, *args, durable=durable, isolation=isolation)
 
-    def _notify(self, db: Any) -> None:
-        assert self.channel is not None
-        queries.notify(db, self.channel, self.node)
-
     def _notified(self, payload: str) -> None:
         # This node's own commits woke it already.
         if payload != self.node:
             self._wake()
-
-    def _wake(self, result: Any = None) -> Any:
-        for listener in list(self._listeners):
-            try:
-                listener()
-            except Exception:
-                _log.failure("queue wake listener {listener} failed", listener=listener)
-        return result
-
-    def addWakeListener(self, listener: Callable[[], object]) -> None:
-        """Call ``listener()`` after each commit, flush and release, of any node, and at each poll."""
-        self._listeners.append(listener)
-
-    def removeWakeListener(self, listener: Callable[[], object]) -> None:
-        """Stop calling ``listener``."""
-        if listener in self._listeners:
-            self._listeners.remove(listener)
 
     # -- new messages -------------------------------------------------------------------------
 
@@ -352,12 +332,7 @@ class PostgresStore:
         their recipients, else nothing (``False``); the rules are
         :meth:`txsmtp.queue.sqlite.SQLiteStore.record`'s.
         """
-        d = self._run(queries.record, lease, list(outcomes), self.clock.seconds(), durable=False)
-
-        def recorded(result: tuple[bool, bool]) -> bool:
-            return result[0]  # (and whether the message left the queue)
-
-        return d.addCallback(recorded)
+        return self._run(queries.record, lease, list(outcomes), self.clock.seconds(), durable=False)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -425,8 +400,3 @@ def _readBody(db: Any, messageId: str) -> IO[bytes]:
         spool.close()
         raise
     return spool
-
-
-def checkConnection(url: str) -> None:
-    """Connect to ``url`` once and close (blocking): raises on failure.  For start-up checks."""
-    connect(url).close()

@@ -203,6 +203,10 @@ class Scheduler(service.Service):
         """Listen to the store's wake-ups and claim what is due now."""
         service.Service.startService(self)
         self._stopping = False
+        # A store shared by several nodes keeps destinationConcurrency for
+        # all of them together (PostgresStore.slots, there once it is open).
+        slots = getattr(self.store, "slots", None)
+        self._handoff = SlotHandoff(slots) if slots is not None else None
         self.store.addWakeListener(self.wake)
         self.wake()
 
@@ -470,14 +474,9 @@ class Scheduler(service.Service):
     # -- one attempt -------------------------------------------------------
 
     async def _attempt(self, batch: _Batch) -> None:
-        # A store shared by several nodes keeps destinationConcurrency for
-        # all of them together (PostgresStore.slots); others have no slots.
-        slots = getattr(self.store, "slots", None)
-        if slots is None:
-            return await self._deliver(batch)
-        if self._handoff is None or self._handoff.slots is not slots:
-            self._handoff = SlotHandoff(slots)
         handoff, key = self._handoff, batch.hop.key
+        if handoff is None:
+            return await self._deliver(batch)
         slot = await handoff.take(key, self.destinationConcurrency)
         if slot is None:
             batch.noSlot = True

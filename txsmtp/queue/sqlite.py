@@ -56,6 +56,7 @@ from txsmtp.queue.sqlitebody import (
 )
 from txsmtp.queue.sqliteschema import migrate
 from txsmtp.queue.sqlitethreads import Remover, Worker
+from txsmtp.queue.wakeups import WakeListeners
 
 __all__ = ["SQLiteStore"]
 
@@ -95,7 +96,7 @@ def _rollback(db: sqlite3.Connection) -> None:
 
 
 @implementer(IQueueStore)
-class SQLiteStore:
+class SQLiteStore(WakeListeners):
     """
     A queue store (:class:`~txsmtp.queue.interfaces.IQueueStore`) in the
     directory ``path``, for one machine: SQLite for envelopes and recipient
@@ -136,7 +137,7 @@ class SQLiteStore:
         self.groups = 0
         # Whether the writer connection runs with synchronous=FULL (it opens so).
         self._durable = True
-        self._listeners: list[Callable[[], object]] = []
+        WakeListeners.__init__(self)
         self._state = "new"
         self._lockFile: int | None = None
         self._db: sqlite3.Connection | None = None
@@ -393,23 +394,6 @@ class SQLiteStore:
                 _rollback(db)
         except (OSError, sqlite3.Error) as e:
             raise asQueueError(e) from e
-
-    def _wake(self, result: Any = None) -> Any:
-        for listener in list(self._listeners):
-            try:
-                listener()
-            except Exception:
-                _log.failure("queue wake listener {listener} failed", listener=listener)
-        return result
-
-    def addWakeListener(self, listener: Callable[[], object]) -> None:
-        """Call ``listener()`` on the reactor thread after each commit, flush and release."""
-        self._listeners.append(listener)
-
-    def removeWakeListener(self, listener: Callable[[], object]) -> None:
-        """Stop calling ``listener``."""
-        if listener in self._listeners:
-            self._listeners.remove(listener)
 
     # -- new messages -------------------------------------------------------------------------
 

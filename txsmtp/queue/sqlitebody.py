@@ -35,7 +35,7 @@ from txsmtp.queue.errors import QueueError, QueueFullError
 from txsmtp.queue.interfaces import IQueueWriter
 from txsmtp.queue.model import QueuedRecipient
 
-__all__ = ["BodyFiles", "BodyWriter", "PendingMessage", "asQueueError", "newMessageId", "validId"]
+__all__ = ["BodyFiles", "BodyWriter", "PendingMessage", "asQueueError", "envelopeJSON", "newMessageId", "validId"]
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -63,6 +63,22 @@ def newMessageId() -> str:
     order) then 8 random ones (47 bits).
     """
     return _base62(time.time_ns() // 1000, 10) + _base62(int.from_bytes(os.urandom(6), "big"), 8)
+
+
+def envelopeJSON(recipients: list[QueuedRecipient], envelope: dict[str, Any]) -> str:
+    """
+    What every store checks at a commit: at least one recipient, and an
+    envelope (without its recipients, stored apart) that JSON can hold.
+
+    :return: the envelope as JSON text.
+    :raise QueueError: with the reason.
+    """
+    if not recipients:
+        raise QueueError("a message needs at least one recipient")
+    try:
+        return json.dumps({k: v for k, v in envelope.items() if k != "recipients"})
+    except (TypeError, ValueError) as e:
+        raise QueueError(f"the envelope cannot be stored: {e}") from e
 
 
 def validId(messageId: str) -> bool:
@@ -332,13 +348,11 @@ class BodyWriter:
         if self._done:
             return defer.fail(QueueError("this message was already committed or aborted"))
         self._done = True
-        if self._error is None and not recipients:
-            self._error = QueueError("a message needs at least one recipient")
         if self._error is None:
             try:
-                data = json.dumps({k: v for k, v in envelope.items() if k != "recipients"})
-            except (TypeError, ValueError) as e:
-                self._error = QueueError(f"the envelope cannot be stored: {e}")
+                data = envelopeJSON(recipients, envelope)
+            except QueueError as e:
+                self._error = e
         if self._error is not None:
             self._discard()
             return defer.fail(self._error)

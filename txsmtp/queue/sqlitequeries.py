@@ -29,6 +29,7 @@ from txsmtp.queue.sqliteschema import (
     MESSAGE_COLUMNS,
     RECIPIENT_COLUMNS,
     messageFromRow,
+    messagesFromRows,
     recipientFromRow,
     recipientValues,
 )
@@ -207,12 +208,7 @@ def messages(db: sqlite3.Connection, messageId: str | None = None) -> list[Queue
             f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message = ? ORDER BY idx",
             (messageId,),
         ).fetchall()
-    byId = {row[0]: messageFromRow(row) for row in rows}
-    for row in recipients:
-        message = byId.get(row[0])
-        if message is not None:
-            message.recipients.append(recipientFromRow(row))
-    return list(byId.values())
+    return messagesFromRows(rows, recipients)
 
 
 def _exists(db: sqlite3.Connection, messageId: str) -> bool:

@@ -39,6 +39,7 @@ __all__ = [
     "migrate",
     "schemaVersion",
     "messageFromRow",
+    "messagesFromRows",
     "recipientFromRow",
     "recipientValues",
     "MESSAGE_COLUMNS",
@@ -170,6 +171,20 @@ def messageFromRow(row: Sequence[Any]) -> QueuedMessage:
         size=int(size),
         envelope=json.loads(envelope),
     )
+
+
+def messagesFromRows(rows: Sequence[Sequence[Any]], recipients: Sequence[Sequence[Any]]) -> list[QueuedMessage]:
+    """
+    The messages of ``rows`` (:data:`MESSAGE_COLUMNS`, in their order),
+    each with its ``recipients`` (:data:`RECIPIENT_COLUMNS`, in theirs);
+    recipients of other messages are left out.
+    """
+    byId = {row[0]: messageFromRow(row) for row in rows}
+    for row in recipients:
+        message = byId.get(row[0])
+        if message is not None:
+            message.recipients.append(recipientFromRow(row))
+    return list(byId.values())
 
 
 def recipientFromRow(row: Sequence[Any]) -> QueuedRecipient:
