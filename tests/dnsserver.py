@@ -15,6 +15,8 @@ A zone maps a name to its records::
         "implicit.example": {"A": ["127.0.0.1"]},       # no MX: the implicit MX
         "alias.example": {"CNAME": "example.com"},
         "broken.example": SERVFAIL,                     # every query: SERVFAIL
+        "example.org": {"TXT": ["v=spf1 -all", ("two ", "strings")]},
+        "1.0.0.127.in-addr.arpa": {"PTR": ["mx1.example.com"]},
     }
 
 A name absent from the zones is NXDOMAIN; a name present without records
@@ -58,7 +60,20 @@ def _records(rrType: str, value: Any) -> list[Any]:
         return [dns.Record_AAAA(address, ttl=_TTL) for address in value]
     if rrType == "CNAME":
         return [dns.Record_CNAME(value.encode("ascii"), ttl=_TTL)]
+    if rrType == "TXT":
+        # One record per item: a str (cut into 255-octet strings) or a
+        # tuple of its character-strings.
+        return [dns.Record_TXT(*_txtStrings(item), ttl=_TTL) for item in value]
+    if rrType == "PTR":
+        return [dns.Record_PTR(name.encode("ascii"), ttl=_TTL) for name in value]
     raise ValueError(f"unsupported record type in a test zone: {rrType}")
+
+
+def _txtStrings(item: Any) -> list[bytes]:
+    if isinstance(item, tuple):
+        return [s.encode("utf-8") if isinstance(s, str) else s for s in item]
+    data = item.encode("utf-8") if isinstance(item, str) else item
+    return [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
 
 
 class _ZoneResolver(ResolverBase):
