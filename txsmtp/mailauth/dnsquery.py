@@ -55,13 +55,14 @@ async def query(resolver: IResolver, name: str, rrType: int, timeout: tuple[int,
         ``temperror``).
     """
     try:
-        answers, _authority, _additional = await defer.maybeDeferred(
+        result: Any = await defer.maybeDeferred(
             resolver.query, dns.Query(name.encode("idna") if not name.isascii() else name, rrType), timeout
         )
     except DNSNameError:
         return Answer(nxdomain=True)
     except Exception as e:
         raise DNSTemporaryError(f"{dns.QUERY_TYPES.get(rrType, rrType)} {name}: {_errorText(e)}") from e
+    answers = result[0]
     return Answer(records=[rr.payload for rr in answers if rr.type == rrType])
 
 
