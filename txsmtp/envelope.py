@@ -217,6 +217,7 @@ class Envelope:
                 "auth": p.auth,
                 "ret": p.ret,
                 "envid": p.envid,
+                "requiretls": p.requireTLS,
                 "extra": dict(p.extra),
             },
             "recipients": [r.toDict() for r in self.recipients],
@@ -251,6 +252,7 @@ class Envelope:
             auth=p.get("auth"),
             ret=p.get("ret"),
             envid=p.get("envid"),
+            requireTLS=bool(p.get("requiretls")),
             extra=dict(p.get("extra") or {}),
         )
         c = data.get("connection") or {}

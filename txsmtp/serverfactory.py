@@ -76,6 +76,13 @@ class SMTPFactory(Factory):
     :param authFailureDelay: seconds before answering the first failed AUTH;
         each further failure doubles it (at most 30 s).
     :param maxAuthFailures: failed AUTH attempts before ``421`` and close.
+    :param offerRequireTLS: advertise REQUIRETLS (RFC 8689) on sessions
+        under TLS.  A message sent with it has
+        ``envelope.parameters.requireTLS`` set: txsmtp's own deliveries
+        store it (final delivery) or keep it in the queue, which then
+        delivers it only over verified TLS to a hop that offers REQUIRETLS
+        too; a delivery of your own that passes mail on must do the same,
+        or the factory must be built with ``offerRequireTLS=False``.
     :param clock: an :class:`~twisted.internet.interfaces.IReactorTime`
         (a :class:`~twisted.internet.task.Clock` in tests).
     """
@@ -105,6 +112,7 @@ class SMTPFactory(Factory):
         authMechanisms: tuple[str, ...] | None = None,
         authFailureDelay: float = 1.0,
         maxAuthFailures: int = 3,
+        offerRequireTLS: bool = True,
         clock: interfaces.IReactorTime | None = None,
     ) -> None:
         if clock is None:
@@ -137,6 +145,7 @@ class SMTPFactory(Factory):
         self.portal = portal
         self.requireAuth = requireAuth
         self.allowInsecureAuth = allowInsecureAuth
+        self.offerRequireTLS = offerRequireTLS
         if authMechanisms is None:
             authMechanisms = tuple(MECHANISMS)
         unknown = [m for m in authMechanisms if m not in MECHANISMS]

@@ -38,7 +38,7 @@ class SessionHost:
         "EHLO": "EHLO <hostname> -- introduce yourself and list extensions",
         "HELO": "HELO <hostname> -- introduce yourself (no extensions)",
         "MAIL": "MAIL FROM:<sender> [SIZE=n] [BODY=8BITMIME|BINARYMIME] [SMTPUTF8] [RET=FULL|HDRS]"
-        " [ENVID=id] -- start a message",
+        " [ENVID=id] [REQUIRETLS] -- start a message",
         "RCPT": "RCPT TO:<recipient> [NOTIFY=NEVER|SUCCESS,FAILURE,DELAY] [ORCPT=rfc822;address] -- add a recipient",
         "DATA": "DATA -- send the message, end it with a line holding a single dot",
         "RSET": "RSET -- abandon the current message",
@@ -76,6 +76,9 @@ class SessionHost:
         ]
         if f.tls is not None and self.connection.tls is None:
             extensions.append("STARTTLS")
+        if self.connection.tls is not None and f.offerRequireTLS:
+            # RFC 8689 §3: offered only on a session under TLS.
+            extensions.append("REQUIRETLS")
         mechanisms = self.authMechanisms()
         if mechanisms:
             extensions.append("AUTH " + " ".join(mechanisms))
@@ -104,6 +107,12 @@ class SessionHost:
             raise SMTPError(
                 555, "5.5.4", "BODY=BINARYMIME needs CHUNKING, which this server does not offer"
             )
+        if params.requireTLS:
+            if self.connection.tls is None:
+                # RFC 8689 §4.1: REQUIRETLS only on a session under TLS.
+                raise SMTPError(530, "5.7.10", "REQUIRETLS needs a session under TLS: say STARTTLS first")
+            if not self.factory.offerRequireTLS:
+                raise SMTPError(555, "5.5.4", "REQUIRETLS is not offered by this server")
 
     def withKeyword(self, envelope: Envelope) -> str:
         """

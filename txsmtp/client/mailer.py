@@ -188,6 +188,7 @@ class Mailer:
         recipientParams: Sequence[RecipientDSN] | None = None,
         size: int | None = None,
         eightBit: bool | None = None,
+        requireTLS: bool = False,
     ) -> defer.Deferred[SendResult]:
         """
         Send a message; see :func:`sendmail` for the arguments and the
@@ -209,6 +210,7 @@ class Mailer:
                 recipientParams=recipientParams,
                 size=size,
                 eightBit=eightBit,
+                requireTLS=requireTLS,
             )
         except SMTPClientError as e:
             return defer.fail(e)
@@ -422,6 +424,7 @@ def sendmail(
     notify: Iterable[str] | None = None,
     orcpt: str | None = None,
     recipientParams: Sequence[RecipientDSN] | None = None,
+    requireTLS: bool = False,
     **options: Any,
 ) -> defer.Deferred[SendResult]:
     """
@@ -442,6 +445,8 @@ def sendmail(
     :param recipientParams: instead of ``notify`` and ``orcpt``, one
         ``(notify, orcpt)`` pair per recipient (see
         :meth:`OutgoingMessage.prepare`).
+    :param requireTLS: send with REQUIRETLS (RFC 8689): only over TLS with
+        a verified certificate, to a server that offers it.
     :param options: the other keyword arguments of :class:`ClientOptions`:
         ``tls``, ``trustRoot``, ``username``, ``password``, ``lmtp``, ...
     :return: a Deferred firing with a :class:`SendResult` once the message
@@ -450,7 +455,15 @@ def sendmail(
     """
     mailer = Mailer(host, port, poolSize=1, **options)
     d = mailer.send(
-        sender, recipients, message, ret=ret, envid=envid, notify=notify, orcpt=orcpt, recipientParams=recipientParams
+        sender,
+        recipients,
+        message,
+        ret=ret,
+        envid=envid,
+        notify=notify,
+        orcpt=orcpt,
+        recipientParams=recipientParams,
+        requireTLS=requireTLS,
     )
     outcome: list[Any] = []
     d.addBoth(outcome.append)

@@ -138,6 +138,8 @@ class OutgoingMessage:
     #: UTF-8 in the header section (RFC 6532): SMTPUTF8 is declared when
     #: the server offers it (without it the message still goes, as 8-bit).
     utf8Headers: bool = False
+    #: REQUIRETLS (RFC 8689): only over verified TLS, to a server offering it.
+    requireTLS: bool = False
     #: How many times this message has been tried (by :class:`Mailer`).
     attempts: int = 0
     deferred: defer.Deferred[SendResult] | None = None
@@ -156,6 +158,7 @@ class OutgoingMessage:
         recipientParams: Sequence[RecipientDSN] | None = None,
         size: int | None = None,
         eightBit: bool | None = None,
+        requireTLS: bool = False,
     ) -> OutgoingMessage:
         """
         Check the envelope and the DSN parameters (RFC 3461) and measure the
@@ -176,6 +179,11 @@ class OutgoingMessage:
             the caller knows them; the file is then not read through to
             learn them.
         :param eightBit: see ``size``.
+        :param requireTLS: send ``MAIL FROM ... REQUIRETLS`` (RFC 8689):
+            the message goes only on a connection under TLS whose
+            certificate was verified (or matched DANE records), to a server
+            that offers REQUIRETLS; otherwise it fails with
+            :class:`SMTPUnsupportedError` and nothing is sent.
         :raises SMTPAddressError: for anything malformed; nothing is sent.
         :raises ValueError: when ``recipientParams`` does not have one pair
             per recipient, or comes with ``notify`` or ``orcpt``.
@@ -197,6 +205,7 @@ class OutgoingMessage:
             and notify is None
             and orcpt is None
             and recipientParams is None
+            and not requireTLS
         ):
             # The common case: bytes, no DSN.
             is8Bit = not message.isascii()
@@ -261,6 +270,7 @@ class OutgoingMessage:
             rcptDSN=rcptDSN,
             start=start,
             utf8Headers=utf8Headers,
+            requireTLS=requireTLS,
         )
 
     def rewind(self) -> None:

@@ -72,6 +72,11 @@ class ClientOptions:
         :func:`twisted.internet.ssl.optionsForClientTLS`); ``None`` uses the
         platform's.
     :ivar tlsHostname: the name the certificate must carry.
+    :ivar tlsCreator: an
+        :class:`~twisted.internet.interfaces.IOpenSSLClientConnectionCreator`
+        to use instead of the one ``tls`` and ``trustRoot`` describe (for
+        example DANE's, :mod:`txsmtp.tlspolicy.dane`); it counts as
+        verifying the server.
     :ivar clientCertificate: a :class:`twisted.internet.ssl.PrivateCertificate`
         to present.
     :ivar username: log in with AUTH as this user.
@@ -97,6 +102,7 @@ class ClientOptions:
     implicitTLS: bool | None = None
     trustRoot: Any = None
     tlsHostname: str | None = None
+    tlsCreator: Any = None
     clientCertificate: Any = None
     username: str | None = None
     password: str | None = None
@@ -127,6 +133,11 @@ class ClientOptions:
 
             self.reactor = reactor
 
+    @property
+    def verifiesTLS(self) -> bool:
+        """Whether a TLS session made with these options has a verified server (REQUIRETLS needs one)."""
+        return self.tlsCreator is not None or self.tls in (TLSPolicy.REQUIRE, TLSPolicy.VERIFY)
+
     def tlsOptions(self) -> Any:
         """
         The client TLS options for this server: verified for
@@ -135,6 +146,8 @@ class ClientOptions:
         """
         from twisted.internet import ssl
 
+        if self.tlsCreator is not None:
+            return self.tlsCreator
         if self.tls is TLSPolicy.OPPORTUNISTIC:
             extra = {}
             if self.clientCertificate is not None:

@@ -339,6 +339,8 @@ class ESMTPClient(_SessionSetup, Protocol):
             params += b" SMTPUTF8"
         if job.mailDSN and "DSN" in ext:
             params += job.mailDSN
+        if job.requireTLS:
+            params += b" REQUIRETLS"
         return params
 
     # -- output --------------------------------------------------------------
@@ -439,6 +441,18 @@ class ESMTPClient(_SessionSetup, Protocol):
             raise SMTPUnsupportedError(
                 f"{self._peerName()} does not offer 8BITMIME and the message has 8-bit octets (RFC 6152 §3)"
             )
+        if job.requireTLS:
+            # RFC 8689 §4.2.1: verified TLS, and a server that offers
+            # REQUIRETLS, or the message is not sent at all.
+            if not (self.tls and self.options.verifiesTLS):
+                raise SMTPUnsupportedError(
+                    f"the connection to {self._peerName()} is not TLS with a verified certificate,"
+                    " which a REQUIRETLS message needs (RFC 8689 §4.2.1)"
+                )
+            if "REQUIRETLS" not in ext:
+                raise SMTPUnsupportedError(
+                    f"{self._peerName()} does not offer REQUIRETLS, which the message requires (RFC 8689 §4.2.1)"
+                )
         limit = self._sizeLimit
         if limit is not None and job.size is not None and job.size > limit:
             raise SMTPUnsupportedError(

@@ -12,6 +12,7 @@ SMTPUTF8   MAIL     RFC 6531: UTF-8 addresses and headers (no value)
 AUTH       MAIL     RFC 4954 §5: the authenticated submitter, xtext or ``<>``
 RET        MAIL     RFC 3461 §4.3: ``FULL`` or ``HDRS``
 ENVID      MAIL     RFC 3461 §4.4: envelope identifier, xtext
+REQUIRETLS MAIL     RFC 8689 §3: onward delivery only over verified TLS (no value)
 NOTIFY     RCPT     RFC 3461 §4.1: ``NEVER`` or some of SUCCESS, FAILURE, DELAY
 ORCPT      RCPT     RFC 3461 §4.2: ``addr-type;xtext``
 ========== ======== =========================================================
@@ -40,7 +41,7 @@ __all__ = [
     "RCPT_KEYWORDS",
 ]
 
-MAIL_KEYWORDS = frozenset({"SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID"})
+MAIL_KEYWORDS = frozenset({"SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID", "REQUIRETLS"})
 RCPT_KEYWORDS = frozenset({"NOTIFY", "ORCPT"})
 
 _KEYWORD = re.compile(rb"[A-Za-z0-9][A-Za-z0-9-]*")
@@ -89,6 +90,8 @@ class MailParameters:
     auth: str | None = None
     ret: str | None = None
     envid: str | None = None
+    #: REQUIRETLS (RFC 8689): every onward hop must be verified TLS.
+    requireTLS: bool = False
     extra: dict[str, str | None] = field(default_factory=dict)
 
 
@@ -170,6 +173,10 @@ def parseMailParameters(
             if len(v) > 100:
                 raise SMTPSyntaxError(501, "5.5.4", "ENVID is too long (at most 100 characters)")
             result.envid = xtextDecode(v)
+        elif name == "REQUIRETLS":
+            if value is not None:
+                raise SMTPSyntaxError(501, "5.5.4", "REQUIRETLS takes no value")
+            result.requireTLS = True
         else:
             result.extra[name] = value
     return result
