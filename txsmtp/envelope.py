@@ -10,12 +10,15 @@ queue can keep it with the message.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IAddress
 
 from txsmtp.wire.address import Address
 from txsmtp.wire.params import MailParameters, RecipientParameters
+
+if TYPE_CHECKING:
+    from txsmtp.mailauth.results import AuthenticationResults
 
 __all__ = ["ConnectionInfo", "Envelope", "Recipient", "TLSInfo"]
 
@@ -169,10 +172,30 @@ class Envelope:
         the ``Received:`` header and the logs).
     :ivar receivedHeader: the ``Received:`` header line the server prepends,
         as bytes ending in CRLF (set when DATA starts).
+    :ivar addedHeaders: header fields (bytes, each ending in CRLF) that
+        the server adds above the message once it has all of it: a
+        ``DKIM-Signature:`` made as the body streamed in, an
+        ``Authentication-Results:``.  A delivery writes them before the
+        message's first octet; the queue keeps them with the message and
+        puts them in front at delivery.
+    :ivar authentication: the
+        :class:`~txsmtp.mailauth.results.AuthenticationResults` of the
+        inbound checks (SPF, DKIM, DMARC), or ``None`` when the message
+        was not checked; set before the delivery's ``finish``.
     :ivar data: free for the delivery to use.
     """
 
-    __slots__ = ("sender", "parameters", "recipients", "connection", "queueId", "receivedHeader", "data")
+    __slots__ = (
+        "sender",
+        "parameters",
+        "recipients",
+        "connection",
+        "queueId",
+        "receivedHeader",
+        "addedHeaders",
+        "authentication",
+        "data",
+    )
 
     def __init__(
         self,
@@ -187,6 +210,8 @@ class Envelope:
         self.connection = connection if connection is not None else ConnectionInfo()
         self.queueId = queueId
         self.receivedHeader = b""
+        self.addedHeaders: list[bytes] = []
+        self.authentication: AuthenticationResults | None = None
         self.data: Any = None
 
     @property
@@ -208,7 +233,7 @@ class Envelope:
         """
         p = self.parameters
         c = self.connection
-        return {
+        data: dict[str, Any] = {
             "sender": _addressText(self.sender) if self.sender is not None else None,
             "parameters": {
                 "size": p.size,
@@ -232,6 +257,12 @@ class Envelope:
                 "sessionId": c.sessionId,
             },
         }
+        if self.addedHeaders:
+            # Made by the server: ASCII, or UTF-8 under SMTPUTF8.
+            data["addedHeaders"] = [h.decode("utf-8") for h in self.addedHeaders]
+        if self.authentication is not None:
+            data["authentication"] = self.authentication.toDict()
+        return data
 
     @classmethod
     def fromDict(cls, data: dict[str, Any]) -> Envelope:
@@ -269,6 +300,11 @@ class Envelope:
         sender = data.get("sender")
         envelope = cls(_parseAddress(sender) if sender is not None else None, params, connection, data.get("queueId", ""))
         envelope.recipients = [Recipient.fromDict(r) for r in data.get("recipients", [])]
+        envelope.addedHeaders = [h.encode("utf-8") for h in data.get("addedHeaders", [])]
+        if data.get("authentication"):
+            from txsmtp.mailauth.results import AuthenticationResults
+
+            envelope.authentication = AuthenticationResults.fromDict(data["authentication"])
         return envelope
 
 

@@ -206,6 +206,9 @@ def errorResult(error: BaseException, where: str, remoteMTA: str | None) -> tupl
         status = "4" + statusOf(reply.code, reply.enhanced)[1:] if reply is not None else "4.7.0"
         return deferred(status, reason, remoteMTA), False
     if isinstance(error, SMTPUnsupportedError):
+        if "REQUIRETLS" in text:
+            # RFC 8689 §4.2.1: not sent; another MX host may do.
+            return failed("5.7.10", reason, remoteMTA), True
         if "SMTPUTF8" in text:
             status = "5.6.7"
         elif "8BITMIME" in text:

@@ -96,6 +96,7 @@ from txsmtp.queue.attempts import (
 from txsmtp.queue.interfaces import IOutbound
 from txsmtp.queue.model import AttemptResult, NextHop, QueuedMessage, QueuedRecipient, Result
 from txsmtp.queue.outboundlocal import deliverLocal
+from txsmtp.queue.prefixed import addedHeaders
 from txsmtp.queue.routing import hostPort
 
 __all__ = ["Outbound"]
@@ -136,12 +137,14 @@ class _Attempt:
         parameters = message.envelope.get("parameters") or {}
         self.ret: str | None = parameters.get("ret")
         self.envid: str | None = parameters.get("envid")
+        #: REQUIRETLS (RFC 8689): verified TLS to every hop but a final one
+        self.requireTLS = bool(parameters.get("requiretls"))
 
     def measured(self) -> dict[str, Any]:
         """The body's size and 8-bit-ness when the queue recorded them, so the client need not read it through."""
         eightBit = self.message.envelope.get("eightBit")
         if isinstance(eightBit, bool):
-            return {"size": self.message.size, "eightBit": eightBit}
+            return {"size": self.message.size + len(addedHeaders(self.message)), "eightBit": eightBit}
         return {}
 
     def params(self, index: int) -> tuple[tuple[str, ...] | None, str | None]:
@@ -323,6 +326,13 @@ class Outbound:
         if policy is None:
             attempt.setAll(pending, deferred("4.3.5", f"unknown TLS policy {policyName!r} for {hop.key}"))
             return
+        if attempt.requireTLS and not lmtp and policy not in (TLSPolicy.REQUIRE, TLSPolicy.VERIFY):
+            # RFC 8689 §4.2.1: a certificate that verifies, or no delivery.
+            attempt.setAll(
+                pending,
+                failed("5.7.10", f"the message requires verified TLS (REQUIRETLS) and {hop.key} has tls={policyName}"),
+            )
+            return
         username = password = None
         if hop.option("auth") and self.relayCredentials is not None:
             username, password = self.relayCredentials
@@ -481,6 +491,7 @@ class Outbound:
                 ret=attempt.ret,
                 envid=attempt.envid,
                 recipientParams=[attempt.params(i) for i in indexes],
+                requireTLS=attempt.requireTLS and not target.lmtp,
                 **attempt.measured(),
             )
         except Exception as e:

@@ -242,7 +242,10 @@ class Reporter:
         bodyType = str(params.get("body") or "7BIT").upper()
         # RFC 3461 §4.3: the whole message only in a failure report, and
         # only when asked for; never a BINARYMIME one (see the module text).
-        full = kind == FAILURE and message.ret == "FULL" and bodyType != "BINARYMIME"
+        # RFC 8689 §5: a report on a REQUIRETLS message holds no body, and
+        # goes back with REQUIRETLS itself.
+        requireTLS = bool(params.get("requiretls"))
+        full = kind == FAILURE and message.ret == "FULL" and bodyType != "BINARYMIME" and not requireTLS
         headers = b""
         if not full:
             body = await openBody()
@@ -256,7 +259,7 @@ class Reporter:
             or any(b >= 0x80 for b in headers)
             or not message.sender.isascii()
         )
-        returnedNote = "full" if full else ("binary" if kind == FAILURE and message.ret == "FULL" else "headers")
+        returnedNote = "full" if full else ("binary" if kind == FAILURE and message.ret == "FULL" and not requireTLS else "headers")
         boundary = f"txsmtp-report-{secrets.token_hex(16)}"
         head = self._head(kind, message, items, boundary, now, eightBit)
         text = _humanText(kind, self.hostname, message, items, returnedNote, message.arrival + self.lifetime)
@@ -273,6 +276,7 @@ class Reporter:
                                 "Content-Description: the headers of your message\n\n"))
             parts.append(headers)
         envelope = self._envelope(kind, message, eightBit, smtputf8 or not message.sender.isascii())
+        envelope["parameters"]["requiretls"] = requireTLS
         writer = self.store.newMessage()
         try:
             await self._write(writer, parts)

@@ -60,6 +60,7 @@ from txsmtp.queue.model import (
     RecipientOutcome,
     Result,
 )
+from txsmtp.queue.prefixed import openMessage
 from txsmtp.queue.retry import RetryPolicy, outcomeFor
 
 if TYPE_CHECKING:
@@ -489,7 +490,7 @@ class Scheduler(service.Service):
     async def _deliver(self, batch: _Batch) -> None:
         lease, hop, recipients = batch.lease, batch.hop, batch.recipients
         message = lease.message
-        body = await self.store.openBody(message.id)
+        body = await openMessage(self.store, message)
         try:
             results = await defer.maybeDeferred(self.outbound.deliver, hop, message, recipients, body)
         finally:
@@ -515,7 +516,7 @@ class Scheduler(service.Service):
             # Reports first (RFC 3461 §6.2 wants one when asked for): a
             # crash between the two gives a duplicate report, never none.
             try:
-                await self.reporter.report(message, reportable, lambda: self.store.openBody(message.id))
+                await self.reporter.report(message, reportable, lambda: openMessage(self.store, message))
             except Exception:
                 # A failure report that could not be queued (a full queue):
                 # those recipients stay leased and are tried, and reported,
