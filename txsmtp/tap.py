@@ -53,6 +53,7 @@ from txsmtp.tapchecks import (  # noqa: F401  (names tests and users import from
     _why,
     withBacklog,
 )
+from txsmtp.tapmailauth import MailAuthOptions, mailAuthSummary
 from txsmtp.tapqueue import RelayOptions, buildRelay, relaySummary
 from txsmtp.tls import ServerTLS, TLSConfigurationError
 
@@ -96,7 +97,7 @@ def _bareLF(value: str) -> str:
 _bareLF.coerceDoc = "'reject' (550 after the final dot) or 'normalize' (rewrite as CRLF)."  # type: ignore[attr-defined]
 
 
-class Options(usage.Options, strcred.AuthOptionMixin, RelayOptions):
+class Options(usage.Options, strcred.AuthOptionMixin, RelayOptions, MailAuthOptions):
     """Command-line options of ``twistd smtp``."""
 
     # What --auth checkers must understand: the SASL mechanisms need
@@ -124,7 +125,7 @@ class Options(usage.Options, strcred.AuthOptionMixin, RelayOptions):
         ["shutdown-grace", None, 30.0, "Seconds to let transactions finish when stopping.", _seconds("shutdown-grace")],
         ["tls-cert", None, None, "PEM certificate chain for STARTTLS and --listen-tls (reloaded on SIGHUP)."],
         ["tls-key", None, None, "PEM private key for --tls-cert (default: the --tls-cert file)."],
-    ] + RelayOptions.relayParameters
+    ] + RelayOptions.relayParameters + MailAuthOptions.mailAuthParameters
 
     optFlags = [
         ["require-tls", None, "Refuse MAIL before STARTTLS (530 5.7.0)."],
@@ -134,7 +135,7 @@ class Options(usage.Options, strcred.AuthOptionMixin, RelayOptions):
             None,
             "Offer AUTH without TLS. Only for trusted transports such as loopback or UNIX sockets.",
         ],
-    ]
+    ] + MailAuthOptions.mailAuthFlags
 
     compData = usage.Completions(optActions={"bare-lf": usage.CompleteList(["reject", "normalize"])})
 
@@ -250,6 +251,7 @@ class Options(usage.Options, strcred.AuthOptionMixin, RelayOptions):
             _checkReadable(checker)
             _bytesUsers(checker)
         self.postRelayOptions()
+        self.postMailAuthOptions()
         _useCheapLog(self.parent)
 
 
@@ -472,7 +474,7 @@ def startupSummary(options: Options) -> str:
     return (
         f"txsmtp {txsmtp.__version__} starting as {options['hostname']}: "
         f"{', '.join(listeners)}; delivery {options['deliver']}; TLS {tls}; AUTH {auth}"
-        f"{relaySummary(options)}"
+        f"{relaySummary(options)}{mailAuthSummary(options)}"
     )
 
 

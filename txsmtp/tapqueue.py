@@ -527,5 +527,9 @@ def buildRelay(options: Any, hostname: str, inner: Any, runAs: tuple[int, int] |
     )
     queue = QueueService(store, None if setup.shared else setup.queue, inner, runAs, outbound)
     scheduler.setServiceParent(queue)
-    delivery = RelayDelivery(store, router, setup.policy, inner, hostname)
+    from twisted.internet import reactor
+
+    from txsmtp.tapmailauth import mailAuthFilters
+
+    delivery = RelayDelivery(store, router, setup.policy, inner, hostname, filters=mailAuthFilters(options, reactor))
     return delivery, queue

@@ -184,6 +184,15 @@ class RelayDelivery:
         asked at MAIL and RCPT time.
         Messages reach it later, through the queue's ``local`` hop.
     :param hostname: the server's name, for log lines.
+    :param filters: message filters the message streams through before
+        the queue, each a callable ``(receiver, envelope, trusted)``
+        returning the receiver to use (itself, or a
+        :class:`~txsmtp.mailauth.filters.MessageFilter` around it);
+        ``trusted`` says whether the session may relay (authenticated, or
+        in the relay networks).  DKIM signing
+        (:func:`txsmtp.mailauth.signing.signingFilter`) applies to trusted
+        sessions, the inbound checks
+        (:func:`txsmtp.mailauth.inbound.checkingFilter`) to the others.
     """
 
     def __init__(
@@ -193,12 +202,14 @@ class RelayDelivery:
         policy: RelayPolicy | None = None,
         inner: IDelivery | None = None,
         hostname: str | None = None,
+        filters: Iterable[Any] = (),
     ) -> None:
         self.store = store
         self.router = router
         self.policy = policy if policy is not None else RelayPolicy()
         self.inner = inner
         self.hostname = hostname
+        self.filters = list(filters)
 
     def openSession(self, connection: ConnectionInfo) -> Any:
         if self.inner is None:
@@ -322,12 +333,18 @@ class RelaySession:
         ]
         return len(foreign) <= 1
 
-    def openMessage(self, envelope: Envelope) -> RelayReceiver:
+    def openMessage(self, envelope: Envelope) -> Any:
+        delivery = self.delivery
         try:
-            writer = self.delivery.store.newMessage()
+            writer = delivery.store.newMessage()
         except QueueError as e:
             raise _queueReply(e, envelope) from e
-        return RelayReceiver(writer, envelope, self.delivery.policy.maxHops)
+        receiver: Any = RelayReceiver(writer, envelope, delivery.policy.maxHops)
+        if delivery.filters:
+            trusted = delivery.policy.mayRelay(self.connection)
+            for makeFilter in delivery.filters:
+                receiver = makeFilter(receiver, envelope, trusted)
+        return receiver
 
     def verify(self, address: str) -> Any:
         if self.inner is not None:
