@@ -62,6 +62,8 @@ __all__ = [
     "evaluate",
     "fromDomain",
     "isAligned",
+    "isDMARCRecord",
+    "normalizeDomain",
     "organizationalDomain",
     "parseRecord",
 ]
