@@ -186,6 +186,21 @@ class FormatTests(unittest.TestCase):
             ' smtp.mailfrom="josé"@bücher.example\r\n'.encode(),
         )
 
+    def test_noInjection(self) -> None:
+        """Line breaks and control characters in a reason or value cannot start a new field."""
+        results = AuthenticationResults(
+            "mx.example.com",
+            [MethodResult("spf", "fail", "bad\r\nBcc: x@evil.example", (("smtp.mailfrom", "a\r\nX: y@example.org\x00"),))],
+        )
+        field = formatHeader(results)
+        self.assertNotIn(b"\r\nBcc", field)
+        self.assertNotIn(b"\r\nX:", field)
+        self.assertNotIn(b"\x00", field)
+        self.assertEqual(
+            self.roundTrip(results),
+            [("spf", "fail", "bad  Bcc: x@evil.example", (("smtp.mailfrom", '"a  X: y@example.org?"'),))],
+        )
+
     def test_badKeywords(self) -> None:
         """A method, result or property that is no keyword is a programming error."""
         for result in (

@@ -139,6 +139,34 @@ class FromDomainTests(unittest.TestCase):
         ):
             self.assertIsNone(fromDomain(block), block[:60])
 
+    def test_addressForms(self) -> None:
+        """Quoted display names and local parts holding "@", comments anywhere, obs-route, a one-member group."""
+        for value in (
+            b'"a@evil.example" <joe@Example.org>',
+            b'"quoted@evil.example"@example.org',
+            b"joe(c)@(c)example(c).(c)org",
+            b"<@route.example:joe@example.org>",
+            b"friends: joe@example.org;",
+            b"joe@example.org,",
+        ):
+            self.assertEqual(fromDomain(b"From: " + value + b"\r\n\r\n"), "example.org", value)
+        for value in (
+            b"Joe <joe@example.org> trailing",
+            b'joe@"example.org"',
+            b"joe@example..org",
+            b"joe@.example.org",
+            b"<joe@example.org",
+            b"(unclosed <joe@example.org>",
+            b"joe@a@example.org",
+        ):
+            self.assertIsNone(fromDomain(b"From: " + value + b"\r\n\r\n"), value)
+
+    def test_pathological(self) -> None:
+        """Deep comments, runs of quotes or brackets: None, without recursion or quadratic time."""
+        for value in (b"(" * 4000 + b")" * 4000, b'"' * 8000, b"<" * 8000, b"a," * 4000, b"[" * 8000):
+            self.assertIsNone(fromDomain(b"From: " + value + b"\r\n\r\n"))
+        self.assertEqual(fromDomain(b"From: " + b"(" * 3000 + b")" * 3000 + b"joe@example.org\r\n"), "example.org")
+
     def test_internationalized(self) -> None:
         """A U-label domain (SMTPUTF8) comes back in A-labels, as DNS wants it."""
         self.assertEqual(fromDomain("From: joe@bücher.example\r\n\r\n".encode()), "xn--bcher-kva.example")
