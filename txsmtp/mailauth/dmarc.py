@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import random as _random
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet import threads
 from twisted.internet.interfaces import IResolver
 from twisted.logger import Logger
 from twisted.names import dns
@@ -387,6 +389,18 @@ def normalizeDomain(domain: str) -> str | None:
 # --- Organizational domains and alignment (§3.1, §3.2) -----------------------
 
 _psl: Any = None
+_pslLock = threading.Lock()
+
+
+def _loadPublicSuffixList() -> Any:
+    """The Public Suffix List, read once (0.4 s or so: :func:`evaluate` does it in a thread)."""
+    global _psl
+    with _pslLock:
+        if _psl is None:
+            from publicsuffixlist import PublicSuffixList
+
+            _psl = PublicSuffixList()
+    return _psl
 
 
 def organizationalDomain(domain: str) -> str:
@@ -395,14 +409,12 @@ def organizationalDomain(domain: str) -> str:
     longest match in the Public Suffix List, ICANN and private sections,
     unknown top-level domains counting as public suffixes) and one label
     more.  A domain that is itself a public suffix is its own.
-    """
-    global _psl
-    if _psl is None:
-        from publicsuffixlist import PublicSuffixList
 
-        _psl = PublicSuffixList()
+    The first call reads the list, unless :func:`evaluate` did already.
+    """
+    psl = _psl if _psl is not None else _loadPublicSuffixList()
     domain = domain.rstrip(".").lower()
-    found = _psl.privatesuffix(domain)
+    found = psl.privatesuffix(domain)
     return found if isinstance(found, str) else domain
 
 
@@ -489,6 +501,9 @@ async def evaluate(
         )
     domain = normalizeDomain(fromDomain)
     assert domain is not None
+    if _psl is None:
+        # Reading the list takes a while: not on the reactor's thread.
+        await threads.deferToThread(_loadPublicSuffixList)
     org = organizationalDomain(domain)
     headerFrom = (("header.from", domain),)
 
