@@ -35,7 +35,7 @@ Theory of operation:
 
 Everything but the DNS questions (through
 :func:`txsmtp.mailauth.dnsquery.query`) is pure.  No reports are sent:
-``rua``/``ruf``/``fo``/``ri``/``rf`` are parsed and kept for a caller.
+``rua``/``ruf``/``fo``/``ri`` are parsed and kept for a caller.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from twisted.internet.interfaces import IResolver
 from twisted.logger import Logger
 from twisted.names import dns
 
-from txsmtp.mailauth.dnsquery import DNSTemporaryError, query, txtStrings
+from txsmtp.mailauth.dnsquery import DEFAULT_TIMEOUT, DNSTemporaryError, query, txtStrings
 from txsmtp.mailauth.results import MethodResult
 
 __all__ = [
@@ -570,12 +570,7 @@ def _alignedPass(
 
 
 def _asker(resolver: IResolver, timeout: tuple[int, ...] | None) -> Callable[[str, int], Any]:
-    def ask(name: str, rrType: int) -> Any:
-        if timeout is None:
-            return query(resolver, name, rrType)
-        return query(resolver, name, rrType, timeout)
-
-    return ask
+    return lambda name, rrType: query(resolver, name, rrType, timeout or DEFAULT_TIMEOUT)
 
 
 async def _records(ask: Callable[[str, int], Any], domain: str) -> list[bytes]:
