@@ -21,7 +21,6 @@ in PEM.
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -32,9 +31,10 @@ from twisted.logger import Logger
 
 from txsmtp.dkimsign import DKIMSigner, DKIMSignError
 from txsmtp.envelope import Envelope
-from txsmtp.mailauth.filters import MessageFilter, fieldName, splitFields
+from txsmtp.mailauth.dmarc import fromDomain
+from txsmtp.mailauth.filters import MessageFilter
 
-__all__ = ["DKIMKey", "SigningFilter", "SigningKeys", "fromDomain", "parseDKIMOption", "signingFilter"]
+__all__ = ["DKIMKey", "SigningFilter", "SigningKeys", "parseDKIMOption", "signingFilter"]
 
 _log = Logger(namespace="txsmtp.mailauth.signing")
 
@@ -103,23 +103,6 @@ class SigningKeys:
 
     def __repr__(self) -> str:
         return f"SigningKeys({self.keys!r})"
-
-
-def fromDomain(section: bytes) -> str | None:
-    """
-    The domain of the single author address in the ``From:`` field of a
-    header section, lower case; ``None`` when there is no ``From:``, more
-    than one, or it does not hold exactly one address with a domain.
-    """
-    values = [f for f in splitFields(section) if fieldName(f) == "from"]
-    if len(values) != 1:
-        return None
-    value = values[0].partition(b":")[2].decode("utf-8", "replace").replace("\r\n", "")
-    addresses = [a for _, a in email.utils.getaddresses([value]) if a]
-    if len(addresses) != 1 or "@" not in addresses[0]:
-        return None
-    domain = addresses[0].rpartition("@")[2].strip().lower().rstrip(".")
-    return domain or None
 
 
 class SigningFilter(MessageFilter):
