@@ -531,5 +531,5 @@ def buildRelay(options: Any, hostname: str, inner: Any, runAs: tuple[int, int] |
 
     from txsmtp.tapmailauth import mailAuthFilters
 
-    delivery = RelayDelivery(store, router, setup.policy, inner, hostname, filters=mailAuthFilters(options, reactor))
+    delivery = RelayDelivery(store, router, setup.policy, inner, hostname, filters=mailAuthFilters(options, hostname, reactor))
     return delivery, queue
