@@ -252,11 +252,12 @@ def isValidDomain(name: str) -> bool:
     """
     Whether ``name`` can be looked up as check_host()'s <domain> (§4.3):
     at least two labels, none empty or longer than 63 characters, at most
-    253 characters in all (a final dot allowed).
+    253 characters in all (a final dot allowed), visible ASCII, and
+    not an address (no brackets, a top label not all digits).
     """
     if name.endswith("."):
         name = name[:-1]
-    if not name or len(name) > 253 or any(ch.isspace() for ch in name):
+    if not name or len(name) > 253 or any(not "\x21" <= ch <= "\x7e" or ch in "[]" for ch in name):
         return False
     labels = name.split(".")
-    return len(labels) >= 2 and all(0 < len(label) <= 63 for label in labels)
+    return len(labels) >= 2 and all(0 < len(label) <= 63 for label in labels) and not labels[-1].isdigit()
