@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from tests.dnsserver import SERVFAIL, startDNSServer
 from tests.peers import PEERS_REQUIRED
 from txsmtp.mailauth.results import MethodResult
-from txsmtp.mailauth.spf import SPFLimits, checkHelo, checkHost, checkSender, parseRecord
+from txsmtp.mailauth.spf import SPFLimits, checkHelo, checkHost, checkSender
 from txsmtp.mailauth.spfmacro import (
     MacroContext,
     SPFSyntaxError,
@@ -26,6 +26,7 @@ from txsmtp.mailauth.spfmacro import (
     parseDomainSpec,
     parseMacroString,
 )
+from txsmtp.mailauth.spfrecord import parseRecord
 
 MX11 = [(i, f"mx{i}.mx11.example") for i in range(11)]
 
@@ -93,8 +94,24 @@ ZONES: dict[str, Any] = {
     "ten.example": {"TXT": ["v=spf1 " + " ".join(["include:neutral.example"] * 10) + " -all"]},
     "eleven.example": {"TXT": ["v=spf1 " + " ".join(["include:neutral.example"] * 11) + " -all"]},
     "loop.example": {"TXT": ["v=spf1 include:loop.example -all"]},
-    "void2.example": {"TXT": ["v=spf1 a:gone1.example a:norecord.example mx:default.example +all"]},
-    "void3.example": {"TXT": ["v=spf1 a:gone1.example a:gone2.example exists:gone3.example +all"]},
+    # gone*.example: NXDOMAIN; default.example has no MX: NODATA.  Both are void.
+    "void2.example": {"TXT": ["v=spf1 a:gone1.example mx:default.example +all"]},
+    "void3.example": {"TXT": ["v=spf1 a:gone1.example mx:default.example exists:gone3.example +all"]},
+    # ptr: only the first 10 names count; %{p}
+    "ptr11.example": {"TXT": ["v=spf1 ptr -all"]},
+    "70.2.0.192.in-addr.arpa": {"PTR": [f"p{i}.ptr11.example" for i in range(11)]},
+    "71.2.0.192.in-addr.arpa": {"PTR": [f"p{i}.ptr11.example" for i in range(11)]},
+    # (Names of other addresses, not void: pyspf counts each void forward
+    # lookup of a ptr against the void limit; check_host() here counts the
+    # terms whose own query is void, §4.6.4.)
+    **{f"p{i}.ptr11.example": {"A": ["203.0.113.9"]} for i in range(9)},
+    "p10.ptr11.example": {"A": ["192.0.2.70"]},
+    "p9.ptr11.example": {"A": ["192.0.2.71"]},
+    "pmacro.example": {"TXT": ["v=spf1 exists:%{p}.allowed.pmacro.example -all"]},
+    "mail.ptr.example.allowed.pmacro.example": {"A": ["127.0.0.2"]},
+    "ptr6.example": {"TXT": ["v=spf1 ptr:ptr.example -all"]},
+    "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa": {"PTR": ["six.ptr.example"]},
+    "six.ptr.example": {"AAAA": ["2001:db8::1"]},
     # exp
     "exp.example": {"TXT": ["v=spf1 ip4:192.0.2.1 -all exp=explain.exp.example"]},
     "explain.exp.example": {"TXT": ["%{i} is not one of %{d}'s designated mail servers."]},
@@ -151,6 +168,12 @@ CASES: list[tuple[str, str, str]] = [
     ("ptr.example", "192.0.2.30", "pass"),
     ("ptr.example", "192.0.2.31", "fail"),
     ("ptrother.example", "192.0.2.30", "pass"),
+    ("ptr11.example", "192.0.2.70", "fail"),
+    ("ptr11.example", "192.0.2.71", "pass"),
+    ("pmacro.example", "192.0.2.30", "pass"),
+    ("pmacro.example", "192.0.2.31", "fail"),
+    ("ptr6.example", "2001:db8::1", "pass"),
+    ("ptr6.example", "2001:db8::2", "fail"),
     ("exists.example", "192.0.2.40", "pass"),
     ("exists.example", "192.0.2.41", "fail"),
     ("macro.example", "192.0.2.40", "pass"),

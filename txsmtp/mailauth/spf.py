@@ -21,14 +21,26 @@ however deeply it is reached through ``include`` and ``redirect``
 term's query answered NXDOMAIN or NODATA: more than
 :attr:`SPFLimits.voidLookups` is ``permerror``).
 
-Parsing is pure (:func:`parseRecord`, and macro-strings in
-:mod:`txsmtp.mailauth.spfmacro`): a record with any syntax error is
+Parsing is pure (records in :mod:`txsmtp.mailauth.spfrecord`,
+macro-strings in :mod:`txsmtp.mailauth.spfmacro`): a record with any syntax error is
 ``permerror`` before any term is evaluated (§4.6).  Evaluation asks the
 DNS through :func:`txsmtp.mailauth.dnsquery.query` (twisted.names, each
 query with its own timeout; the caller bounds the whole check if it
 wants).  ``permerror`` and ``temperror`` travel as exceptions
 (:class:`_PermError`, :class:`_TempError`) out of any depth of
 ``include``/``redirect``, which is what the table of §5.2 asks for.
+
+``%{p}`` is implemented, not left ``unknown`` (§7.3 allows either): the
+validated names of §5.5 (the client's PTR names, at most
+:attr:`SPFLimits.ptrNames`, whose addresses include the client), the
+domain itself preferred, then a subdomain of it, then any; ``unknown``
+when there is none.  The lookups are made once per check and shared with
+``ptr``.
+
+The explanation of ``exp=`` (§6.2) is fetched only for a ``fail``, from
+the record that decided it (the target's after ``redirect``, never an
+included record's); any trouble with it leaves it out, never changes the
+result.
 
 pyspf was not used: its DNS is synchronous and its only DNS hook is a
 module global, neither of which fits a reactor.
@@ -54,20 +66,16 @@ from txsmtp.mailauth.spfmacro import (
     expand,
     expandDomain,
     isValidDomain,
-    parseDomainSpec,
     parseMacroString,
 )
+from txsmtp.mailauth.spfrecord import DNS_MECHANISMS, Mechanism, Modifier, parseRecord
 
 __all__ = [
-    "Mechanism",
-    "Modifier",
     "SPFLimits",
-    "SPFRecord",
     "SPFResult",
     "checkHelo",
     "checkHost",
     "checkSender",
-    "parseRecord",
     "spfReason",
 ]
 
@@ -76,11 +84,8 @@ log = Logger(namespace="txsmtp.mailauth.spf")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
-_DNS_MECHANISMS = frozenset({"include", "a", "mx", "ptr", "exists"})
-_MECHANISMS = _DNS_MECHANISMS | {"all", "ip4", "ip6"}
-_MODIFIER = re.compile(r"([A-Za-z][A-Za-z0-9_.\-]*)=(.*)\Z", re.S)
-_MECHANISM = re.compile(r"([+\-~?]?)([A-Za-z][A-Za-z0-9_.\-]*)(.*)\Z", re.S)
-_DUAL_CIDR = re.compile(r"(?:/(0|[1-9][0-9]*))?(?://(0|[1-9][0-9]*))?\Z")
+#: How deep include/redirect may nest, whatever SPFLimits.dnsTerms says.
+_MAX_DEPTH = 50
 _VERSION = re.compile(rb"v=spf1(?: |\Z)", re.I)
 
 
@@ -128,132 +133,6 @@ class SPFResult:
     detail: str | None = None
 
 
-@dataclass(frozen=True)
-class Mechanism:
-    """
-    One mechanism of a record (§5).
-
-    :ivar qualifier: ``+``, ``-``, ``~`` or ``?``.
-    :ivar name: ``all``, ``include``, ``a``, ``mx``, ``ptr``, ``ip4``,
-        ``ip6`` or ``exists`` (lower case).
-    :ivar domainSpec: the target's domain-spec, if one is written.
-    :ivar network: for ``ip4``/``ip6``, the network.
-    :ivar cidr4: for ``a``/``mx``, the IPv4 prefix length.
-    :ivar cidr6: for ``a``/``mx``, the IPv6 prefix length.
-    :ivar text: the term as written.
-    """
-
-    qualifier: str
-    name: str
-    text: str
-    domainSpec: MacroString | None = None
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
-    cidr4: int = 32
-    cidr6: int = 128
-
-
-@dataclass(frozen=True)
-class Modifier:
-    """A ``name=value`` term (§6); ``value`` parsed as a macro-string."""
-
-    name: str
-    value: MacroString
-    text: str
-
-
-@dataclass(frozen=True)
-class SPFRecord:
-    """A parsed ``v=spf1`` record: its mechanisms in order, and its modifiers."""
-
-    mechanisms: tuple[Mechanism, ...]
-    redirect: Modifier | None = None
-    exp: Modifier | None = None
-    unknown: tuple[Modifier, ...] = ()
-
-
-def parseRecord(text: str) -> SPFRecord:
-    """
-    Parse an SPF record (``v=spf1 ...``, §4.6, §12).
-
-    :raise SPFSyntaxError: when any term is not in the grammar, a
-        mechanism is unknown, or ``redirect``/``exp`` is given twice (§6).
-    """
-    terms = text.split(" ")
-    if terms[0].lower() != "v=spf1":
-        raise SPFSyntaxError(f"not an SPF record: {text[:40]!r}")
-    mechanisms: list[Mechanism] = []
-    modifiers: dict[str, Modifier] = {}
-    unknown: list[Modifier] = []
-    for term in terms[1:]:
-        if not term:
-            continue  # 1*SP between terms
-        mod = _MODIFIER.match(term)
-        if mod:
-            name = mod.group(1).lower()
-            if name in ("redirect", "exp"):
-                if name in modifiers:
-                    raise SPFSyntaxError(f"{name}= given twice")
-                modifiers[name] = Modifier(name, parseDomainSpec(mod.group(2)), term)
-            else:
-                # Unknown modifiers are ignored, but must be well formed.
-                unknown.append(Modifier(name, parseMacroString(mod.group(2)), term))
-            continue
-        mechanisms.append(_parseMechanism(term))
-    return SPFRecord(tuple(mechanisms), modifiers.get("redirect"), modifiers.get("exp"), tuple(unknown))
-
-
-def _parseMechanism(term: str) -> Mechanism:
-    m = _MECHANISM.match(term)
-    if m is None:
-        raise SPFSyntaxError(f"bad term {term!r}")
-    qualifier, name, rest = m.group(1) or "+", m.group(2).lower(), m.group(3)
-    if name not in _MECHANISMS:
-        raise SPFSyntaxError(f"unknown mechanism {term!r}")
-    if name == "all":
-        if rest:
-            raise SPFSyntaxError(f"bad term {term!r}")
-        return Mechanism(qualifier, name, term)
-    if name in ("ip4", "ip6"):
-        return Mechanism(qualifier, name, term, network=_parseNetwork(name, rest, term))
-    spec: MacroString | None = None
-    cidr4, cidr6 = 32, 128
-    if name in ("a", "mx"):
-        cidr = _DUAL_CIDR.search(rest)
-        assert cidr is not None  # everything optional: matches at the end
-        rest = rest[: cidr.start()]
-        cidr4 = _cidr(cidr.group(1), 32, term)
-        cidr6 = _cidr(cidr.group(2), 128, term)
-    if rest:
-        if not rest.startswith(":") or len(rest) == 1:
-            raise SPFSyntaxError(f"bad term {term!r}")
-        spec = parseDomainSpec(rest[1:])
-    elif name in ("include", "exists"):
-        raise SPFSyntaxError(f"{name} needs a domain: {term!r}")
-    return Mechanism(qualifier, name, term, domainSpec=spec, cidr4=cidr4, cidr6=cidr6)
-
-
-def _cidr(text: str | None, top: int, term: str) -> int:
-    if text is None:
-        return top
-    if int(text) > top or len(text) > 3:
-        raise SPFSyntaxError(f"bad prefix length in {term!r}")
-    return int(text)
-
-
-def _parseNetwork(name: str, rest: str, term: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    if not rest.startswith(":"):
-        raise SPFSyntaxError(f"{name} needs an address: {term!r}")
-    address, slash, length = rest[1:].partition("/")
-    top = 32 if name == "ip4" else 128
-    try:
-        ip = ipaddress.IPv4Address(address) if name == "ip4" else ipaddress.IPv6Address(address)
-    except ValueError:
-        raise SPFSyntaxError(f"bad address in {term!r}") from None
-    if slash and not re.fullmatch(r"0|[1-9][0-9]{0,2}", length):
-        raise SPFSyntaxError(f"bad prefix length in {term!r}")
-    prefix = _cidr(length, top, term) if slash else top
-    return ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
-
 
 class _PermError(Exception):
     """The check ends with ``permerror``."""
@@ -284,6 +163,8 @@ class _Check:
         self.dnsTerms = 0
         self.voids = 0
         self.validatedName: str | None = None
+        self.depth = 0
+        self.validated: list[str] | None = None
 
     async def _query(self, name: str, rrType: int, countVoid: bool = True) -> Answer:
         try:
@@ -314,6 +195,16 @@ class _Check:
 
     async def evaluate(self, domain: str, explain: bool) -> _Outcome:
         """check_host() for ``domain``: an outcome, or _PermError/_TempError."""
+        self.depth += 1
+        try:
+            return await self._evaluate(domain, explain)
+        finally:
+            self.depth -= 1
+
+    async def _evaluate(self, domain: str, explain: bool) -> _Outcome:
+        if self.depth > _MAX_DEPTH:
+            # Only reachable with a dnsTerms limit far above the RFC's.
+            raise _PermError(f"include/redirect nested more than {_MAX_DEPTH} deep")
         if not isValidDomain(domain):
             return _Outcome("none", detail=f"{domain!r} is not a domain name")
         answer = await self._query(domain, dns.TXT, countVoid=False)
@@ -329,7 +220,7 @@ class _Check:
             raise _PermError(f"bad SPF record at {domain}: {e}") from None
 
         for mechanism in record.mechanisms:
-            if mechanism.name in _DNS_MECHANISMS:
+            if mechanism.name in DNS_MECHANISMS:
                 self._countTerm(mechanism.text)
             if await self._matches(mechanism, domain):
                 result = _QUALIFIERS[mechanism.qualifier]
@@ -411,8 +302,13 @@ class _Check:
         The client's validated names (§5.5): the PTR names of its address
         (the first :attr:`SPFLimits.ptrNames`) whose own addresses include
         it.  A DNS error on the PTR lookup gives none; on an address lookup
-        skips that name.
+        skips that name.  Looked up once per check.
         """
+        if self.validated is None:
+            self.validated = await self._lookUpValidatedNames()
+        return self.validated
+
+    async def _lookUpValidatedNames(self) -> list[str]:
         try:
             answer = await self._query(_reverseName(self.ip), dns.PTR)
         except _TempError:
