@@ -162,7 +162,6 @@ class _Check:
         self.limits = limits
         self.dnsTerms = 0
         self.voids = 0
-        self.validatedName: str | None = None
         self.depth = 0
         self.validated: list[str] | None = None
 
@@ -331,12 +330,10 @@ class _Check:
         ``%{p}`` (§7.3): a validated name, preferring the domain itself,
         then one of its subdomains, then any; ``unknown`` when none.
         """
-        if self.validatedName is None:
-            names = await self._validatedNames()
-            domain = domain.lower().rstrip(".")
-            best = [n for n in names if n == domain] or [n for n in names if n.endswith("." + domain)] or names
-            self.validatedName = best[0] if best else "unknown"
-        return self.validatedName
+        names = await self._validatedNames()
+        domain = domain.lower().rstrip(".")
+        best = [n for n in names if n == domain] or [n for n in names if n.endswith("." + domain)] or names
+        return best[0] if best else "unknown"
 
     async def _explanation(self, exp: Modifier, domain: str) -> str | None:
         """
