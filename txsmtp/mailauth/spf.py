@@ -7,7 +7,8 @@ right, and answers ``pass``, ``fail``, ``softfail``, ``neutral``,
 ``none``, ``temperror`` or ``permerror`` (:class:`SPFResult`).
 :func:`checkSender` is what a receiving MX does with it (§2.3, §2.4):
 check the MAIL FROM identity, or ``postmaster@<HELO>`` for a null
-reverse-path, and report a :class:`txsmtp.mailauth.results.MethodResult`.
+reverse-path, and report a :class:`txsmtp.mailauth.results.MethodResult`;
+:func:`checkHelo` does the same for the HELO identity (``smtp.helo``).
 
 Theory of operation
 -------------------
