@@ -77,10 +77,11 @@ def _txtStrings(item: Any) -> list[bytes]:
 
 
 class _ZoneResolver(ResolverBase):
-    def __init__(self, zones: dict[str, Any], queries: list[tuple[str, str]]) -> None:
+    def __init__(self, zones: dict[str, Any], queries: list[tuple[str, str]], chaseCNAME: bool = False) -> None:
         super().__init__()
         self.zones = {name.lower().rstrip("."): records for name, records in zones.items()}
         self.queries = queries
+        self.chaseCNAME = chaseCNAME
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
         text = name.decode("ascii").lower().rstrip(".")
@@ -91,10 +92,24 @@ class _ZoneResolver(ResolverBase):
         if entry == SERVFAIL:
             return defer.fail(_ServerFailure(text))
         answers = []
-        for rrType, value in entry.items():
-            for record in _records(rrType, value):
-                if record.TYPE == type or record.TYPE == dns.CNAME:
-                    answers.append(dns.RRHeader(name, record.TYPE, dns.IN, _TTL, record, auth=True))
+        owner, seen = name, {text}
+        while True:
+            target = None
+            for rrType, value in entry.items():
+                for record in _records(rrType, value):
+                    if record.TYPE == type or record.TYPE == dns.CNAME:
+                        answers.append(dns.RRHeader(owner, record.TYPE, dns.IN, _TTL, record, auth=True))
+                    if record.TYPE == dns.CNAME:
+                        target = value.lower().rstrip(".")
+            # chaseCNAME: the target's records too when it is in the zones
+            # (RFC 1034 §4.3.2), as an authoritative server for both does.
+            if not self.chaseCNAME or type == dns.CNAME or target is None or target in seen:
+                break
+            entry = self.zones.get(target)
+            if entry is None or entry == SERVFAIL:
+                break
+            owner = target.encode("ascii")
+            seen.add(target)
         return defer.succeed((answers, [], []))
 
 
@@ -125,13 +140,17 @@ class RunningDNS:
         return client.Resolver(servers=[self.address], reactor=_REACTOR, timeout=(2, 5))
 
 
-def startDNSServer(testCase: unittest.TestCase, zones: dict[str, Any]) -> RunningDNS:
+def startDNSServer(testCase: unittest.TestCase, zones: dict[str, Any], chaseCNAME: bool = False) -> RunningDNS:
     """
     Serve ``zones`` on 127.0.0.1 (UDP and TCP, one port found free); the
     server stops in the test's cleanup.
+
+    With ``chaseCNAME``, the answer for a name with a CNAME also holds the
+    records of the type asked of its target (and of the target's target),
+    when the target is in ``zones``; without, only the CNAME record.
     """
     running = RunningDNS(0, zones)
-    factory = _Factory(authorities=[_ZoneResolver(zones, running.queries)], verbose=0)
+    factory = _Factory(authorities=[_ZoneResolver(zones, running.queries, chaseCNAME)], verbose=0)
     for _ in range(10):
         udp = _REACTOR.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
         port = udp.getHost().port
