@@ -74,6 +74,9 @@ class ClientOptions:
     :ivar tlsHostname: the name the certificate must carry.
     :ivar clientCertificate: a :class:`twisted.internet.ssl.PrivateCertificate`
         to present.
+    :ivar tlsCreator: an ``IOpenSSLClientConnectionCreator`` to start TLS
+        with instead of the options :meth:`tlsOptions` would make (for
+        example a :class:`txsmtp.tlspolicy.daneclient.DANEClientCreator`).
     :ivar username: log in with AUTH as this user.
     :ivar password: the password (for SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN).
     :ivar oauthToken: an OAuth 2 bearer token (for XOAUTH2).
@@ -98,6 +101,7 @@ class ClientOptions:
     trustRoot: Any = None
     tlsHostname: str | None = None
     clientCertificate: Any = None
+    tlsCreator: Any = None
     username: str | None = None
     password: str | None = None
     oauthToken: str | None = None
@@ -131,9 +135,13 @@ class ClientOptions:
         """
         The client TLS options for this server: verified for
         :attr:`TLSPolicy.REQUIRE` and :attr:`TLSPolicy.VERIFY` (through
-        service_identity), unverified for :attr:`TLSPolicy.OPPORTUNISTIC`.
+        service_identity), unverified for :attr:`TLSPolicy.OPPORTUNISTIC`;
+        :attr:`tlsCreator` itself when it is set.
         """
         from twisted.internet import ssl
+
+        if self.tlsCreator is not None:
+            return self.tlsCreator
 
         if self.tls is TLSPolicy.OPPORTUNISTIC:
             extra = {}
