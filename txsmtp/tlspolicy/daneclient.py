@@ -21,9 +21,10 @@ makes TLS mandatory without checking the certificate: the caller decides
 this by passing such a set; :attr:`DANEClientCreator.authenticated` says
 which case applies.
 
-The outcome of the last handshake of each connection is kept on the
-connection's application data (:class:`DANEOutcome`, through
-:meth:`DANEClientCreator.outcome`) for logs.
+What the callback found on each connection (:class:`DANEOutcome`) is kept,
+as long as the connection lives, for :meth:`DANEClientCreator.outcome`
+(logs, tests).  It cannot be the connection's application data: Twisted
+sets that to its TLS protocol.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -96,20 +98,19 @@ class DANEClientCreator:
             context.use_privatekey(clientCertificate.privateKey.original)
         context.set_verify(SSL.VERIFY_PEER, self._verify)
         self._context = context
+        self._outcomes: WeakKeyDictionary[SSL.Connection, DANEOutcome] = WeakKeyDictionary()
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """Make the connection for one TLS session (SNI set, outcome attached)."""
         connection = SSL.Connection(self._context, None)
-        connection.set_app_data(DANEOutcome(tlsProtocol=tlsProtocol))
+        self._outcomes[connection] = DANEOutcome(tlsProtocol=tlsProtocol)
         connection.set_tlsext_host_name(self.hostname.encode("idna"))
         connection.set_connect_state()
         return connection
 
-    @staticmethod
-    def outcome(connection: SSL.Connection) -> DANEOutcome | None:
+    def outcome(self, connection: SSL.Connection) -> DANEOutcome | None:
         """The :class:`DANEOutcome` of a connection this creator made."""
-        data = connection.get_app_data()
-        return data if isinstance(data, DANEOutcome) else None
+        return self._outcomes.get(connection)
 
     def _verify(self, connection: SSL.Connection, certificate: Any, errno: int, depth: int, ok: int) -> bool:
         outcome = self.outcome(connection)
