@@ -270,7 +270,7 @@ async def startUnbound(testCase: unittest.TestCase, zones: list[Zone]) -> Runnin
             "  server-count: 1\n  verbosity: 1\n  hide-version: yes\n  reuseport: no\n"
             "remote-control:\n  control-enable: no\n"
         )
-        for zone, path in zip(zones, files):
+        for zone, path in zip(zones, files, strict=True):
             f.write(f"zone:\n  name: {zone.origin}\n  zonefile: \"{path}\"\n")
     nsdProcess = _spawn(testCase, "nsd", [nsd, "-d", "-c", nsdConf])
     await _waitReady(nsdProcess, authPort, zones[0].origin)

@@ -44,8 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import defer, endpoints, protocol
-from twisted.internet import error
+from twisted.internet import defer, endpoints, error, protocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import Logger
 from twisted.names import dns
@@ -220,8 +219,9 @@ class SecureResolver:
             result: dns.Message = await d
             return result
         finally:
-            if proto.transport is not None:
-                proto.transport.abortConnection()
+            transport: Any = proto.transport
+            if transport is not None:
+                transport.abortConnection()
 
 
 def _parse(data: bytes) -> dns.Message | None:
@@ -246,7 +246,7 @@ class _UDPQuery(protocol.DatagramProtocol):
     def startProtocol(self) -> None:
         assert self.transport is not None
         self.transport.connect(self.host, self.port)
-        self.transport.write(self.payload)
+        self.transport.write(self.payload, (self.host, self.port))
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         message = _parse(data)
