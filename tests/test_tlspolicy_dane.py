@@ -435,12 +435,22 @@ def _zones() -> list[Zone]:
     ]
 
 
+class _CountingResolver(SecureResolver):
+    """Counts the questions that had to be asked again over TCP."""
+
+    tcpQueries = 0
+
+    async def _tcp(self, qname: bytes, rrType: int, timeout: float) -> dns.Message:
+        self.tcpQueries += 1
+        return await super()._tcp(qname, rrType, timeout)
+
+
 class ValidatingResolverTests(unittest.TestCase):
     """Against unbound validating nsd's zones (tests/unboundpeer.py)."""
 
-    async def _resolver(self) -> SecureResolver:
+    async def _resolver(self) -> _CountingResolver:
         running = await startUnbound(self, _zones())
-        return SecureResolver(running.host, running.port, timeouts=(2, 3))
+        return _CountingResolver(running.host, running.port, timeouts=(2, 3))
 
     def test_secure(self) -> defer.Deferred[None]:
         """Signed zone: the addresses and the TLSA records are secure, and the records match the server."""
@@ -480,8 +490,10 @@ class ValidatingResolverTests(unittest.TestCase):
             assert alias is not None
             self.assertEqual(alias.host, "mx.dane.test")
             self.assertEqual(alias.referenceNames, ("mx.dane.test", "alias.dane.test"))
+            self.assertEqual(resolver.tcpQueries, 0)
             big = await tlsaRecords(resolver, "big.dane.test")
             assert big is not None
+            self.assertEqual(resolver.tcpQueries, 1, "12 SHA-512 records do not fit in 512 octets")
             self.assertEqual(len(big.records), 12)
             self.assertEqual({r.data for r in big.records}, {hashlib.sha512(bytes([i])).digest() for i in range(12)})
 

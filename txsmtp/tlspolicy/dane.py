@@ -118,7 +118,7 @@ class MatchingType(enum.IntEnum):
     SHA512 = 2
 
 
-_DIGEST_SIZES = {MatchingType.SHA256: 32, MatchingType.SHA512: 64}
+_DIGEST_SIZES: dict[int, int] = {MatchingType.SHA256: 32, MatchingType.SHA512: 64}
 
 
 class DANEVerificationError(Exception):
@@ -161,7 +161,7 @@ class TLSARecord:
             return False
         if self.matchingType == MatchingType.FULL:
             return bool(self.data)
-        size = _DIGEST_SIZES.get(self.matchingType)  # type: ignore[call-overload]
+        size = _DIGEST_SIZES.get(self.matchingType)
         return size is not None and len(self.data) == size
 
     def matches(self, certificate: x509.Certificate) -> bool:
