@@ -528,3 +528,60 @@ class ValidatingResolverTests(unittest.TestCase):
                 await lookupDANE(resolver, "mx.bogus.test")
 
         return defer.Deferred.fromCoroutine(run())
+
+
+class SMTPTests(unittest.TestCase):
+    """
+    The creator through :attr:`ClientOptions.tlsCreator`: txsmtp's client
+    delivers to txsmtp's server over STARTTLS authenticated by DANE, and
+    fails with a TLS error when the records do not match.
+    """
+
+    message = b"Subject: DANE\r\n\r\nauthenticated by TLSA\r\n"
+
+    def _send(self, port: int, creator: DANEClientCreator) -> Any:
+        from tests.test_client_interop import LOOPBACK, RCPT, SENDER
+        from txsmtp.client.mailer import sendmail
+
+        return sendmail(
+            LOOPBACK,
+            SENDER,
+            [RCPT],
+            self.message,
+            port=port,
+            tls=TLSPolicy.REQUIRE,
+            tlsCreator=creator,
+            heloName="client.test.invalid",
+        )
+
+    def test_delivered(self) -> defer.Deferred[None]:
+        from tests.test_client_interop import RCPT, startServer
+
+        server = startServer(self, auth=False)
+        creator = DANEClientCreator("mx.dane.test", [_record(3, 1, 1, _chain()[0])])
+
+        async def run() -> None:
+            result = await self._send(server.port, creator)
+            self.assertEqual(result.recipients[RCPT].code, 250)
+            [stored] = server.delivery.messages
+            self.assertIsNotNone(stored.envelope.connection.tls)
+
+        return defer.Deferred.fromCoroutine(run())
+
+    def test_mismatch(self) -> defer.Deferred[None]:
+        from tests.test_client_interop import startServer
+        from txsmtp.client.errors import SMTPTLSError
+
+        server = startServer(self, auth=False)
+        other = _pems(certificates().otherChain)[0]
+        creator = DANEClientCreator("mx.dane.test", [_record(3, 1, 1, other)])
+
+        async def run() -> None:
+            with self.assertRaises(SMTPTLSError) as caught:
+                await self._send(server.port, creator)
+            # The client words it as a PKIX failure and calls it permanent;
+            # for DANE the queue must defer instead (RFC 7672 §2.2).
+            self.assertIn("certificate verify failed", str(caught.exception))
+            self.assertEqual(server.delivery.messages, [])
+
+        return defer.Deferred.fromCoroutine(run())
