@@ -4,7 +4,8 @@ server's certificate chain against them.
 
 Theory of operation, in the order outbound delivery uses it:
 
-1. **The MX host's addresses** (RFC 7672 §2.2.2): DANE applies to an MX
+1. **The MX host's addresses** (RFC 7672 §2.2.3, "TLSA Record Lookup";
+   §2.2.1 lets the MX RRset itself be insecure): DANE applies to an MX
    host only when its address records are *secure*.
    :func:`hostAddresses` asks A and AAAA through a
    :class:`~txsmtp.tlspolicy.securedns.SecureResolver` and says whether
@@ -229,7 +230,7 @@ class HostAddresses:
 
     :ivar addresses: IPv4 then IPv6 addresses, as text.
     :ivar secure: whether both the A and the AAAA answers were validated
-        (RFC 7672 §2.2.2: only then are TLSA records looked up).
+        (RFC 7672 §2.2.3: only then are TLSA records looked up).
     :ivar canonicalName: where the addresses were found (the end of a CNAME
         chain, or the host name itself).
     """
@@ -251,7 +252,7 @@ def tlsaName(host: str, port: int = 25) -> str:
 async def hostAddresses(resolver: SecureResolver, host: str) -> HostAddresses:
     """
     Ask A and AAAA for the MX host ``host``: give the integrator the rule of
-    RFC 7672 §2.2.2 (TLSA records are looked up, and DANE applies, only when
+    RFC 7672 §2.2.3 (TLSA records are looked up, and DANE applies, only when
     the address records are secure).
 
     :raise DNSTemporaryError: when either question gets no answer (SERVFAIL,
@@ -307,7 +308,7 @@ def _rdata(payload: Any) -> bytes:
 async def lookupDANE(resolver: SecureResolver, host: str, port: int = 25) -> TLSASet | None:
     """
     Everything RFC 7672 §2.2 asks about one MX host: its addresses must be
-    secure (§2.2.2), and then its TLSA records are looked up; when the host
+    secure (§2.2.3), and then its TLSA records are looked up; when the host
     name is a CNAME whose expansion is secure, at the expanded name first,
     then at the host name (§2.2.3), and both names are reference names.
 

@@ -12,7 +12,8 @@ the answer:
   it (RFC 6840 §5.7), with recursion desired;
 - an answer with AD set is *secure*, but only if the resolver is on a
   loopback address: the AD bit of a resolver across the network could have
-  been set by anyone on the path (RFC 4035 §4.9.3, RFC 6698 §4.1).  A
+  been set by anyone on the path (RFC 4035 §4.9.3; RFC 7672 §2.1.3 on
+  stub resolvers).  A
   non-loopback resolver is used, but never trusted, and this is logged
   once per :class:`SecureResolver`;
 - a validating resolver answers SERVFAIL for a *bogus* answer: SERVFAIL,
