@@ -79,6 +79,9 @@ class ClientOptions:
         verifying the server.
     :ivar clientCertificate: a :class:`twisted.internet.ssl.PrivateCertificate`
         to present.
+    :ivar tlsCreator: an ``IOpenSSLClientConnectionCreator`` to start TLS
+        with instead of the options :meth:`tlsOptions` would make (for
+        example a :class:`txsmtp.tlspolicy.daneclient.DANEClientCreator`).
     :ivar username: log in with AUTH as this user.
     :ivar password: the password (for SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN).
     :ivar oauthToken: an OAuth 2 bearer token (for XOAUTH2).
@@ -104,6 +107,7 @@ class ClientOptions:
     tlsHostname: str | None = None
     tlsCreator: Any = None
     clientCertificate: Any = None
+    tlsCreator: Any = None
     username: str | None = None
     password: str | None = None
     oauthToken: str | None = None
@@ -142,12 +146,14 @@ class ClientOptions:
         """
         The client TLS options for this server: verified for
         :attr:`TLSPolicy.REQUIRE` and :attr:`TLSPolicy.VERIFY` (through
-        service_identity), unverified for :attr:`TLSPolicy.OPPORTUNISTIC`.
+        service_identity), unverified for :attr:`TLSPolicy.OPPORTUNISTIC`;
+        :attr:`tlsCreator` itself when it is set.
         """
         from twisted.internet import ssl
 
         if self.tlsCreator is not None:
             return self.tlsCreator
+
         if self.tls is TLSPolicy.OPPORTUNISTIC:
             extra = {}
             if self.clientCertificate is not None:
