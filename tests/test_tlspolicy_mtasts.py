@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, reactor, ssl, task
@@ -36,7 +35,9 @@ _REACTOR: Any = reactor
 PATH = b"/.well-known/mta-sts.txt"
 DOMAIN = "example.com"
 HOST = "mta-sts.example.com"
-ENFORCE = b"version: STSv1\nmode: enforce\nmx: mx1.example.com\nmx: *.mx.example.net\nmax_age: 86400\n"
+ENFORCE = (
+    b"version: STSv1\nmode: enforce\nmx: mx1.example.com\nmx: *.mx.example.net\nmax_age: 86400\n"
+)
 
 # (status, headers, body) or a callable rendering the request.
 Answer = Any
@@ -152,9 +153,7 @@ class _Fixture(unittest.TestCase):
     def client(self, port: int | None = None, **kwargs: Any) -> MTASTS:
         kwargs.setdefault("clock", self.clock)
         kwargs.setdefault("trustRoot", _trustRoot())
-        return MTASTS(
-            self.dns.resolver(), _REACTOR, port=port or self.server.port, **kwargs
-        )
+        return MTASTS(self.dns.resolver(), _REACTOR, port=port or self.server.port, **kwargs)
 
     def policyFor(self, client: MTASTS, domain: str = DOMAIN) -> defer.Deferred[Policy | None]:
         return defer.Deferred.fromCoroutine(client.policyFor(domain))
@@ -184,7 +183,9 @@ class FetchTests(_Fixture):
     @defer.inlineCallbacks
     def test_testing(self) -> Any:
         """A testing policy, CRLF line ends."""
-        self.server.serve(b"version: STSv1\r\nmode: testing\r\nmx: mx.example.com\r\nmax_age: 600\r\n")
+        self.server.serve(
+            b"version: STSv1\r\nmode: testing\r\nmx: mx.example.com\r\nmax_age: 600\r\n"
+        )
         policy = yield self.policyFor(self.client())
         self.assertEqual(policy, Policy("testing", ("mx.example.com",), 600, "20240101"))
 
@@ -194,7 +195,9 @@ class FetchTests(_Fixture):
         self.server.serve(b"version: STSv1\nmode: none\nmax_age: 86400\n")
         policy = yield self.policyFor(self.client())
         self.assertEqual(policy, Policy("none", (), 86400, "20240101"))
-        self.assertEqual(selectMX(policy, ["a.example", "b.example"]).usable, ("a.example", "b.example"))
+        self.assertEqual(
+            selectMX(policy, ["a.example", "b.example"]).usable, ("a.example", "b.example")
+        )
 
     @defer.inlineCallbacks
     def test_noTXT(self) -> Any:
@@ -273,7 +276,11 @@ class FetchTests(_Fixture):
     @defer.inlineCallbacks
     def test_redirectNotFollowed(self) -> Any:
         """A 301 is not followed (§3.3), even to a policy that would be valid."""
-        self.server.answers[(HOST, PATH)] = (301, {"location": "https://mta-sts.example.com/p"}, b"")
+        self.server.answers[(HOST, PATH)] = (
+            301,
+            {"location": "https://mta-sts.example.com/p"},
+            b"",
+        )
         self.server.answers[(HOST, b"/p")] = (200, {"content-type": "text/plain"}, ENFORCE)
         yield self.assertFails(self.client(), "sts-policy-fetch-error", "HTTP status 301")
         self.assertEqual(self.server.requests, [(HOST, PATH)])
@@ -362,7 +369,9 @@ class CacheTests(_Fixture):
         """Two lookups at once for one domain make one request."""
         self.server.serve(ENFORCE)
         client = self.client()
-        results = yield defer.gatherResults([self.policyFor(client), self.policyFor(client, "Example.COM.")])
+        results = yield defer.gatherResults(
+            [self.policyFor(client), self.policyFor(client, "Example.COM.")]
+        )
         self.assertEqual(results[0], results[1])
         self.assertEqual(len(self.server.requests), 1)
 
@@ -465,3 +474,162 @@ class CacheTests(_Fixture):
             f.write("{not json")
         self.assertIsNone(self.client(cachePath=path).cached(DOMAIN))
         self.assertTrue(self.logged("not read"))
+
+
+class RecordTests(unittest.TestCase):
+    def test_valid(self) -> None:
+        """The id of v=STSv1 records, with white space, a trailing ; and extensions."""
+        self.assertEqual(parseRecord(b"v=STSv1; id=20160831085700Z;"), "20160831085700Z")
+        self.assertEqual(parseRecord("v=STSv1;id=abc"), "abc")
+        self.assertEqual(parseRecord("v=STSv1 ; id=a1 ; ext_1=x"), "a1")
+        self.assertEqual(parseRecord("v=STSv1; id=" + "a" * 32), "a" * 32)
+
+    def test_invalid(self) -> None:
+        """No id, a bad id, another version, a field that is not name=value."""
+        for text in [
+            "v=STSv1",
+            "v=STSv1;",
+            "v=STSv1; id=",
+            "v=STSv1; id=" + "a" * 33,
+            "v=STSv1; id=a-b",
+            "v=STSv2; id=1",
+            "v=STSv1; id=1; junk",
+            "id=1; v=STSv1",
+        ]:
+            with self.assertRaises(ValueError, msg=text):
+                parseRecord(text)
+        with self.assertRaises(ValueError):
+            parseRecord("v=STSv1; id=1\u00e9".encode())
+
+
+class PolicyParseTests(unittest.TestCase):
+    def test_keysAnyOrderUnknownIgnored(self) -> None:
+        """Keys in any order, white space after the colon, unknown keys ignored."""
+        body = b"mx: MX1.Example.COM.\nfoo: bar\nmax_age:  0\nversion: STSv1\nmode:\ttesting\n"
+        self.assertEqual(parsePolicy(body, "x"), Policy("testing", ("mx1.example.com",), 0, "x"))
+
+    def test_lineEnds(self) -> None:
+        """LF and CRLF, mixed, with or without a final line end."""
+        body = b"version: STSv1\r\nmode: enforce\nmx: a.example\r\nmax_age: 5"
+        self.assertEqual(parsePolicy(body, "x"), Policy("enforce", ("a.example",), 5, "x"))
+
+    def test_maxAgeBounds(self) -> None:
+        """max_age is 0 to 31557600 in digits."""
+        base = b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: "
+        self.assertEqual(parsePolicy(base + str(MAX_AGE_LIMIT).encode(), "x").maxAge, MAX_AGE_LIMIT)
+        for bad in [
+            str(MAX_AGE_LIMIT + 1).encode(),
+            b"-1",
+            b"1e3",
+            b"",
+            b"12345678901",
+            "\u0661".encode(),
+        ]:
+            with self.assertRaises(PolicyError, msg=bad) as caught:
+                parsePolicy(base + bad, "x")
+            self.assertEqual(caught.exception.resultType, "sts-policy-invalid")
+
+    def test_invalid(self) -> None:
+        """Wrong or missing version, mode, mx; a line without a colon; not UTF-8."""
+        good = {"version": b"STSv1", "mode": b"enforce", "mx": b"a.example", "max_age": b"60"}
+        for key, value in [
+            ("version", b"STSv2"),
+            ("version", None),
+            ("mode", b"Enforce"),
+            ("mode", None),
+            ("mx", None),
+            ("mx", b"*.*.example"),
+            ("mx", b"a..example"),
+            ("mx", b"-a.example"),
+            ("max_age", None),
+        ]:
+            fields = dict(good)
+            if value is None:
+                del fields[key]
+            else:
+                fields[key] = value
+            body = b"".join(k.encode() + b": " + v + b"\n" for k, v in fields.items())
+            with self.assertRaises(PolicyError, msg=(key, value)):
+                parsePolicy(body, "x")
+        for body in [
+            b"version: STSv1\nmode enforce\n",
+            b"version: STSv1\n\xff\n",
+            b" mode: none\n",
+        ]:
+            with self.assertRaises(PolicyError, msg=body):
+                parsePolicy(body, "x")
+
+    def test_firstValueCounts(self) -> None:
+        """A repeated key other than mx: the first value counts; every mx is kept."""
+        body = b"version: STSv1\nmode: testing\nmode: enforce\nmx: a.example\nmx: b.example\nmax_age: 1\n"
+        self.assertEqual(
+            parsePolicy(body, "x"), Policy("testing", ("a.example", "b.example"), 1, "x")
+        )
+
+
+class MatchTests(unittest.TestCase):
+    policy = Policy("enforce", ("mail.example.com", "*.example.net"), 60, "1")
+
+    def test_exact(self) -> None:
+        """An exact pattern matches the name, whatever the case, with or without a trailing dot."""
+        for host in ["mail.example.com", "MAIL.Example.Com", "mail.example.com."]:
+            self.assertTrue(self.policy.matches(host), host)
+        for host in ["example.com", "x.mail.example.com", "mail.example.co"]:
+            self.assertFalse(self.policy.matches(host), host)
+
+    def test_wildcard(self) -> None:
+        """A wildcard stands for exactly one whole left-most label (RFC 8461 §4.1)."""
+        self.assertTrue(self.policy.matches("mx1.example.net"))
+        self.assertTrue(self.policy.matches("MX1.EXAMPLE.NET."))
+        self.assertFalse(self.policy.matches("example.net"))
+        self.assertFalse(self.policy.matches("a.b.example.net"))
+        self.assertFalse(self.policy.matches(".example.net"))
+        self.assertFalse(self.policy.matches("xexample.net"))
+
+    def test_patternTrailingDot(self) -> None:
+        """A pattern written with a trailing dot or capitals matches the same."""
+        self.assertTrue(Policy("enforce", ("MX.Example.ORG.",), 1, "1").matches("mx.example.org"))
+
+    def test_idna(self) -> None:
+        """A host name with U-labels matches the pattern in A-labels."""
+        policy = Policy("enforce", ("*.xn--bcher-kva.example",), 1, "1")
+        self.assertTrue(policy.matches("mx.b\u00fccher.example"))
+
+
+class SelectMXTests(unittest.TestCase):
+    mxs = ["mx1.example.com", "backup.other.example", "mx2.example.com"]
+
+    def test_enforce(self) -> None:
+        """enforce: only the matched hosts, TLS required, the others logged as validation-failure."""
+        policy = Policy("enforce", ("*.example.com",), 60, "7")
+        decision = selectMX(policy, self.mxs, "example.com")
+        self.assertEqual(decision.usable, ("mx1.example.com", "mx2.example.com"))
+        self.assertEqual(decision.mismatched, ("backup.other.example",))
+        self.assertTrue(decision.requireTLS)
+        [line] = decision.logLines
+        self.assertIn("result=validation-failure", line)
+        self.assertIn("backup.other.example", line)
+        self.assertIn("domain=example.com", line)
+
+    def test_enforceNothingMatches(self) -> None:
+        """enforce with no host matching: nothing usable (the mail waits for a new policy)."""
+        decision = selectMX(Policy("enforce", ("mx.elsewhere.example",), 60, "7"), self.mxs)
+        self.assertEqual(decision.usable, ())
+        self.assertEqual(len(decision.logLines), 3)
+
+    def test_testing(self) -> None:
+        """testing: every host usable, TLS not required, the mismatch logged with mode=testing."""
+        decision = selectMX(Policy("testing", ("*.example.com",), 60, "7"), self.mxs, "example.com")
+        self.assertEqual(decision.usable, tuple(self.mxs))
+        self.assertFalse(decision.requireTLS)
+        [line] = decision.logLines
+        self.assertIn("mode=testing", line)
+
+    def test_noneAndNoPolicy(self) -> None:
+        """mode none, or no policy: every host, nothing to log."""
+        for policy in [None, Policy("none", (), 60, "7")]:
+            decision = selectMX(policy, self.mxs)
+            self.assertEqual(
+                (decision.usable, decision.logLines, decision.requireTLS),
+                (tuple(self.mxs), (), False),
+            )

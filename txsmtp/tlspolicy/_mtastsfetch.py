@@ -149,13 +149,26 @@ def _causes(error: BaseException) -> list[BaseException]:
     return found
 
 
+def _sslText(error: BaseException) -> str:
+    # pyOpenSSL's errors carry [(library, function, reason), ...].
+    try:
+        reasons = [str(r[2]) for r in error.args[0] if r[2]]
+    except (IndexError, TypeError):
+        reasons = []
+    return "; ".join(reasons) or repr(error)
+
+
 def classify(error: BaseException) -> PolicyError:
     if isinstance(error, PolicyError):
         return error
     for cause in _causes(error):
         module = type(cause).__module__
-        if module.startswith(("OpenSSL", "service_identity")):
-            return PolicyError(WEBPKI_INVALID, f"TLS: {cause!r}")
+        if module.startswith("service_identity"):
+            return PolicyError(
+                WEBPKI_INVALID, f"TLS: certificate not valid for the host name ({cause!r})"
+            )
+        if module.startswith("OpenSSL"):
+            return PolicyError(WEBPKI_INVALID, f"TLS: {_sslText(cause)}")
     causes = (
         "; ".join(str(c) or type(c).__name__ for c in _causes(error)[1:])
         or str(error)

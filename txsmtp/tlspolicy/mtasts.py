@@ -48,19 +48,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import (
-    IReactorTime,
-    IResolver,
-)
+from twisted.internet.interfaces import IReactorTime, IResolver
 from twisted.logger import Logger
 from twisted.names import dns
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from txsmtp.mailauth.dnsquery import DNSTemporaryError, query, txtStrings
+from txsmtp.tlspolicy import _mtastsfetch
 from txsmtp.tlspolicy._mtastsfetch import (
-    FETCH_ERROR,
-    WEBPKI_INVALID,
     EndpointFactory,
     PolicyError,
     classify,
@@ -85,8 +81,16 @@ __all__ = [
     "selectMX",
 ]
 
-#: RFC 8460 §4.3.2.1 result types, as logged.
+# The RFC 8460 §4.3.2.1 result types, as logged.
+
+#: The policy could not be fetched (no address, no connection, not 200,
+#: too large, too slow).
+FETCH_ERROR = _mtastsfetch.FETCH_ERROR
+#: The policy fetched is not valid (syntax, media type).
 POLICY_INVALID = "sts-policy-invalid"
+#: The HTTPS certificate of ``mta-sts.<domain>`` is not valid (PKIX, name).
+WEBPKI_INVALID = _mtastsfetch.WEBPKI_INVALID
+#: An MX host the policy does not list (:func:`selectMX`).
 VALIDATION_FAILURE = "validation-failure"
 
 #: The largest ``max_age`` (one year, RFC 8461 §3.2).
