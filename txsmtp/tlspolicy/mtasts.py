@@ -37,6 +37,21 @@ for an MX host the policy does not list.  An operator can grep for them.
 The cache is in memory, keyed by policy domain; with ``cachePath`` it is
 also kept in a JSON file (written in a thread, to a temporary file that is
 fsynced then renamed over the old one), read back at start.
+
+What the caller does with the answer (RFC 8461 §5):
+
+- :func:`selectMX` with the policy and the MX host names: in ``enforce``
+  mode deliver only to :attr:`MXDecision.usable`, with STARTTLS required
+  and the certificate checked (PKIX) for the MX host name; in ``testing``
+  mode check the same, log :attr:`MXDecision.logLines` and the TLS
+  failures, and deliver anyway;
+- before failing a message for good because of an ``enforce`` policy, call
+  :meth:`MTASTS.policyFor` again: it always asks DNS first, so a changed
+  ``id`` is seen (§5.1).
+
+Not done here: refreshing cached policies before they expire (§3.3
+suggests daily), and the TLS-RPT reports themselves (only log lines).
+The HTTPS plumbing lives in the private ``txsmtp.tlspolicy._mtastsfetch``.
 """
 
 from __future__ import annotations
