@@ -342,7 +342,7 @@ class FetchTests(_Fixture):
             return server.NOT_DONE_YET
 
         self.server.answers[(HOST, PATH)] = render
-        yield self.assertFails(self.client(timeout=0.5), "sts-policy-fetch-error", "within 0.5 s")
+        yield self.assertFails(self.client(timeout=1.0), "sts-policy-fetch-error", "within 1 s")
         self.assertEqual(len(pending), 1)
 
     @defer.inlineCallbacks

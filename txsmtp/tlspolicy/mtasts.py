@@ -365,7 +365,7 @@ class MTASTS:
     # The cache, for callers and tests.
 
     def cached(self, domain: str) -> Policy | None:
-        """The cached, unexpired policy of ``domain``, without any I/O."""
+        """The cached, unexpired policy of ``domain``, without asking DNS or HTTPS."""
         entry = self._fresh(_normalName(domain))
         return entry.policy if entry is not None else None
 
