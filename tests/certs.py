@@ -17,6 +17,10 @@ removed at exit:
 - a key that matches none of the certificates, an expired server
   certificate, and a client certificate signed by the root.
 
+:func:`serverCertificate` issues more server certificates, for the host
+names a test needs (``mta-sts.example.com``...), signed by the same
+intermediate, or by a CA no client trusts.
+
 Keys are ECDSA P-256: fast to make, and every peer (OpenSSL, GnuTLS,
 Net::SSLeay) speaks it.
 """
@@ -37,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["Certs", "certificates", "fingerprint", "copyServerFiles"]
+__all__ = ["Certs", "certificates", "fingerprint", "copyServerFiles", "serverCertificate"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,9 @@ class Certs:
 
 
 _cached: Certs | None = None
+# The intermediate CA and its key, for serverCertificate().
+_issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
+_issued = 0
 
 
 def _name(cn: str) -> x509.Name:
@@ -112,6 +119,7 @@ def _build(
     client: bool = False,
     notBefore: datetime.datetime | None = None,
     notAfter: datetime.datetime | None = None,
+    names: tuple[str, ...] = (),
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (
@@ -172,6 +180,7 @@ def _build(
                 x509.SubjectAlternativeName(
                     [
                         x509.DNSName(subject),
+                        *(x509.DNSName(name) for name in names),
                         x509.DNSName("localhost"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     ]
@@ -204,7 +213,7 @@ def fingerprint(der: bytes) -> str:
 
 def certificates() -> Certs:
     """The test certificates (made on the first call, then reused)."""
-    global _cached
+    global _cached, _issuer
     if _cached is not None:
         return _cached
     directory = tempfile.mkdtemp(prefix="txsmtp-test-certs-")
@@ -235,6 +244,7 @@ def certificates() -> Certs:
     client = _build("client.localhost", clientKey, root, rootKey, client=True)
 
     interPEM = _certPEM(inter)
+    _issuer = (inter, interKey)
     _cached = Certs(
         directory=directory,
         ca=_write(directory, "ca.pem", _certPEM(root)),
@@ -275,3 +285,30 @@ def copyServerFiles(directory: str, which: str = "main") -> tuple[str, str]:
         shutil.copyfile(source, tmp)
         os.replace(tmp, target)
     return certPath, keyPath
+
+
+def serverCertificate(names: tuple[str, ...], trusted: bool = True) -> tuple[str, str]:
+    """
+    Issue a server certificate for the DNS names ``names`` (the first is
+    also the CN; ``localhost`` and ``127.0.0.1`` are always added) and
+    return the paths of its chain (leaf then intermediate) and key.
+
+    :param trusted: ``True``: signed by the test intermediate, so clients
+        trusting :attr:`Certs.ca` accept it; ``False``: signed by a CA made
+        for the occasion, which no client trusts.
+    """
+    global _issued
+    c = certificates()
+    assert _issuer is not None
+    inter, interKey = _issuer
+    if not trusted:
+        rogueKey = _key()
+        inter = _build("txsmtp test rogue CA", rogueKey, None, rogueKey, ca=True)
+        interKey = rogueKey
+    key = _key()
+    leaf = _build(names[0], key, inter, interKey, server=True, names=names[1:])
+    _issued += 1
+    stem = f"issued-{_issued}"
+    chain = _write(c.directory, f"{stem}-chain.pem", _certPEM(leaf) + _certPEM(inter))
+    keyPath = _write(c.directory, f"{stem}-key.pem", _keyPEM(key), private=True)
+    return chain, keyPath

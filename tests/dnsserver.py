@@ -21,7 +21,8 @@ A zone maps a name to its records::
 
 A name absent from the zones is NXDOMAIN; a name present without records
 of the type asked is NODATA (NOERROR, no answer).  Names are compared
-without regard to case.  :attr:`RunningDNS.queries` records every query as
+without regard to case.  The server reads the zones dict at each query, so
+a test may change it (add, replace or remove names) while the server runs.  :attr:`RunningDNS.queries` records every query as
 ``(name, type name)``.
 """
 
@@ -79,14 +80,19 @@ def _txtStrings(item: Any) -> list[bytes]:
 class _ZoneResolver(ResolverBase):
     def __init__(self, zones: dict[str, Any], queries: list[tuple[str, str]], chaseCNAME: bool = False) -> None:
         super().__init__()
-        self.zones = {name.lower().rstrip("."): records for name, records in zones.items()}
+        # The caller's dict itself, read at each query: a test may change
+        # the zones while the server runs.
+        self.zones = zones
         self.queries = queries
         self.chaseCNAME = chaseCNAME
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
         text = name.decode("ascii").lower().rstrip(".")
         self.queries.append((text, dns.QUERY_TYPES.get(type, str(type))))
-        entry = self.zones.get(text)
+        entry = next(
+            (records for key, records in self.zones.items() if key.lower().rstrip(".") == text),
+            None,
+        )
         if entry is None:
             return defer.fail(DNSNameError(text))
         if entry == SERVFAIL:
