@@ -75,13 +75,11 @@ class ClientOptions:
     :ivar tlsCreator: an
         :class:`~twisted.internet.interfaces.IOpenSSLClientConnectionCreator`
         to use instead of the one ``tls`` and ``trustRoot`` describe (for
-        example DANE's, :mod:`txsmtp.tlspolicy.dane`); it counts as
-        verifying the server.
+        example a :class:`txsmtp.tlspolicy.daneclient.DANEClientCreator`);
+        it counts as verifying the server unless its ``authenticated``
+        attribute is false.
     :ivar clientCertificate: a :class:`twisted.internet.ssl.PrivateCertificate`
         to present.
-    :ivar tlsCreator: an ``IOpenSSLClientConnectionCreator`` to start TLS
-        with instead of the options :meth:`tlsOptions` would make (for
-        example a :class:`txsmtp.tlspolicy.daneclient.DANEClientCreator`).
     :ivar username: log in with AUTH as this user.
     :ivar password: the password (for SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN).
     :ivar oauthToken: an OAuth 2 bearer token (for XOAUTH2).
@@ -107,7 +105,6 @@ class ClientOptions:
     tlsHostname: str | None = None
     tlsCreator: Any = None
     clientCertificate: Any = None
-    tlsCreator: Any = None
     username: str | None = None
     password: str | None = None
     oauthToken: str | None = None
@@ -140,7 +137,9 @@ class ClientOptions:
     @property
     def verifiesTLS(self) -> bool:
         """Whether a TLS session made with these options has a verified server (REQUIRETLS needs one)."""
-        return self.tlsCreator is not None or self.tls in (TLSPolicy.REQUIRE, TLSPolicy.VERIFY)
+        if self.tlsCreator is not None:
+            return bool(getattr(self.tlsCreator, "authenticated", True))
+        return self.tls in (TLSPolicy.REQUIRE, TLSPolicy.VERIFY)
 
     def tlsOptions(self) -> Any:
         """
@@ -153,7 +152,6 @@ class ClientOptions:
 
         if self.tlsCreator is not None:
             return self.tlsCreator
-
         if self.tls is TLSPolicy.OPPORTUNISTIC:
             extra = {}
             if self.clientCertificate is not None:
