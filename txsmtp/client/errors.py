@@ -254,7 +254,9 @@ def _tlsFailureText(reason: Failure | BaseException | None, options: ClientOptio
         reasons = [r[2] for r in args[0] if isinstance(r, tuple) and len(r) == 3 and r[2]]
         if reasons:
             text = "; ".join(reasons)
-    if "certificate verify failed" in text:
+    if "certificate verify failed" in text and options.tlsCreator is not None:
+        text += " (the certificate does not match the server's DANE TLSA records, RFC 7672)"
+    elif "certificate verify failed" in text:
         where = "the trustRoot given" if options.trustRoot is not None else "the platform's authorities"
         text += (
             f" (the server's certificate is not signed by {where}, as with a self-signed"

@@ -118,7 +118,12 @@ def checkingFilter(checks: InboundChecks) -> Any:
 def _bounded(d: defer.Deferred[Any], seconds: float, clock: Any, fallback: Any) -> defer.Deferred[Any]:
     """``d``'s result, or ``fallback`` once ``seconds`` have passed (or on an unexpected error)."""
     out: defer.Deferred[Any] = defer.Deferred()
-    timer = clock.callLater(seconds, lambda: out.called or out.callback(fallback))
+
+    def expire() -> None:
+        if not out.called:
+            out.callback(fallback)
+
+    timer = clock.callLater(seconds, expire)
 
     def fired(result: Any) -> None:
         if isinstance(result, Failure):
@@ -148,7 +153,7 @@ class CheckingFilter(MessageFilter):
         self._spf = defer.Deferred.fromCoroutine(
             checkSender(checks.resolver, connection.peerHost, sender, helo, checks.authservId)
         )
-        self._spf.addErrback(lambda f: (_log.failure("SPF check failed", f), None)[1])
+        self._spf.addErrback(_logged, "SPF check")
 
     def headers(self, section: bytes) -> bytes:
         kept: list[bytes] = []
@@ -209,6 +214,11 @@ class CheckingFilter(MessageFilter):
                 f"Message refused: it fails DMARC for {domain}, whose owner asks for it to be rejected "
                 "(neither an aligned SPF nor an aligned DKIM pass; RFC 7489)",
             )
+
+
+def _logged(failure: Failure, what: str) -> None:
+    _log.failure("{what} failed", failure, what=what)
+    return None
 
 
 def _detail(result: MethodResult) -> str:

@@ -6,18 +6,13 @@ One call of :meth:`Outbound.deliver` is one attempt for some recipients of
 one message, through one :class:`~txsmtp.queue.model.NextHop`:
 
 ``mx``
-    The domain's mail exchangers (:func:`txsmtp.mx.lookupMailExchangers`,
-    through the resolver given, e.g. ``--dns-server``), in preference
-    order, each host's addresses in turn (A, then AAAA; at most
-    ``mxAddressLimit`` addresses in all, as Postfix's
-    ``smtp_mx_address_limit``).  TLS is opportunistic (RFC 7435): STARTTLS
-    whenever offered, the certificate not checked.  When the TLS handshake
-    fails, nothing more is said on that connection: the host is tried again
-    on a new connection without STARTTLS (RFC 7435 §3: never fall back to
-    plaintext on the connection where TLS failed).  A null MX (RFC 7505)
-    fails every recipient with ``5.1.10``; a domain that does not exist
-    fails them with ``5.1.2``; a DNS failure (SERVFAIL, a timeout) defers
-    them with ``4.4.3``.
+    The domain's mail exchangers (:mod:`txsmtp.queue.outboundmx`): looked
+    up through the resolver given (e.g. ``--dns-server``), tried in
+    preference order, each host's addresses in turn.  TLS follows
+    :class:`~txsmtp.queue.mxtls.MXSecurity`: DANE and MTA-STS when they
+    apply, else opportunistic (RFC 7435: STARTTLS whenever offered, the
+    certificate not checked; when the handshake fails, the host is tried
+    again on a new connection without STARTTLS, never on the same one).
 ``smtp``
     One host, ``[host]:port`` (the smart host of ``--relay-host``, or a
     ``--route``).  Its ``tls`` option decides STARTTLS (``require`` when
@@ -57,17 +52,14 @@ go out with the end of the previous one).  A connection idle for
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from twisted.internet import defer
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IResolver
 from twisted.logger import Logger
 from twisted.names import client as dnsclient
-from twisted.names import dns
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -83,7 +75,6 @@ from txsmtp.client import (
     Timeouts,
     TLSPolicy,
 )
-from txsmtp.mx import NoMailExchangerError, NullMXError, lookupMailExchangers
 from txsmtp.queue.attempts import (
     deferred,
     diagnostic,
@@ -95,34 +86,18 @@ from txsmtp.queue.attempts import (
 )
 from txsmtp.queue.interfaces import IOutbound
 from txsmtp.queue.model import AttemptResult, NextHop, QueuedMessage, QueuedRecipient, Result
+from txsmtp.queue.mxtls import MXSecurity
 from txsmtp.queue.outboundlocal import deliverLocal
+from txsmtp.queue.outboundmx import deliverMX
 from txsmtp.queue.prefixed import addedHeaders
 from txsmtp.queue.routing import hostPort
+from txsmtp.queue.targets import Target as _Target
 
 __all__ = ["Outbound"]
 
 _log = Logger(namespace="txsmtp.queue.outbound")
 
 _POLICIES = {p.value: p for p in TLSPolicy}
-
-
-@dataclass(frozen=True)
-class _Target:
-    """One server to connect to, and how: the key of a pooled Mailer."""
-
-    host: str
-    port: int
-    tls: TLSPolicy
-    lmtp: bool = False
-    #: a UNIX socket path (LMTP), instead of host and port
-    socket: str | None = None
-    #: the name a verified certificate must carry (default: host)
-    tlsHostname: str | None = None
-    username: str | None = None
-    password: str | None = None
-
-    def withoutTLS(self) -> _Target:
-        return _Target(self.host, self.port, TLSPolicy.NONE, self.lmtp, self.socket, self.tlsHostname)
 
 
 class _Attempt:
@@ -185,6 +160,12 @@ class Outbound:
     :param idleTimeout: how long an unused connection stays open.
     :param connectionsPerHost: at most this many connections to one server
         at once (more messages wait for one of them).
+    :param mxSecurity: the TLS policies toward MX hosts, an
+        :class:`~txsmtp.queue.mxtls.MXSecurity` (MTA-STS, DANE); the
+        default is opportunistic TLS alone.
+    :param mxTrustRoot: the authorities an MX host's certificate must
+        chain to when an MTA-STS policy enforces TLS (``None``: the
+        platform's).
     :param mxAddressLimit: at most this many addresses tried per attempt
         through mail exchangers.
     """
@@ -204,6 +185,8 @@ class Outbound:
         idleTimeout: float = 30.0,
         connectionsPerHost: int = 10,
         mxAddressLimit: int = 5,
+        mxSecurity: Any = None,
+        mxTrustRoot: Any = None,
     ) -> None:
         if not hostname or any(c.isspace() or c < " " for c in hostname):
             raise ValueError(f"the host name given in EHLO must be one word, not {hostname!r}")
@@ -224,6 +207,8 @@ class Outbound:
         self.idleTimeout = idleTimeout
         self.connectionsPerHost = connectionsPerHost
         self.mxAddressLimit = mxAddressLimit
+        self.mxSecurity = mxSecurity if mxSecurity is not None else MXSecurity()
+        self.mxTrustRoot = mxTrustRoot
         self._mailers: dict[_Target, Mailer] = {}
         self._inUse: dict[_Target, int] = {}
         self._closed = False
@@ -354,76 +339,7 @@ class Outbound:
             attempt.results[i] = result
 
     async def _deliverMX(self, attempt: _Attempt, pending: list[int]) -> None:
-        domain = attempt.hop.destination
-        try:
-            exchangers = await lookupMailExchangers(domain, resolver=self.resolver)
-        except NullMXError:
-            # RFC 7505 §4.2: a null MX is a permanent failure, 5.1.10.
-            attempt.setAll(pending, failed("5.1.10", f"{domain} accepts no mail: it publishes a null MX (RFC 7505)"))
-            return
-        except NoMailExchangerError as e:
-            if e.permanent:
-                attempt.setAll(pending, failed("5.1.2", str(e)))
-            else:
-                attempt.setAll(pending, deferred("4.4.3", str(e)))
-            return
-        last: dict[int, AttemptResult] = {}
-        tried = 0
-        for exchanger in exchangers:
-            try:
-                addresses = await self._addresses(exchanger.host)
-            except Exception as e:
-                reason = f"cannot find the address of mail exchanger {exchanger.host} for {domain}: {_dnsText(e)}"
-                _log.info("{reason}", reason=reason)
-                last = {i: deferred("4.4.3", reason) for i in pending}
-                continue
-            for address in addresses:
-                if tried >= self.mxAddressLimit:
-                    break
-                tried += 1
-                target = _Target(address, self.mxPort, TLSPolicy.OPPORTUNISTIC)
-                where = f"{exchanger.host}[{address}]:{self.mxPort}"
-                outcome = await self._send(target, attempt, pending)
-                final, transient, tryNext = self._classify(
-                    outcome, attempt, pending, where, f"dns; {exchanger.host}", False
-                )
-                for i, result in final.items():
-                    attempt.results[i] = result
-                pending = sorted(transient)
-                last = transient
-                if not pending:
-                    return
-                if not tryNext:
-                    break
-            else:
-                continue
-            break
-        for i in pending:
-            attempt.results[i] = last.get(i) or deferred("4.4.1", f"no mail exchanger of {domain} could be tried")
-
-    async def _addresses(self, host: str) -> list[str]:
-        """The IP addresses of a mail exchanger: IPv4 first (RFC 5321 §5.1 leaves the order open)."""
-        if isIPAddress(host) or isIPv6Address(host):
-            return [host]
-        resolver: Any = self.resolver if self.resolver is not None else dnsclient.getResolver()
-        results = await defer.DeferredList(
-            [defer.maybeDeferred(resolver.lookupAddress, host), defer.maybeDeferred(resolver.lookupIPV6Address, host)],
-            consumeErrors=True,
-        )
-        addresses: list[str] = []
-        errors: list[BaseException] = []
-        for ok, value in results:
-            if not ok:
-                errors.append(value.value)
-                continue
-            for rr in value[0]:
-                if rr.type == dns.A or rr.type == dns.AAAA:
-                    addresses.append(rr.payload.dottedQuad() if rr.type == dns.A else _ipv6(rr.payload.address))
-        if not addresses:
-            if errors:
-                raise errors[0]
-            raise LookupError("no A or AAAA records")
-        return addresses
+        await deliverMX(self, attempt, pending)
 
     # -- talking to one server -------------------------------------------------------------------
 
@@ -444,6 +360,13 @@ class Outbound:
             trustRoot=self.trustRoot,
             tlsHostname=target.tlsHostname,
         )
+        if target.dane is not None:
+            from txsmtp.tlspolicy.daneclient import DANEClientCreator
+
+            name = target.tlsHostname or target.host
+            options["tlsCreator"] = DANEClientCreator(name, target.dane.records, target.dane.names())
+        elif target.mx:
+            options["trustRoot"] = self.mxTrustRoot
         if target.username is not None:
             options.update(username=target.username, password=target.password)
         if target.socket is not None:
@@ -574,17 +497,3 @@ class Outbound:
             put(i, result)
         return final, transient, tryNext
 
-
-def _dnsText(error: BaseException) -> str:
-    name = type(error).__name__
-    if name in ("DNSNameError", "AuthoritativeDomainError"):
-        return "no such host"
-    if name == "DNSServerError":
-        return "the DNS server failed (SERVFAIL)"
-    return str(error) or name
-
-
-def _ipv6(packed: bytes) -> str:
-    import socket
-
-    return socket.inet_ntop(socket.AF_INET6, packed)
