@@ -213,7 +213,7 @@ def _setup(options: Any) -> RelaySetup:
             if options[name] is not None:
                 raise ValueError(f"--{name} needs --relay-host")
     credentials = _credentials(options["relay-credentials"]) if options["relay-credentials"] else None
-    trustRoot = _trustRoot(options["relay-ca"]) if options["relay-ca"] else None
+    trustRoot = trustRootFile(options["relay-ca"]) if options["relay-ca"] else None
     networks: tuple[Any, ...] = ()
     if options["relay-networks"] is not None:
         try:
@@ -296,24 +296,24 @@ def _credentials(path: str) -> tuple[str, str]:
     return user, password
 
 
-def _trustRoot(path: str) -> Any:
-    """The CA certificates of ``--relay-ca`` as a trust root."""
+def trustRootFile(path: str, option: str = "--relay-ca") -> Any:
+    """The CA certificates of ``--relay-ca`` (or of ``option``) as a trust root."""
     from twisted.internet import ssl
 
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ValueError(f"--relay-ca: cannot read {path}: {e.strerror or e}") from None
+        raise ValueError(f"{option}: cannot read {path}: {e.strerror or e}") from None
     blocks = re.findall(
         rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.S
     )
     if not blocks:
-        raise ValueError(f"--relay-ca: {path} holds no PEM certificate")
+        raise ValueError(f"{option}: {path} holds no PEM certificate")
     try:
         return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
     except Exception as e:
-        raise ValueError(f"--relay-ca: {path}: {e}") from None
+        raise ValueError(f"{option}: {path}: {e}") from None
 
 
 def _dnsServer(text: str) -> tuple[str, int]:
@@ -490,12 +490,15 @@ def buildRelay(options: Any, hostname: str, inner: Any, runAs: tuple[int, int] |
     setup: RelaySetup | None = options.get("relaySetup")
     if setup is None:
         return None
+    from twisted.internet import reactor
+
     from txsmtp.queue.outbound import Outbound
     from txsmtp.queue.reports import Reporter
     from txsmtp.queue.retry import RetryPolicy
     from txsmtp.queue.routing import Router
     from txsmtp.queue.scheduler import Scheduler
     from txsmtp.queue.sqlite import SQLiteStore
+    from txsmtp.tapmailauth import mailAuthFilters, mxSecurity
 
     store: Any
     if setup.shared:
@@ -511,6 +514,8 @@ def buildRelay(options: Any, hostname: str, inner: Any, runAs: tuple[int, int] |
         relayCredentials=setup.credentials,
         trustRoot=setup.trustRoot,
         dnsServer=setup.dnsServer,
+        mxSecurity=mxSecurity(options, reactor),
+        mxTrustRoot=options.get("mtaSTSTrust"),
     )
     retry = RetryPolicy(minimum=setup.retryMin, maximum=setup.retryMax, lifetime=setup.lifetime)
     reporter = Reporter(store, hostname, lifetime=setup.lifetime)
@@ -527,9 +532,5 @@ def buildRelay(options: Any, hostname: str, inner: Any, runAs: tuple[int, int] |
     )
     queue = QueueService(store, None if setup.shared else setup.queue, inner, runAs, outbound)
     scheduler.setServiceParent(queue)
-    from twisted.internet import reactor
-
-    from txsmtp.tapmailauth import mailAuthFilters
-
     delivery = RelayDelivery(store, router, setup.policy, inner, hostname, filters=mailAuthFilters(options, hostname, reactor))
     return delivery, queue
