@@ -448,6 +448,7 @@ class DKIMVerifier:
 
     def _headerEnded(self) -> None:
         self._fields = splitFields(self._reader.block)
+        self._reader.block = b""  # one copy of the header is enough
         self._findSignatures(self._fields)
         for sig in self._signatures:
             if sig.error is None and sig.bodyKey not in self._hashers:
