@@ -96,6 +96,8 @@ from txsmtp.mailauth.results import MethodResult
 
 __all__ = [
     "DKIMVerifier",
+    "MAX_RSA_BITS",
+    "MIN_RSA_BITS",
     "parseTagList",
     "passingDomains",
     "signedHeaderData",
