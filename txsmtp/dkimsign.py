@@ -23,11 +23,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+from txsmtp.mailauth.dkimcanon import (
+    BodyHasher,
+    HeaderReader,
+    HeaderSectionTooLong,
+    canonHeader,
+    fieldName,
+    parseCanonicalization,
+    splitFields,
+)
 
 __all__ = [
     "DEFAULT_HEADERS",
@@ -47,11 +56,7 @@ DEFAULT_HEADERS: tuple[str, ...] = (
     "MIME-Version", "Content-Type", "Content-Transfer-Encoding", "Message-ID",
 )
 
-_CANONICALIZATIONS = ("simple", "relaxed")
-_WSP_RUN = re.compile(rb"[ \t]+")
 _CRLF = b"\r\n"
-# Above this size an unfinished body line is hashed in part (see _feedBody).
-_CARRY_LIMIT = 8192
 _MAX_LINE = 78
 
 
@@ -65,31 +70,6 @@ class HeadersTooLong(DKIMSignError):
     """
     The header section of the message is longer than the signer's bound.
     """
-
-
-def _relaxedHeader(field: bytes) -> bytes:
-    """
-    Canonicalize one header field (without its final CRLF) by the
-    "relaxed" algorithm of RFC 6376 §3.4.2, returning it with a CRLF.
-    """
-    name, _, value = field.partition(b":")
-    value = _WSP_RUN.sub(b" ", value.replace(_CRLF, b"")).strip(b" \t")
-    return name.rstrip(b" \t").lower() + b":" + value + _CRLF
-
-
-def _splitFields(block: bytes) -> list[bytes]:
-    """
-    Split a header section into its fields, each with its folding CRLFs but
-    without its final CRLF (RFC 5322 §2.2.3: a line starting with WSP
-    continues the field before it).
-    """
-    fields: list[bytes] = []
-    for line in block.split(_CRLF):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += _CRLF + line
-        elif line:
-            fields.append(line)
-    return fields
 
 
 def _fold(items: Sequence[tuple[bytes, bytes]], start: int) -> bytes:
@@ -146,10 +126,7 @@ class DKIMSigner:
         timestamp: int | None = None,
         maxHeaderBytes: int = 65536,
     ) -> None:
-        headerCanon, _, bodyCanon = canonicalization.partition("/")
-        bodyCanon = bodyCanon or "simple"
-        if headerCanon not in _CANONICALIZATIONS or bodyCanon not in _CANONICALIZATIONS:
-            raise ValueError(f"unknown canonicalization {canonicalization!r}")
+        headerCanon, bodyCanon = parseCanonicalization(canonicalization)
         key = serialization.load_pem_private_key(privateKey, password=None)
         if isinstance(key, rsa.RSAPrivateKey):
             self._algorithm = "rsa-sha256"
@@ -165,23 +142,18 @@ class DKIMSigner:
             names.insert(0, "From")
         self._headerNames = names
         self._headerCanon = headerCanon
-        self._relaxedBody = bodyCanon == "relaxed"
         self._canonicalization = f"{headerCanon}/{bodyCanon}"
         self._timestamp = timestamp
         self._maxHeaderBytes = maxHeaderBytes
-        # The header section while it is read; None once the body started.
-        self._head: bytearray | None = bytearray()
-        self._headerBlock = b""
-        # The body (RFC 6376 §3.4.3, §3.4.4): the end of the current line
-        # not yet hashed, whether part of it was hashed, and the empty
-        # lines seen but not hashed (they are dropped at the end).
-        self._bodyHash = hashlib.sha256()
-        self._carry = b""
-        self._lineStarted = False
-        self._emptyLines = 0
-        self._bodyHashed = False
-        self._bodyDigest: bytes | None = None
+        # The header section is kept (bounded); the body only hashed.
+        self._reader = HeaderReader(maxHeaderBytes)
+        self._body = BodyHasher(bodyCanon, "sha256")
         self._signature: bytes | None = None
+
+    @property
+    def _carry(self) -> bytes:
+        """The end of the body line not hashed yet (bounded)."""
+        return self._body.carry
 
     def feed(self, data: bytes) -> None:
         """
@@ -192,140 +164,35 @@ class DKIMSigner:
         """
         if self._signature is not None:
             raise DKIMSignError("the message was already signed")
-        if self._head is None:
-            self._feedBody(data)
+        if self._reader.done:
+            self._body.update(data)
             return
-        head = self._head
-        searchFrom = max(0, len(head) - 3)
-        head += data
-        if head.startswith(_CRLF):
-            end, skip = 0, 2  # no header fields at all
-        else:
-            end = head.find(b"\r\n\r\n", searchFrom)
-            skip = 4
-        if end < 0:
-            if len(head) > self._maxHeaderBytes:
-                raise HeadersTooLong(
-                    f"the header section is longer than {self._maxHeaderBytes} bytes"
-                )
-            return
-        if end > self._maxHeaderBytes:
-            raise HeadersTooLong(
-                f"the header section is longer than {self._maxHeaderBytes} bytes"
-            )
-        self._headerBlock = bytes(head[:end])
-        rest = bytes(head[end + skip:])
-        self._head = None
-        self._feedBody(rest)
-
-    def _feedBody(self, data: bytes) -> None:
-        """
-        Hash the complete body lines of ``data`` (after what is carried over
-        from the previous part), keeping the unfinished last line.
-        """
-        lines = (self._carry + data).split(_CRLF)
-        carry = lines.pop()
-        for line in lines:
-            self._bodyLine(line)
-        if len(carry) > _CARRY_LIMIT:
-            carry = self._hashLinePart(carry)
-        self._carry = carry
-
-    def _canonLine(self, line: bytes) -> bytes:
-        """
-        One body line (without CRLF) canonicalized: unchanged for "simple";
-        for "relaxed", runs of WSP made one space and WSP at the end removed
-        (RFC 6376 §3.4.4).
-        """
-        if self._relaxedBody:
-            return _WSP_RUN.sub(b" ", line).rstrip(b" ")
-        return line
-
-    def _bodyLine(self, line: bytes) -> None:
-        """
-        Hash one complete body line, deferring empty lines: they count only
-        when a non-empty line follows (RFC 6376 §3.4.3, §3.4.4).
-        """
-        canon = self._canonLine(line)
-        if not canon and not self._lineStarted:
-            self._emptyLines += 1
-            return
-        self._flushEmptyLines()
-        self._bodyHash.update(canon + _CRLF)
-        self._lineStarted = False
-
-    def _flushEmptyLines(self) -> None:
-        """
-        Hash the empty lines deferred so far (a non-empty line follows), a
-        block at a time, so that a long run of them takes no memory.
-        """
-        while self._emptyLines:
-            count = min(self._emptyLines, 4096)
-            self._bodyHash.update(_CRLF * count)
-            self._emptyLines -= count
-        self._bodyHashed = True
-
-    def _hashLinePart(self, part: bytes) -> bytes:
-        """
-        Hash the beginning of a long unfinished line, returning what must
-        still be kept: a final CR (it may start the line's CRLF) and, for
-        "relaxed", the WSP run before it (it may end the line, or continue
-        in the next part).  What is hashed then ends with a byte no later
-        byte can change the canonical form of.
-        """
-        keep = 1 if part.endswith(b"\r") else 0
-        if self._relaxedBody:
-            part = _WSP_RUN.sub(b" ", part)
-            body = part[: len(part) - keep]
-            cut = len(body.rstrip(b" \t"))
-        else:
-            cut = len(part) - keep
-        if cut:
-            self._flushEmptyLines()
-            self._bodyHash.update(self._canonLine(part[:cut]))
-            self._lineStarted = True
-        return part[cut:]
+        try:
+            rest = self._reader.feed(data)
+        except HeaderSectionTooLong as e:
+            raise HeadersTooLong(str(e)) from None
+        if rest is not None:
+            self._body.update(rest)
 
     def _finishBody(self) -> bytes:
         """
-        Hash what follows the last CRLF, if anything, and return the body
-        hash.  "simple" makes an empty body one CRLF; "relaxed" leaves it
-        empty (RFC 6376 §3.4.3, §3.4.4).
+        Finish the message and return the body hash (see
+        :meth:`txsmtp.mailauth.dkimcanon.BodyHasher.digest`).  A message
+        with no empty line is all header fields, with an empty body.
 
-        A body not ending with CRLF gets one (§3.4.3, §3.4.4).  What follows
-        the last CRLF is not a line, so "relaxed" reduces its runs of WSP
-        but keeps WSP at its end: ``"a  "`` becomes ``"a \\r\\n"``, as
-        dkimpy reads it.  (OpenDKIM 2.11 disagrees with both on some bodies
-        not ending with CRLF, even ``"a\\r\\n\\r\\nb"``.)  A message received
-        by SMTP always ends with CRLF, so this matters little.
+        A body not ending with CRLF gets one (RFC 6376 §3.4.3, §3.4.4).
+        (OpenDKIM 2.11 disagrees with dkimpy and this signer on some bodies
+        not ending with CRLF, even ``"a\\r\\n\\r\\nb"``.)  A message
+        received by SMTP always ends with CRLF, so this matters little.
         """
-        if self._bodyDigest is not None:
-            return self._bodyDigest
-        if self._head is not None:
-            # No empty line: all header fields, no body.
-            block = bytes(self._head)
-            if len(block) > self._maxHeaderBytes:
-                raise HeadersTooLong(
-                    f"the header section is longer than {self._maxHeaderBytes} bytes"
-                )
-            self._headerBlock = block[:-2] if block.endswith(_CRLF) else block
-            self._head = None
-        if self._carry or self._lineStarted:
-            tail = self._carry
-            if self._relaxedBody:
-                tail = _WSP_RUN.sub(b" ", tail)
-            self._flushEmptyLines()
-            self._bodyHash.update(tail + _CRLF)
-            self._carry = b""
-        if not self._bodyHashed and not self._relaxedBody:
-            self._bodyHash.update(_CRLF)
-        self._bodyDigest = self._bodyHash.digest()
-        return self._bodyDigest
+        try:
+            self._reader.finish()
+        except HeaderSectionTooLong as e:
+            raise HeadersTooLong(str(e)) from None
+        return self._body.digest()
 
     def _canonHeader(self, field: bytes) -> bytes:
-        if self._headerCanon == "relaxed":
-            return _relaxedHeader(field)
-        return field + _CRLF
+        return canonHeader(field, self._headerCanon)
 
     def signature(self) -> bytes:
         """
@@ -339,11 +206,10 @@ class DKIMSigner:
         if self._signature is not None:
             return self._signature
         bodyHash = base64.b64encode(self._finishBody())
-        fields = _splitFields(self._headerBlock)
+        fields = splitFields(self._reader.block)
         byName: dict[str, list[bytes]] = {}
         for field in fields:
-            name = field.partition(b":")[0].rstrip(b" \t").decode("latin-1").lower()
-            byName.setdefault(name, []).append(field)
+            byName.setdefault(fieldName(field), []).append(field)
         if "from" not in byName:
             raise DKIMSignError("the message has no From header field")
         # RFC 6376 §5.4.2: a name is listed once per instance signed, and
