@@ -124,11 +124,26 @@ def resolver(options: Any) -> Any:
     setup = options.get("relaySetup")
     if setup is not None and setup.dnsServer is not None:
         return client.Resolver(servers=[setup.dnsServer])
-    return client.getResolver()
+    return _SystemResolver()
+
+
+class _SystemResolver:
+    """
+    The system's resolver (:func:`twisted.names.client.getResolver`), made
+    at its first use: it rereads /etc/resolv.conf on a timer, which should
+    start with the server, not when the options are read.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        from twisted.names import client
+
+        return getattr(client.getResolver(), name)
 
 
 def mailAuthSummary(options: Any) -> str:
     """The part of the start-up line about mail authentication (``""`` when none)."""
+    if not options.get("relay"):
+        return ""
     parts = []
     if options.get("verify-inbound"):
         parts.append("inbound SPF/DKIM/DMARC checks" + (" (DMARC reject honoured)" if options.get("dmarc-reject") else ""))
