@@ -215,6 +215,23 @@ class ReturnedMessageTests(ReporterTestsMixin, unittest.TestCase):
         self.assertNotIn("SECRET-BODY-LINE", headers)
         self.assertNotIn(b"SECRET-BODY-LINE", self.store.rows[reportId].body)
 
+    def test_requireTLSHeadersOnly(self) -> None:
+        """
+        REQUIRETLS (RFC 8689 §5): even with RET=FULL the report holds the
+        header section only, and is itself queued with REQUIRETLS.
+        """
+        message = self.queue([QueuedRecipient(0, "bob@example.com")], ret="FULL", requiretls=True)
+        [reportId] = self.report(message, [(message.recipients[0], failed())])
+        returned = self.parsed(reportId).get_payload()[2]
+        self.assertEqual(returned.get_content_type(), "text/rfc822-headers")
+        self.assertNotIn(b"SECRET-BODY-LINE", self.store.rows[reportId].body)
+        self.assertIs(self.store.rows[reportId].message.envelope["parameters"]["requiretls"], True)
+        # And without REQUIRETLS the same message comes back in full.
+        plain = self.queue([QueuedRecipient(0, "bob@example.com")], ret="FULL")
+        [plainId] = self.report(plain, [(plain.recipients[0], failed())])
+        self.assertIn(b"SECRET-BODY-LINE", self.store.rows[plainId].body)
+        self.assertIs(self.store.rows[plainId].message.envelope["parameters"]["requiretls"], False)
+
     def test_defaultIsHeaders(self) -> None:
         """Without RET, headers only."""
         message = self.queue([QueuedRecipient(0, "bob@example.com")])
