@@ -175,3 +175,24 @@ class InboundChecksTests(unittest.TestCase):
         [stored] = await self.delivered(1)
         self.assertNotIn(b"Authentication-Results:", stored)
         self.assertEqual([q for q in self.dns.queries if "forged" in q[0]], [])
+
+    async def test_ownReportsNotChecked(self) -> None:
+        """
+        A delivery report the server makes itself (NOTIFY=SUCCESS) reaches
+        the local sender without going through the checks; the message it
+        reports on was checked.
+        """
+        running = await self.start("--verify-inbound")
+        client = await connectClient(self, running.port)
+        await client.command(b"EHLO client.example.org")
+        for line in (b"MAIL FROM:<carol@local.test>", b"RCPT TO:<bob@local.test> NOTIFY=SUCCESS", b"DATA"):
+            [reply] = await client.command(line)
+            self.assertLess(reply.code, 400, reply)
+        [done] = await client.command(message("carol@local.test", "tell me") + b".")
+        self.assertEqual(done.code, 250, done)
+        stored = await self.delivered(2)
+        reports = [m for m in stored if b"multipart/report" in m]
+        originals = [m for m in stored if b"Subject: tell me" in m and b"multipart/report" not in m]
+        self.assertEqual((len(reports), len(originals)), (1, 1), [m[:300] for m in stored])
+        self.assertNotIn(b"Authentication-Results:", reports[0].split(b"\r\n\r\n", 1)[0])
+        self.assertIn(b"Authentication-Results: " + HOSTNAME.encode(), originals[0])
