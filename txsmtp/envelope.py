@@ -242,7 +242,6 @@ class Envelope:
                 "auth": p.auth,
                 "ret": p.ret,
                 "envid": p.envid,
-                "requiretls": p.requireTLS,
                 "extra": dict(p.extra),
             },
             "recipients": [r.toDict() for r in self.recipients],
@@ -257,6 +256,9 @@ class Envelope:
                 "sessionId": c.sessionId,
             },
         }
+        if p.requireTLS:
+            # RFC 8689: kept only when given, so other envelopes read as before.
+            data["parameters"]["requiretls"] = True
         if self.addedHeaders:
             # Made by the server: ASCII, or UTF-8 under SMTPUTF8.
             data["addedHeaders"] = [h.decode("utf-8") for h in self.addedHeaders]

@@ -276,7 +276,8 @@ class Reporter:
                                 "Content-Description: the headers of your message\n\n"))
             parts.append(headers)
         envelope = self._envelope(kind, message, eightBit, smtputf8 or not message.sender.isascii())
-        envelope["parameters"]["requiretls"] = requireTLS
+        if requireTLS:
+            envelope["parameters"]["requiretls"] = True
         writer = self.store.newMessage()
         try:
             await self._write(writer, parts)
