@@ -173,11 +173,12 @@ class Envelope:
     :ivar receivedHeader: the ``Received:`` header line the server prepends,
         as bytes ending in CRLF (set when DATA starts).
     :ivar addedHeaders: header fields (bytes, each ending in CRLF) that
-        the server adds above the message once it has all of it: a
+        the relay adds above the message once it has all of it: a
         ``DKIM-Signature:`` made as the body streamed in, an
-        ``Authentication-Results:``.  A delivery writes them before the
-        message's first octet; the queue keeps them with the message and
-        puts them in front at delivery.
+        ``Authentication-Results:`` (the message filters of
+        :mod:`txsmtp.mailauth.filters` set them before the receiver's
+        ``finish``).  The queue keeps them with the message and puts them
+        in front of it at every delivery (:mod:`txsmtp.queue.prefixed`).
     :ivar authentication: the
         :class:`~txsmtp.mailauth.results.AuthenticationResults` of the
         inbound checks (SPF, DKIM, DMARC), or ``None`` when the message
