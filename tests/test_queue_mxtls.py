@@ -22,7 +22,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.certs import certificates, serverCertificate
-from tests.dnsserver import startDNSServer
+from tests.dnsserver import SERVFAIL, startDNSServer
 from tests.outbound_helpers import BODY, body, freePort, listen, queued
 from tests.test_tlspolicy_mtasts import PolicyServer
 from txsmtp.queue.model import AttemptResult, NextHop, QueuedMessage, Result
@@ -262,6 +262,27 @@ class TestingModeTests(_Fixture):
         result = await self.deliver(requireTLS(queued([f"rcpt@{DOMAIN}"])))
         self.assertEqual((result.result, result.status), (Result.FAILED, "5.7.10"), result.reason)
         self.assertEqual(mx1.connections, [])
+
+
+class UnusablePolicyTests(_Fixture):
+    """A policy that cannot be had: delivery as without one (RFC 8461 §5: no policy, no change)."""
+
+    async def test_fetchFails(self) -> None:
+        """The TXT record is there but the HTTPS server has no policy (404): opportunistic TLS, delivered."""
+        mx1 = self.mx("127.0.0.2", certificateFor("elsewhere.example.net"))
+        result = await self.deliver()
+        self.assertEqual(result.result, Result.DELIVERED, result.reason)
+        self.assertEqual(len(self.policyServer.requests), 1)
+        self.assertEqual(len(mx1.delivery.messages), 1)
+
+    async def test_txtServfail(self) -> None:
+        """The TXT lookup fails (SERVFAIL): no policy known, delivered opportunistically."""
+        self.zones["_mta-sts.example.com"] = SERVFAIL
+        self.servePolicy("enforce", "mx9.example.com")
+        mx1 = self.mx("127.0.0.2", certificateFor("elsewhere.example.net"))
+        result = await self.deliver()
+        self.assertEqual(result.result, Result.DELIVERED, result.reason)
+        self.assertEqual(len(mx1.delivery.messages), 1)
 
 
 class RequireTLSTests(_Fixture):
