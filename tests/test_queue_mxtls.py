@@ -128,9 +128,10 @@ class _Fixture(unittest.TestCase):
         self.addCleanup(outbound.close)
         return outbound
 
-    async def deliver(self, message: QueuedMessage | None = None) -> AttemptResult:
+    async def deliver(self, message: QueuedMessage | None = None, outbound: Outbound | None = None) -> AttemptResult:
         message = message or queued([f"rcpt@{DOMAIN}"])
-        [result] = await self.outbound().deliver(NextHop("mx", DOMAIN), message, message.recipients, body())
+        outbound = outbound or self.outbound()
+        [result] = await outbound.deliver(NextHop("mx", DOMAIN), message, message.recipients, body())
         return result
 
     def logged(self, word: str) -> list[str]:
@@ -215,6 +216,42 @@ class EnforceTests(_Fixture):
         self.assertNotIn(("mx2.example.com", "A"), self.dns.queries)
         [line] = self.logged("matches no mx of the policy")
         self.assertIn("mx2.example.com", line)
+
+    async def test_nextListedHostAfterTLSFailure(self) -> None:
+        """
+        Two listed hosts, the preferred one's certificate for another name:
+        deferred there (no MAIL), and the next one gets the mail.
+        """
+        self.zones[DOMAIN]["MX"] = [(10, "mx2.example.com"), (20, "mx1.example.com")]
+        self.servePolicy("enforce", "mx1.example.com", "mx2.example.com")
+        mx2 = self.mx("127.0.0.1", certificateFor("elsewhere.example.net"))
+        mx1 = self.mx("127.0.0.2", certificateFor("mx1.example.com"))
+        result = await self.deliver()
+        self.assertEqual((result.result, result.remoteMTA), (Result.DELIVERED, "dns; mx1.example.com"), result.reason)
+        self.assertEqual(len(mx1.delivery.messages), 1)
+        self.assertEqual(len(mx2.connections), 1)
+        self.assertEqual(mx2.delivery.mailCommands, [])
+
+    async def test_cachedPolicyOutlivesTXT(self) -> None:
+        """
+        The TXT record and the policy file go away: the cached enforce
+        policy (max_age not over) still applies to the next message (RFC
+        8461 §3.3, §5.1): the mismatched host is not used in plaintext.
+        """
+        self.servePolicy("enforce", "mx1.example.com")
+        good = self.mx("127.0.0.2", certificateFor("mx1.example.com"))
+        outbound = self.outbound()
+        first = await self.deliver(outbound=outbound)
+        self.assertEqual(first.result, Result.DELIVERED, first.reason)
+        self.assertEqual(len(good.delivery.messages), 1)
+        del self.zones["_mta-sts.example.com"]
+        self.policyServer.answers.clear()
+        self.zones[DOMAIN]["MX"] = [(10, "mx2.example.com")]
+        bad = self.mx("127.0.0.1", certificateFor("mx2.example.com"))
+        second = await self.deliver(outbound=outbound)
+        self.assertEqual((second.result, second.status), (Result.DEFERRED, "4.7.5"), second.reason)
+        self.assertIn("matches its MTA-STS policy", second.reason)
+        self.assertEqual(bad.connections, [])
 
     async def test_noHostMatches(self) -> None:
         """No MX host matches: deferred ``4.7.5`` without a connection."""
