@@ -72,6 +72,9 @@ def zones() -> list[Zone]:
                 "wrong IN MX 10 mxw.dane.test.",
                 "mxw IN A 127.0.0.1",
                 f"_25._tcp.mxw IN TLSA 3 1 1 {wrong}",
+                # two.dane.test: the preferred host's record does not match, the other's does.
+                "two IN MX 10 mxw.dane.test.",
+                "two IN MX 20 mx.dane.test.",
                 # sts.dane.test: DANE and an MTA-STS policy for the same host.
                 "sts IN MX 10 mx.dane.test.",
                 '_mta-sts.sts IN TXT "v=STSv1; id=2026120702"',
@@ -81,7 +84,13 @@ def zones() -> list[Zone]:
         # Unsigned: the TLSA record (which would not match) is not secure, so ignored.
         Zone(
             "insecure.test",
-            ["@ IN MX 10 mx.insecure.test.", "mx IN A 127.0.0.1", f"_25._tcp.mx IN TLSA 3 1 1 {wrong}"],
+            [
+                "@ IN MX 10 mx.insecure.test.",
+                "mx IN A 127.0.0.1",
+                f"_25._tcp.mx IN TLSA 3 1 1 {wrong}",
+                # An insecure MX answer naming a host of the signed zone.
+                "other IN MX 10 mxw.dane.test.",
+            ],
             signed=False,
         ),
         # Signed, but the TLSA record's signature does not verify: bogus.
@@ -148,6 +157,26 @@ class DANEDeliveryTests(unittest.TestCase):
         self.assertNotIn("(dane", result.reason)
         self.assertEqual(len(self.mx.delivery.messages), 1)
 
+    async def test_nextHostAfterMismatch(self) -> None:
+        """The preferred host's TLSA record does not match: no MAIL there, the next host (matching) gets it."""
+        await self.start()
+        result = await self.deliver("two.dane.test")
+        self.assertEqual((result.result, result.remoteMTA), (Result.DELIVERED, "dns; mx.dane.test"), result.reason)
+        self.assertEqual(len(self.mx.connections), 2)
+        self.assertEqual(self.mx.delivery.mailCommands, [("sender@example.org", True)])
+
+    async def test_insecureMXAnswer(self) -> None:
+        """
+        The MX answer is insecure although the host's zone is signed: DANE
+        does not apply (RFC 7672 §2.2.1), so the host's non-matching TLSA
+        record is not used; opportunistic TLS, delivered.
+        """
+        await self.start()
+        result = await self.deliver("other.insecure.test")
+        self.assertEqual((result.result, result.remoteMTA), (Result.DELIVERED, "dns; mxw.dane.test"), result.reason)
+        self.assertNotIn("(dane", result.reason)
+        self.assertEqual(len(self.mx.delivery.messages), 1)
+
     async def test_bogusTLSA(self) -> None:
         """TLSA records that fail validation: the host is not used now, ``4.7.5``, no connection (RFC 7672 §2.1.1)."""
         await self.start()
@@ -163,6 +192,14 @@ class DANEDeliveryTests(unittest.TestCase):
         self.assertEqual(result.result, Result.DELIVERED, result.reason)
         [stored] = self.mx.delivery.messages
         self.assertTrue(stored.envelope.parameters.requireTLS)
+
+    async def test_requireTLSNotOffered(self) -> None:
+        """DANE-authenticated, but the server does not offer REQUIRETLS: failed ``5.7.10``, nothing stored."""
+        await self.start()
+        self.mx.factory.offerRequireTLS = False
+        result = await self.deliver("dane.test", requireTLS(queued(["rcpt@dane.test"])))
+        self.assertEqual((result.result, result.status), (Result.FAILED, "5.7.10"), result.reason)
+        self.assertEqual(self.mx.delivery.messages, [])
 
     async def test_requireTLSInsecure(self) -> None:
         """A REQUIRETLS message to the insecure zone: failed ``5.7.10``, no connection."""
