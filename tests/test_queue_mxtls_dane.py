@@ -75,6 +75,10 @@ def zones() -> list[Zone]:
                 # two.dane.test: the preferred host's record does not match, the other's does.
                 "two IN MX 10 mxw.dane.test.",
                 "two IN MX 20 mx.dane.test.",
+                # pkix.dane.test: secure TLSA records, none usable (PKIX-EE).
+                "pkix IN MX 10 mxp.dane.test.",
+                "mxp IN A 127.0.0.1",
+                f"_25._tcp.mxp IN TLSA 1 1 1 {right}",
                 # sts.dane.test: DANE and an MTA-STS policy for the same host.
                 "sts IN MX 10 mx.dane.test.",
                 '_mta-sts.sts IN TXT "v=STSv1; id=2026120702"',
@@ -200,6 +204,21 @@ class DANEDeliveryTests(unittest.TestCase):
         result = await self.deliver("dane.test", requireTLS(queued(["rcpt@dane.test"])))
         self.assertEqual((result.result, result.status), (Result.FAILED, "5.7.10"), result.reason)
         self.assertEqual(self.mx.delivery.messages, [])
+
+    async def test_noUsableRecords(self) -> None:
+        """
+        Secure TLSA records, none usable: TLS is mandatory but not
+        authenticated (RFC 7672 §2.2): delivered over TLS; a REQUIRETLS
+        message is not (``5.7.10``, no connection).
+        """
+        await self.start()
+        result = await self.deliver("pkix.dane.test")
+        self.assertEqual(result.result, Result.DELIVERED, result.reason)
+        self.assertIn("(dane-unauthenticated)", result.reason)
+        self.assertEqual(self.mx.delivery.mailCommands, [("sender@example.org", True)])
+        result = await self.deliver("pkix.dane.test", requireTLS(queued(["rcpt@pkix.dane.test"])))
+        self.assertEqual((result.result, result.status), (Result.FAILED, "5.7.10"), result.reason)
+        self.assertEqual(len(self.mx.connections), 1)
 
     async def test_requireTLSInsecure(self) -> None:
         """A REQUIRETLS message to the insecure zone: failed ``5.7.10``, no connection."""
