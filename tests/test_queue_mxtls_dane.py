@@ -75,6 +75,9 @@ def zones() -> list[Zone]:
                 # two.dane.test: the preferred host's record does not match, the other's does.
                 "two IN MX 10 mxw.dane.test.",
                 "two IN MX 20 mx.dane.test.",
+                # mixed.dane.test: a DANE host whose record does not match, then a host without DANE.
+                "mixed IN MX 10 mxw.dane.test.",
+                "mixed IN MX 20 mx.insecure.test.",
                 # pkix.dane.test: secure TLSA records, none usable (PKIX-EE).
                 "pkix IN MX 10 mxp.dane.test.",
                 "mxp IN A 127.0.0.1",
@@ -219,6 +222,19 @@ class DANEDeliveryTests(unittest.TestCase):
         result = await self.deliver("pkix.dane.test", requireTLS(queued(["rcpt@pkix.dane.test"])))
         self.assertEqual((result.result, result.status), (Result.FAILED, "5.7.10"), result.reason)
         self.assertEqual(len(self.mx.connections), 1)
+
+    async def test_requireTLSTransientFirst(self) -> None:
+        """
+        REQUIRETLS; the one authenticated host fails now (its TLSA record
+        does not match), the other is not authenticated: the message waits
+        (``4.7.5``), it does not bounce on the second host's ``5.7.10``
+        (the first may work at the next attempt); nothing was sent.
+        """
+        await self.start()
+        result = await self.deliver("mixed.dane.test", requireTLS(queued(["rcpt@mixed.dane.test"])))
+        self.assertEqual((result.result, result.status), (Result.DEFERRED, "4.7.5"), result.reason)
+        self.assertEqual(len(self.mx.connections), 1)
+        self.assertEqual(self.mx.delivery.mailCommands, [])
 
     async def test_requireTLSInsecure(self) -> None:
         """A REQUIRETLS message to the insecure zone: failed ``5.7.10``, no connection."""
