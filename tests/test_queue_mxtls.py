@@ -167,6 +167,16 @@ class EnforceTests(_Fixture):
         self.assertEqual(result.result, Result.DELIVERED, result.reason)
         self.assertEqual(len(mx.delivery.messages), 1)
 
+    async def test_caseOfNames(self) -> None:
+        """The MX record and the policy spell the host name in other cases: it matches all the same."""
+        self.zones[DOMAIN]["MX"] = [(10, "MX1.Example.COM")]
+        self.servePolicy("enforce", "mx1.EXAMPLE.com")
+        mx1 = self.mx("127.0.0.2", certificateFor("mx1.example.com"))
+        result = await self.deliver()
+        self.assertEqual(result.result, Result.DELIVERED, result.reason)
+        self.assertIn("(mta-sts)", result.reason)
+        self.assertEqual(len(mx1.delivery.messages), 1)
+
     async def test_certificateForAnotherName(self) -> None:
         """
         The certificate is valid but for another name: deferred ``4.7.5``,
