@@ -93,15 +93,20 @@ class _Site(server.Site):
 
 
 class PolicyServer:
-    """A real HTTPS server on 127.0.0.1: ``answers`` maps (Host, path) to what to send."""
+    """
+    A real HTTPS server (on 127.0.0.1 and a port the kernel picks, unless
+    told): ``answers`` maps (Host, path) to what to send.
+    """
 
-    def __init__(self, testCase: unittest.TestCase, chain: str, key: str) -> None:
+    def __init__(
+        self, testCase: unittest.TestCase, chain: str, key: str, port: int = 0, interface: str = "127.0.0.1"
+    ) -> None:
         self.answers: dict[tuple[str, bytes], Answer] = {}
         self.requests: list[tuple[str, bytes]] = []
         self.connections: list[Any] = []
         self.closed: list[defer.Deferred[None]] = []
         self.listening = _REACTOR.listenSSL(
-            0, _Site(self), loadCertificateOptions(chain, key), interface="127.0.0.1"
+            port, _Site(self), loadCertificateOptions(chain, key), interface=interface
         )
         self.port = self.listening.getHost().port
         testCase.addCleanup(self.stop)

@@ -74,7 +74,12 @@ async def deliverMX(outbound: Any, attempt: Any, pending: list[int]) -> None:
                 f"the message requires TLS (REQUIRETLS) and mail exchanger {exchanger.host} of {domain} "
                 "is authenticated neither by DANE nor by an MTA-STS policy in enforce mode (RFC 8689 §4.2.1)"
             )
-            last = {i: failed("5.7.10", reason) for i in pending}
+            # The 5.7.10 is the answer only when no other host gave one: a
+            # host that could be authenticated but failed now (a deferral)
+            # may work at the next attempt, so the message waits instead
+            # of bouncing on the hosts that never can.
+            for i in pending:
+                last.setdefault(i, failed("5.7.10", reason))
             continue
         try:
             addresses = await _addresses(outbound, exchanger.host)
