@@ -191,6 +191,26 @@ class EnforceTests(_Fixture):
         self.assertEqual(mx1.delivery.messages, [])
         self.assertEqual(mx1.delivery.mailCommands, [])
         self.assertEqual(len(mx1.connections), 1)
+        # Logged in TLS-RPT's words (RFC 8460 §4.3).
+        [line] = self.logged("result=certificate-host-mismatch")
+        self.assertIn("mta-sts domain=example.com mx=mx1.example.com", line)
+
+    async def test_tlsRequiredNo(self) -> None:
+        """
+        ``TLS-Required: No`` (RFC 8689 §5): the enforce policy does not stop
+        delivery to a host whose certificate is for another name; TLS is
+        still used, unchecked.
+        """
+        self.servePolicy("enforce", "mx1.example.com")
+        mx1 = self.mx("127.0.0.2", certificateFor("elsewhere.example.net"))
+        message = queued([f"rcpt@{DOMAIN}"])
+        message.envelope["tlsRequiredNo"] = True
+        result = await self.deliver(message)
+        self.assertEqual(result.result, Result.DELIVERED, result.reason)
+        self.assertNotIn("(mta-sts)", result.reason)
+        self.assertEqual(mx1.delivery.mailCommands, [("sender@example.org", True)])
+        self.assertEqual(self.policyServer.requests, [])
+        self.assertTrue(self.logged("TLS-Required: No"))
 
     async def test_untrustedAuthority(self) -> None:
         """The right name, from an authority nobody trusts: deferred ``4.7.5``, nothing sent."""
@@ -200,6 +220,7 @@ class EnforceTests(_Fixture):
         self.assertEqual((result.result, result.status), (Result.DEFERRED, "4.7.5"), result.reason)
         self.assertEqual(mx1.delivery.mailCommands, [])
         self.assertEqual(len(mx1.connections), 1)
+        self.assertEqual(len(self.logged("result=certificate-not-trusted")), 1, self.lines)
 
     async def test_noSTARTTLS(self) -> None:
         """The MX host offers no STARTTLS: deferred (``4.7.4``), nothing sent in plaintext."""
@@ -209,6 +230,7 @@ class EnforceTests(_Fixture):
         self.assertEqual((result.result, result.status), (Result.DEFERRED, "4.7.4"), result.reason)
         self.assertEqual(mx1.delivery.mailCommands, [])
         self.assertEqual(mx1.delivery.messages, [])
+        self.assertEqual(len(self.logged("result=starttls-not-supported")), 1, self.lines)
 
     async def test_unlistedHostNotUsed(self) -> None:
         """

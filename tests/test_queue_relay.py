@@ -475,10 +475,32 @@ class LoopTests(unittest.TestCase):
         """A huge header line keeps nothing but a few octets; the scan stops at the limit."""
         counter = HopCounter(limit=100_000)
         counter.feed(b"X-Long: " + b"a" * 50_000)
-        self.assertLessEqual(len(counter._prefix), 16)
+        self.assertLessEqual(len(counter._prefix), 32)
         counter.feed(b"b" * 60_000 + b"\r\nReceived: late\r\n")
         self.assertTrue(counter.done)
         self.assertEqual(counter.count, 0)
+
+
+    def test_tlsRequiredNo(self) -> None:
+        """
+        ``TLS-Required: No`` in the header section (RFC 8689 §5) is kept
+        with the queued message, cut anywhere; in the body, or under
+        REQUIRETLS (§4.1), it is not.
+        """
+        for cut in (0, 5, 30, 40):
+            message = b"Subject: x\r\ntls-required:  NO \r\n\r\nhi\r\n"
+            counter = HopCounter()
+            counter.feed(message[:cut])
+            counter.feed(message[cut:])
+            self.assertTrue(counter.tlsOptional, cut)
+        for message in (b"Subject: x\r\n\r\nTLS-Required: No\r\n", b"TLS-Required: Nope\r\n\r\n"):
+            counter = HopCounter()
+            counter.feed(message)
+            self.assertFalse(counter.tlsOptional, message)
+        r = Relay()
+        r.send(f"me@{REMOTE}", [f"bob@{LOCAL}"], b"TLS-Required: No\r\n" + MESSAGE)
+        [m] = r.store.messages
+        self.assertIs(m.envelope.get("tlsRequiredNo"), True)
 
 
 class NetworkParsingTests(unittest.TestCase):

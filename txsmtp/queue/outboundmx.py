@@ -10,7 +10,11 @@ AAAA; at most ``mxAddressLimit`` in all, as Postfix's
 answer.  A null MX (RFC 7505) fails every recipient with ``5.1.10``; a
 domain that does not exist fails them with ``5.1.2``; a DNS failure
 defers them with ``4.4.3``; a TLS policy that leaves no host to use
-defers them with ``4.7.5``; a REQUIRETLS message (RFC 8689) for which no
+defers them with ``4.7.5``; a failed TLS session with a host whose
+policy makes TLS mandatory is logged in TLS-RPT terms (RFC 8460 §4.3:
+``dane domain=... mx=... result=validation-failure``); a message with
+``TLS-Required: No`` (RFC 8689 §5) goes without MTA-STS and DANE,
+opportunistically; a REQUIRETLS message (RFC 8689) for which no
 host is authenticated fails with ``5.7.10``.
 """
 
@@ -25,14 +29,15 @@ from twisted.logger import Logger
 from twisted.names import client as dnsclient
 from twisted.names import dns
 
-from txsmtp.client import TLSPolicy
+from txsmtp.client import SMTPTLSError, TLSPolicy
 from txsmtp.mailauth.dnsquery import DNSTemporaryError
 from txsmtp.mx import NoMailExchangerError, NullMXError, lookupMailExchangers
 from txsmtp.queue.attempts import deferred, failed
 from txsmtp.queue.model import AttemptResult
+from txsmtp.queue.mxtls import MXSecurity
 from txsmtp.queue.targets import Target
 
-__all__ = ["deliverMX"]
+__all__ = ["deliverMX", "tlsrptResult"]
 
 _log = Logger(namespace="txsmtp.queue.outbound")
 
@@ -53,6 +58,15 @@ async def deliverMX(outbound: Any, attempt: Any, pending: list[int]) -> None:
             attempt.setAll(pending, deferred("4.4.3", str(e)))
         return
     security = outbound.mxSecurity
+    if attempt.message.envelope.get("tlsRequiredNo"):
+        # RFC 8689 §4.2.2 (TLS-Required: No): the sender asks that the
+        # domain's policies not stop delivery; TLS is still used when offered.
+        _log.info(
+            "{queueId}: TLS-Required: No: MTA-STS and DANE not applied for {domain}",
+            queueId=attempt.message.id,
+            domain=domain,
+        )
+        security = MXSecurity()
     plan = await security.plan(domain, exchangers)
     if plan.refused is not None:
         _log.warn("{domain}: {reason}", domain=domain, reason=plan.refused)
@@ -66,7 +80,7 @@ async def deliverMX(outbound: Any, attempt: Any, pending: list[int]) -> None:
         except DNSTemporaryError as e:
             # RFC 7672 §2.1.1: bogus or missing DNSSEC answers: not this host now.
             reason = f"DANE: the DNSSEC lookups for mail exchanger {exchanger.host} of {domain} failed: {e}"
-            _log.warn("{reason}", reason=reason)
+            _log.warn("dane domain={domain} mx={host} result=dnssec-invalid: {reason}", domain=domain, host=exchanger.host, reason=reason)
             last = {i: deferred("4.7.5", reason) for i in pending}
             continue
         if attempt.requireTLS and not hostTLS.verified:
@@ -105,6 +119,15 @@ async def deliverMX(outbound: Any, attempt: Any, pending: list[int]) -> None:
             if hostTLS.mandatory:
                 where += f" ({hostTLS.mode})"
             outcome = await outbound._send(target, attempt, pending)
+            if hostTLS.mandatory and isinstance(outcome, SMTPTLSError):
+                _log.warn(
+                    "{mode} domain={domain} mx={host} result={result}: {error}",
+                    mode="dane" if hostTLS.dane is not None else "mta-sts",
+                    domain=domain,
+                    host=exchanger.host,
+                    result=tlsrptResult(str(outcome), hostTLS.dane is not None),
+                    error=str(outcome),
+                )
             final, transient, tryNext = outbound._classify(outcome, attempt, pending, where, f"dns; {exchanger.host}", False)
             for i, result in final.items():
                 attempt.results[i] = result
@@ -155,3 +178,22 @@ def _dnsText(error: BaseException) -> str:
     if name == "DNSServerError":
         return "the DNS server failed (SERVFAIL)"
     return str(error) or name
+
+
+def tlsrptResult(error: str, dane: bool) -> str:
+    """
+    The TLS-RPT result type (RFC 8460 §4.3) of a failed TLS session with
+    a host whose policy made TLS mandatory, from the client's error text.
+    """
+    text = error.lower()
+    if "does not offer starttls" in text:
+        return "starttls-not-supported"
+    if dane:
+        return "validation-failure"
+    if "not valid for" in text:
+        return "certificate-host-mismatch"
+    if "expired" in text:
+        return "certificate-expired"
+    if "certificate verify failed" in text or "not signed by" in text:
+        return "certificate-not-trusted"
+    return "validation-failure"

@@ -386,15 +386,22 @@ class HopCounter:
     and in at most ``limit`` octets of it.  Only the start of the current
     line is kept between chunks: memory stays bounded whatever comes.
 
+    It also notes a ``TLS-Required: No`` field (RFC 8689 §5): the sender
+    asks that the recipient domain's TLS policies (MTA-STS, DANE) not stop
+    the delivery.
+
     :ivar count: the ``Received:`` fields seen so far.
+    :ivar tlsOptional: a ``TLS-Required: No`` field was seen.
     :ivar done: the header section ended (or ``limit`` was reached).
     """
 
-    _PREFIX = 16
+    _PREFIX = 32
     _RECEIVED = re.compile(rb"received[ \t]*:", re.I)
+    _TLS_OPTIONAL = re.compile(rb"tls-required[ \t]*:[ \t]*no[ \t]*\r?\n", re.I)
 
     def __init__(self, limit: int = 1024 * 1024) -> None:
         self.count = 0
+        self.tlsOptional = False
         self.done = False
         self.limit = limit
         self._scanned = 0
@@ -404,6 +411,8 @@ class HopCounter:
     def _line(self, start: bytes) -> None:
         if self._RECEIVED.match(start):
             self.count += 1
+        elif self._TLS_OPTIONAL.match(start):
+            self.tlsOptional = True
 
     def feed(self, chunk: bytes) -> None:
         """Scan the next chunk."""
@@ -517,6 +526,9 @@ class RelayReceiver:
         data = envelope.toDict()
         data.pop("recipients", None)
         data["eightBit"] = self.eightBit
+        if self.hops.tlsOptional and not envelope.parameters.requireTLS:
+            # RFC 8689 §4.1: with REQUIRETLS, the field is ignored.
+            data["tlsRequiredNo"] = True
         recipients = [
             QueuedRecipient(
                 index=i,
