@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 
 from txsmtp.mailauth.results import AuthenticationResults, MethodResult
+from txsmtp.mailauth.rfc5322 import skipCFWS
 
 __all__ = ["authservIdOf", "formatHeader", "formatValue", "isOwnField"]
 
@@ -156,34 +157,6 @@ def formatHeader(results: AuthenticationResults, *, smtputf8: bool = False) -> b
 # --- Reading: the authserv-id of existing fields (§5) ------------------------
 
 
-def _skipCFWS(text: str, i: int) -> int | None:
-    """The index after the CFWS at ``i`` (comments nest); ``None`` if a comment never ends."""
-    while i < len(text):
-        c = text[i]
-        if c in " \t\r\n":
-            i += 1
-        elif c == "(":
-            depth = 0
-            while i < len(text):
-                c = text[i]
-                if c == "\\":
-                    i += 2
-                    continue
-                if c == "(":
-                    depth += 1
-                elif c == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                i += 1
-            else:
-                return None
-            i += 1
-        else:
-            break
-    return i
-
-
 def authservIdOf(fieldValue: bytes) -> str | None:
     """
     The authserv-id of an ``Authentication-Results:`` field value (what
@@ -191,7 +164,7 @@ def authservIdOf(fieldValue: bytes) -> str | None:
     none to read (empty, an unterminated comment or quoted string).
     """
     text = fieldValue.decode("utf-8", "surrogateescape")
-    i = _skipCFWS(text, 0)
+    i = skipCFWS(text, 0)
     if i is None or i >= len(text):
         return None
     if text[i] == '"':

@@ -54,6 +54,7 @@ from twisted.names import dns
 
 from txsmtp.mailauth.dnsquery import DEFAULT_TIMEOUT, DNSTemporaryError, query, txtStrings
 from txsmtp.mailauth.results import MethodResult
+from txsmtp.mailauth.rfc5322 import tokens as _tokens
 
 __all__ = [
     "DMARCOutcome",
@@ -214,62 +215,6 @@ def fromDomain(headerBlock: bytes) -> str | None:
         return None
     domain = _domainOf(mailboxes[0])
     return normalizeDomain(domain) if domain is not None else None
-
-
-_SPECIALS = '()<>[]:;@\\,."'
-
-
-def _tokens(text: str) -> list[tuple[str, str]] | None:
-    """
-    RFC 5322 lexical tokens, CFWS dropped: ``("atom", text)``,
-    ``("quoted", content)``, ``("literal", "[...]")`` or ``("special", c)``;
-    ``None`` for an unterminated comment, quoted string or literal.
-    """
-    tokens: list[tuple[str, str]] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c in " \t\r\n":
-            i += 1
-        elif c == "(":
-            depth = 0
-            while i < n:
-                c = text[i]
-                if c == "\\":
-                    i += 1
-                elif c == "(":
-                    depth += 1
-                elif c == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                i += 1
-            if i >= n:
-                return None
-            i += 1
-        elif c in '"[':
-            close = '"' if c == '"' else "]"
-            j, out = i + 1, []
-            while j < n and text[j] != close:
-                if text[j] == "\\":
-                    j += 1
-                if j < n:
-                    out.append(text[j])
-                j += 1
-            if j >= n:
-                return None
-            tokens.append(("quoted", "".join(out)) if c == '"' else ("literal", text[i : j + 1]))
-            i = j + 1
-        elif c in _SPECIALS:
-            tokens.append(("special", c))
-            i += 1
-        else:
-            j = i
-            while j < n and text[j] not in _SPECIALS and text[j] not in " \t\r\n":
-                j += 1
-            tokens.append(("atom", text[i:j]))
-            i = j
-    return tokens
 
 
 def _mailboxes(text: str) -> list[list[tuple[str, str]]] | None:
