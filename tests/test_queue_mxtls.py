@@ -376,6 +376,23 @@ class RequireTLSTests(_Fixture):
         self.assertEqual(mx1.delivery.messages, [])
         self.assertEqual(mx1.delivery.mailCommands, [])
 
+    async def test_nextHostOffering(self) -> None:
+        """
+        The preferred MX host does not offer REQUIRETLS, the next one does:
+        the next one gets the message (RFC 8689 §4.2.1 is about a host, not
+        the domain).
+        """
+        self.zones[DOMAIN]["MX"] = [(10, "mx2.example.com"), (20, "mx1.example.com")]
+        self.servePolicy("enforce", "mx1.example.com", "mx2.example.com")
+        mx2 = self.mx("127.0.0.1", certificateFor("mx2.example.com"), offerRequireTLS=False)
+        mx1 = self.mx("127.0.0.2", certificateFor("mx1.example.com"))
+        result = await self.deliver(requireTLS(queued([f"rcpt@{DOMAIN}"])))
+        self.assertEqual((result.result, result.remoteMTA), (Result.DELIVERED, "dns; mx1.example.com"), result.reason)
+        self.assertEqual(len(mx2.connections), 1)
+        self.assertEqual(mx2.delivery.mailCommands, [])
+        [stored] = mx1.delivery.messages
+        self.assertTrue(stored.envelope.parameters.requireTLS)
+
     async def test_noPolicy(self) -> None:
         """No policy (nor DANE): failed ``5.7.10`` without a connection."""
         del self.zones["_mta-sts.example.com"]

@@ -32,10 +32,12 @@ the queue):
    field put in front of the message
    (:attr:`~txsmtp.envelope.Envelope.addedHeaders`).  One log line gives
    them with the queue id.
-5. By default nothing is refused.  With ``dmarcReject``, a message that
-   fails DMARC for a domain whose policy (after ``pct=`` sampling) is
-   ``reject`` gets ``550 5.7.1`` after the final dot (RFC 7489 §6.7) and
-   is not queued.
+5. By default nothing is refused, but for a header section longer than
+   :data:`~txsmtp.mailauth.filters.HEADER_LIMIT` (``552 5.3.4``: the
+   forged fields in it could not be removed).  With ``dmarcReject``, a
+   message that fails DMARC for a domain whose policy (after ``pct=``
+   sampling) is ``reject`` gets ``550 5.7.1`` after the final dot
+   (RFC 7489 §6.7) and is not queued.
 
 All DNS goes through twisted.names (the resolver given), never blocking
 the reactor; the lookups are bounded as each RFC says (SPF's ten
@@ -170,7 +172,8 @@ class CheckingFilter(MessageFilter):
         return out
 
     def body(self, chunk: bytes) -> None:
-        self.verifier.feed(chunk)
+        if not self.overflowed:
+            self.verifier.feed(chunk)
 
     def done(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._done())
@@ -178,6 +181,14 @@ class CheckingFilter(MessageFilter):
     async def _done(self) -> None:
         checks = self.checks
         envelope = self.envelope
+        if self.overflowed:
+            # Fields in this server's name could not be taken out of a
+            # header section this long (RFC 8601 §5), nor its From: read.
+            await _bounded(self._spf, checks.timeout, checks.clock, None)
+            _log.info("{queueId}: refused: header section over {limit} octets", queueId=envelope.queueId, limit=self.limit)
+            raise SMTPError(
+                552, "5.3.4", f"Message refused: its header section is longer than {self.limit // 1024} KiB"
+            )
         deadline = checks.clock.seconds() + checks.timeout
         remaining = lambda: max(0.1, deadline - checks.clock.seconds())  # noqa: E731
         spfFallback = MethodResult("spf", "temperror", "the SPF check did not finish in time")

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.names import client as dnsclient
 from twisted.names import dns
 
-from txsmtp.client import SMTPTLSError, TLSPolicy
+from txsmtp.client import SMTPTLSError, SMTPUnsupportedError, TLSPolicy
 from txsmtp.mailauth.dnsquery import DNSTemporaryError
 from txsmtp.mx import NoMailExchangerError, NullMXError, lookupMailExchangers
 from txsmtp.queue.attempts import deferred, failed
@@ -103,8 +103,10 @@ async def deliverMX(outbound: Any, attempt: Any, pending: list[int]) -> None:
             last = {i: deferred("4.4.3", reason) for i in pending}
             continue
         policy = TLSPolicy.REQUIRE if hostTLS.mandatory else TLSPolicy.OPPORTUNISTIC
+        stop = False
         for address in addresses:
             if tried >= outbound.mxAddressLimit:
+                stop = True
                 break
             tried += 1
             target = Target(
@@ -129,6 +131,13 @@ async def deliverMX(outbound: Any, attempt: Any, pending: list[int]) -> None:
                     error=str(outcome),
                 )
             final, transient, tryNext = outbound._classify(outcome, attempt, pending, where, f"dns; {exchanger.host}", False)
+            if isinstance(outcome, SMTPUnsupportedError) and "REQUIRETLS" in str(outcome):
+                # RFC 8689 §4.2.1: not sent to this host (no REQUIRETLS, or
+                # TLS not verified); another MX host may do.  The 5.7.10
+                # stands only when no other host gave an answer.
+                for i, result in final.items():
+                    last.setdefault(i, result)
+                break
             for i, result in final.items():
                 attempt.results[i] = result
             pending = sorted(transient)
@@ -136,10 +145,10 @@ async def deliverMX(outbound: Any, attempt: Any, pending: list[int]) -> None:
             if not pending:
                 return
             if not tryNext:
+                stop = True
                 break
-        else:
-            continue
-        break
+        if stop:
+            break
     for i in pending:
         attempt.results[i] = last.get(i) or deferred("4.4.1", f"no mail exchanger of {domain} could be tried")
 
