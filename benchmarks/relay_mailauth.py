@@ -34,6 +34,7 @@ Not part of the tests; see benchmarks/README.md.
 from __future__ import annotations
 
 import base64
+import glob
 import json
 import os
 import re
@@ -189,8 +190,11 @@ class MailAuth:
 
 def checkLog(relay: Txsmtp) -> dict:
     """What the relay's log says it did: signing failures, or the verification results."""
-    with open(relay.log, encoding="utf-8", errors="replace") as f:
-        text = f.read()
+    text = ""
+    # twistd rotates its log at 1 MB: twistd.log.1, .2, ... hold the start.
+    for path in glob.glob(glob.escape(relay.log) + "*"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text += f.read()
     if relay.name == "txsmtp-verify":
         lines = re.findall(r": spf=\S+.*", text)
         passed = [line for line in lines if re.search(r"spf=pass .*dkim=pass .*dmarc=pass", line)]
