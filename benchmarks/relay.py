@@ -27,6 +27,12 @@ that queue and relays it into smtp-sink for ``--serve-seconds``
 (``--drain``: all of it) while its memory is read.  With ``--queue``, the
 same fill and claims against a PostgresStore.
 
+With ``--mailauth``, the relays of benchmarks/relay_mailauth.py join the
+rounds: txsmtp signing (``--dkim``) or checking (``--verify-inbound``)
+every message; the relay's CPU time per message is recorded for every
+txsmtp relay, and the cost of signing or verifying reported as the
+difference from the plain txsmtp relay.
+
 Run as root (Postfix's master must start as root; smtp-sink gets ``-u
 nobody``).  Not part of the tests; see benchmarks/README.md.
 """
