@@ -88,8 +88,9 @@ def parseArgs(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
         "--only",
-        help="relays to run, from txsmtp,txsmtp-pg,txsmtp-pg2,postfix"
-        " (default: all, the -pg ones with --queue only)",
+        help="relays to run, from txsmtp,txsmtp-pg,txsmtp-pg2,postfix,"
+        "txsmtp-dkim,txsmtp-dkim-ed,txsmtp-verify"
+        " (default: txsmtp,postfix, the -pg ones with --queue, the others with --mailauth)",
     )
     parser.add_argument(
         "--queue",
