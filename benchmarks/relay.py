@@ -27,6 +27,12 @@ that queue and relays it into smtp-sink for ``--serve-seconds``
 (``--drain``: all of it) while its memory is read.  With ``--queue``, the
 same fill and claims against a PostgresStore.
 
+With ``--mailauth``, the relays of benchmarks/relay_mailauth.py join the
+rounds: txsmtp signing (``--dkim``) or checking (``--verify-inbound``)
+every message; the relay's CPU time per message is recorded for every
+txsmtp relay, and the cost of signing or verifying reported as the
+difference from the plain txsmtp relay.
+
 Run as root (Postfix's master must start as root; smtp-sink gets ``-u
 nobody``).  Not part of the tests; see benchmarks/README.md.
 """
@@ -53,6 +59,8 @@ if REPO not in map(os.path.abspath, sys.path):
 
 import relay_pg  # noqa: E402
 from _bench import BenchError, machineInfo, progress, waitForQuiet  # noqa: E402
+from relay_mailauth import NAMES as MAILAUTH_NAMES  # noqa: E402
+from relay_mailauth import MailAuth, checkLog  # noqa: E402
 from relay_nodes import Postfix, Sink, Txsmtp, TxsmtpNodes, run  # noqa: E402
 from relay_queue import claimWorker, queueAtSize  # noqa: E402
 
@@ -80,8 +88,9 @@ def parseArgs(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
         "--only",
-        help="relays to run, from txsmtp,txsmtp-pg,txsmtp-pg2,postfix"
-        " (default: all, the -pg ones with --queue only)",
+        help="relays to run, from txsmtp,txsmtp-pg,txsmtp-pg2,postfix,"
+        "txsmtp-dkim,txsmtp-dkim-ed,txsmtp-verify"
+        " (default: txsmtp,postfix, the -pg ones with --queue, the others with --mailauth)",
     )
     parser.add_argument(
         "--queue",
@@ -92,6 +101,15 @@ def parseArgs(argv=None):
         "--pg-options",
         metavar="'OPTIONS'",
         help="more twistd smtp options for the PostgreSQL nodes, e.g. '--queue-pool 4'",
+    )
+    parser.add_argument(
+        "--mailauth",
+        action="store_true",
+        help="also txsmtp-dkim (every message DKIM-signed, RSA 2048) and txsmtp-verify"
+        " (SPF, DKIM and DMARC checked on every message), beside the plain txsmtp relay",
+    )
+    parser.add_argument(
+        "--ed25519", action="store_true", help="with --mailauth: txsmtp-dkim-ed too (Ed25519)"
     )
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--claims", type=int, default=100)
@@ -119,8 +137,11 @@ def parseArgs(argv=None):
         parser.error("--queue takes a postgresql:// URL")
     if args.only is None:
         args.only = "txsmtp,txsmtp-pg,txsmtp-pg2,postfix" if args.queue else "txsmtp,postfix"
+        if args.mailauth:
+            extra = ["txsmtp-dkim", *(["txsmtp-dkim-ed"] if args.ed25519 else []), "txsmtp-verify"]
+            args.only = args.only.replace("txsmtp,", "txsmtp," + ",".join(extra) + ",", 1)
     for name in args.only.split(","):
-        if name and name not in ("txsmtp", "postfix", *PG_NODES):
+        if name and name not in ("txsmtp", "postfix", *PG_NODES, *MAILAUTH_NAMES):
             parser.error(f"--only: no relay {name!r}")
         if name in PG_NODES and not args.queue:
             parser.error(f"--only {name} needs --queue postgresql://...")
@@ -129,8 +150,10 @@ def parseArgs(argv=None):
     return args
 
 
-def startRelay(name: str, args, workdir: str, sink: Sink, schemas: list[str]):
+def startRelay(name: str, args, workdir: str, sink: Sink, schemas: list[str], mailauth=None):
     os.makedirs(workdir, exist_ok=True)
+    if name in MAILAUTH_NAMES:
+        return mailauth.start(name, workdir, sink.port)
     if name == "txsmtp":
         return Txsmtp(args.repo, workdir, sink.port)
     if name in PG_NODES:
@@ -140,6 +163,12 @@ def startRelay(name: str, args, workdir: str, sink: Sink, schemas: list[str]):
         extra = tuple(shlex.split(args.pg_options or ""))
         return TxsmtpNodes(args.repo, workdir, sink.port, url, PG_NODES[name], name, extra)
     return Postfix(workdir, sink.port)
+
+
+def sinkAndOptions(name: str, sink: Sink, options: dict) -> tuple[Sink, dict]:
+    """The sink a relay delivers to, and the rest of what run() is given for it."""
+    rest = dict(options.get(name, {}))
+    return rest.pop("sink", sink), rest
 
 
 def main(argv=None) -> int:
@@ -159,22 +188,34 @@ def main(argv=None) -> int:
     if args.queue:
         pgUnavailable = unavailable["txsmtp"] or relay_pg.unavailable(args.queue, args.repo)
         unavailable.update(dict.fromkeys(PG_NODES, pgUnavailable))
+    unavailable.update(dict.fromkeys(MAILAUTH_NAMES, unavailable["txsmtp"]))
     results: dict = {"runs": {n: [] for n in names}, "errors": {}, "unavailable": {}, "rss": {}}
     sink = Sink(workdir)
     relays: dict = {}
     schemas: list[str] = []
+    mailauth = None
+    options: dict = {}
     try:
+        if any(n in MAILAUTH_NAMES and not unavailable[n] for n in names):
+            mailauth = MailAuth(args.repo, workdir, args.size)
+            options = {n: mailauth.runOptions(n) for n in names if n in MAILAUTH_NAMES}
         for name in names:
             if unavailable.get(name):
                 results["unavailable"][name] = unavailable[name]
                 progress(f"{name}: unavailable: {unavailable[name]}")
                 continue
             progress(f"starting {name} ...")
-            relays[name] = startRelay(name, args, os.path.join(workdir, name), sink, schemas)
+            relays[name] = startRelay(
+                name, args, os.path.join(workdir, name), sink, schemas, mailauth
+            )
         reuse = not args.new_connections
         for name, relay in relays.items():
             try:
-                run(relay, sink, 50, min(args.sessions, 10), args.size, reuse, args.run_timeout)
+                runSink, runOptions = sinkAndOptions(name, sink, options)
+                run(
+                    relay, runSink, 50, min(args.sessions, 10), args.size, reuse,
+                    args.run_timeout, **runOptions,
+                )  # fmt: skip
             except (BenchError, subprocess.TimeoutExpired) as e:
                 # Counted as a failed run; the measured runs still go ahead.
                 results["errors"].setdefault(name, []).append(f"warm-up: {e}")
@@ -184,14 +225,16 @@ def main(argv=None) -> int:
             for name in order[rep % len(order) :] + order[: rep % len(order)]:
                 waitForQuiet(args.quiet_wait)
                 try:
+                    runSink, runOptions = sinkAndOptions(name, sink, options)
                     r = run(
                         relays[name],
-                        sink,
+                        runSink,
                         args.messages,
                         args.sessions,
                         args.size,
                         reuse,
                         args.run_timeout,
+                        **runOptions,
                     )
                 except (BenchError, subprocess.TimeoutExpired) as e:
                     results["errors"].setdefault(name, []).append(str(e))
@@ -202,10 +245,13 @@ def main(argv=None) -> int:
                     f"  rep {rep + 1} {name}: {r['msgPerSec']:.0f} msg/s end to end,"
                     f" accepted at {r['acceptPerSec']:.0f} msg/s,"
                     f" machine {r['machineBusy']:.0%} busy"
+                    + (f", relay CPU {r['cpuMsPerMsg']:.2f} ms/msg" if "cpuMsPerMsg" in r else "")
                 )
         for name, relay in relays.items():
             if name != "postfix":
                 results["rss"][name] = relay.rss()
+            if name in MAILAUTH_NAMES:
+                results.setdefault("mailauthLog", {})[name] = checkLog(relay)
         if "txsmtp" in results["rss"]:
             results["txsmtpRss"] = results["rss"]["txsmtp"]
         for relay in relays.values():
@@ -218,6 +264,8 @@ def main(argv=None) -> int:
     finally:
         for relay in relays.values():
             relay.stop()
+        if mailauth is not None:
+            mailauth.stop()
         sink.stop()
         if not args.keep_tmp:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -241,6 +289,65 @@ RATIOS = (
 )
 
 
+MAILAUTH_LABELS = {
+    "txsmtp-dkim": "DKIM signing, RSA 2048",
+    "txsmtp-dkim-ed": "DKIM signing, Ed25519",
+    "txsmtp-verify": "SPF + DKIM verify + DMARC",
+}
+
+
+def reportMailAuth(results, summary) -> None:
+    """
+    The ``--mailauth`` relays against the plain txsmtp relay and Postfix:
+    the cost per message is the difference in the relay's median CPU ms
+    per message (and, from throughput alone, in wall-clock ms per message).
+    """
+    names = [n for n in MAILAUTH_NAMES if n in summary]
+    if not names or "txsmtp" not in summary:
+        return
+    base = summary["txsmtp"]
+    print(
+        "mail authentication, per message, against the plain txsmtp relay"
+        f" ({base['msgPerSec']:,.0f} msg/s, {base.get('cpuMsPerMsg', 0):.2f} CPU ms/msg):"
+    )
+    print(
+        f"{'relay':<16}{'msg/s':>8}{'/txsmtp':>9}{'/Postfix':>10}{'CPU ms/msg':>12}"
+        f"{'+CPU ms':>9}{'+wall ms':>10}  checked"
+    )
+    mailauth = results.setdefault("mailauth", {})
+    for name in names:
+        s = summary[name]
+        vsBase = s["msgPerSec"] / base["msgPerSec"]
+        vsPostfix = s["msgPerSec"] / summary["postfix"]["msgPerSec"] if "postfix" in summary else None
+        cost = s["cpuMsPerMsg"] - base["cpuMsPerMsg"] if "cpuMsPerMsg" in s else None
+        wall = 1000 / s["msgPerSec"] - 1000 / base["msgPerSec"]
+        log = results.get("mailauthLog", {}).get(name, {})
+        if "checked" in log:
+            checked = f"{log['allPass']:,} of {log['checked']:,} spf+dkim+dmarc pass"
+        else:
+            checked = f"{log.get('notSigned', '?')} not signed"
+        if "otherCpuMsPerMsg" in s:
+            checked += f"; DNS server {s['otherCpuMsPerMsg']:.2f} CPU ms/msg besides"
+        print(
+            f"{name:<16}{s['msgPerSec']:>8,.0f}{vsBase:>8.2f}x"
+            + (f"{vsPostfix:>9.2f}x" if vsPostfix else f"{'-':>10}")
+            + f"{s.get('cpuMsPerMsg', float('nan')):>12.2f}"
+            + (f"{cost:>+9.2f}" if cost is not None else f"{'-':>9}")
+            + f"{wall:>+10.2f}  {checked}"
+        )
+        mailauth[name] = {
+            "what": MAILAUTH_LABELS[name],
+            "ratioToTxsmtp": vsBase,
+            "ratioToPostfix": vsPostfix,
+            "cpuMsPerMsgAdded": cost,
+            "wallMsPerMsgAdded": wall,
+            **log,
+        }
+        results["ratios"][f"{name}/txsmtp"] = vsBase
+        if vsPostfix:
+            results["ratios"][f"{name}/postfix"] = vsPostfix
+
+
 def claimsLine(label: str, q: dict) -> str:
     p95 = f", p95 {q['claimP95Ms']:.1f} ms" if "claimP95Ms" in q else ""
     return (
@@ -261,6 +368,9 @@ def report(args, results) -> None:
                 "machineBusy": statistics.median(r["machineBusy"] for r in runs),
                 "runs": len(runs),
             }
+            for key in ("cpuMsPerMsg", "otherCpuMsPerMsg"):
+                if all(key in r for r in runs):
+                    summary[name][key] = statistics.median(r[key] for r in runs)
     results["summary"] = summary
     mode = "new connection per message" if args.new_connections else "reused connections (-d)"
     print(
@@ -293,6 +403,7 @@ def report(args, results) -> None:
             print(f"{label}: {ratio:.2f}x end to end{goal}")
     if "txsmtp/postfix" in results["ratios"]:
         results["ratio"] = results["ratios"]["txsmtp/postfix"]
+    reportMailAuth(results, summary)
     for name, r in results["rss"].items():
         nodes = f" ({PG_NODES[name]} nodes together)" if PG_NODES.get(name, 1) > 1 else ""
         print(

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from _bench import BenchError, MachineTime, freePort
+from _bench import BenchError, MachineTime, freePort, readCpuSeconds
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -72,11 +72,12 @@ def greets(port: int) -> bool:
 class Sink:
     """``smtp-sink -c``: its running counter of messages (``mesg=N``) read from stdout."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, lmtp: bool = False) -> None:
         self.port = freePort()
         argv = [SMTP_SINK]
         if os.geteuid() == 0:
             argv += ["-u", "nobody"]
+        argv += ["-L"] if lmtp else []
         argv += ["-c", "-m", "1000", f"127.0.0.1:{self.port}", "1024"]
         self.count = 0
         self._changed = threading.Condition()
@@ -133,6 +134,7 @@ class Txsmtp:
         queue: str | None = None,
         extra: tuple[str, ...] = (),
         name: str = "txsmtp",
+        networks: str | None = "127.0.0.0/8",
     ) -> None:
         self.name = name
         self.repo, self.workdir = repo, workdir
@@ -145,10 +147,12 @@ class Txsmtp:
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                 "--hostname", "relay.bench.invalid", "--queue", self.queue,
                 "--relay-host", f"[127.0.0.1]:{sinkPort}", "--relay-tls", "none",
-                "--relay-networks", "127.0.0.0/8", *extra]  # fmt: skip
+                *(("--relay-networks", networks) if networks else ()), *extra]  # fmt: skip
         env = dict(os.environ, PYTHONPATH=repo, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(argv, cwd=workdir, env=env)
         self.pid = self.process.pid
+        #: The processes whose CPU time a run records.
+        self.pids = [self.pid]
         waitUntil(
             lambda: (
                 self.process.poll() is not None or fileContains(self.log, "txsmtp listening on")
@@ -225,6 +229,7 @@ class TxsmtpNodes:
             self.stop()
             raise
         self.ports = [node.port for node in self.nodes]
+        self.pids = [node.pid for node in self.nodes]
 
     def rss(self) -> dict[str, int]:
         """The nodes' resident sets, summed."""
@@ -241,6 +246,8 @@ class TxsmtpNodes:
 
 class Postfix:
     name = "postfix"
+    #: Postfix's work is spread over processes that come and go: no CPU time recorded.
+    pids: list[int] = []
 
     def __init__(self, workdir: str, sinkPort: int) -> None:
         from tests.postfixd import writeConfig
@@ -301,25 +308,43 @@ def share(total: int, parts: int, k: int) -> int:
 
 
 def run(
-    relay, sink: Sink, messages: int, sessions: int, size: int, reuse: bool, timeout: float
+    relay,
+    sink: Sink,
+    messages: int,
+    sessions: int,
+    size: int,
+    reuse: bool,
+    timeout: float,
+    sender: str = SENDER,
+    recipient: str = RECIPIENT,
+    messageFile: str | None = None,
+    otherPids: tuple[int, ...] = (),
 ) -> dict:
     """
     smtp-source into ``relay``; the time until smtp-sink counted every
     message.  A relay of several nodes gets one smtp-source per node at the
     same time, the messages and sessions split between them.
+
+    ``messageFile``: smtp-source sends it (``-F``, its lines ending in LF)
+    instead of a message of its own of ``size`` octets.  The CPU time of
+    ``relay.pids`` is recorded (``cpuMsPerMsg``), and that of ``otherPids``
+    (``otherCpuMsPerMsg``: a helper such as the DNS server).
     """
     target = sink.count + messages
     ports = relay.ports
     argvs = []
     for k, port in enumerate(ports):
         argv = [SMTP_SOURCE, "-s", str(max(1, share(sessions, len(ports), k))),
-                "-m", str(share(messages, len(ports), k)), "-l", str(size),
-                "-f", SENDER, "-t", RECIPIENT, "-M", "client.bench.invalid"]  # fmt: skip
+                "-m", str(share(messages, len(ports), k)),
+                "-f", sender, "-t", recipient, "-M", "client.bench.invalid"]  # fmt: skip
+        argv += ["-F", messageFile] if messageFile else ["-l", str(size)]
         if reuse:
             argv.append("-d")
         argv.append(f"127.0.0.1:{port}")
         argvs.append(argv)
     machine = MachineTime.now()
+    cpu = [readCpuSeconds(pid) for pid in relay.pids]
+    otherCpu = [readCpuSeconds(pid) for pid in otherPids]
     start = time.perf_counter()
     sources = [
         subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -343,7 +368,13 @@ def run(
         )
     elapsed = time.perf_counter() - start
     spent = MachineTime.now() - machine
+    cpuSeconds = sum(readCpuSeconds(pid) for pid in relay.pids) - sum(cpu)
+    otherSeconds = sum(readCpuSeconds(pid) for pid in otherPids) - sum(otherCpu)
+    cpuFigures = {"cpuMsPerMsg": cpuSeconds * 1000 / messages} if relay.pids else {}
+    if otherPids:
+        cpuFigures["otherCpuMsPerMsg"] = otherSeconds * 1000 / messages
     return {
+        **cpuFigures,
         # The machine's CPU in use during the run, everything included (the
         # relay, smtp-source, smtp-sink and whatever else runs): near 100 %
         # the run was CPU-bound, and other work on the machine slowed it.
