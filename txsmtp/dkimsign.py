@@ -104,7 +104,9 @@ class DKIMSigner:
     :param selector: the selector (``s=``); the public key is published at
         ``<selector>._domainkey.<domain>``.
     :param privateKey: the private key in PEM (PKCS#8 or traditional), RSA
-        or Ed25519.
+        or Ed25519, or the key already loaded by ``cryptography``.  Loading
+        an RSA key checks it, which takes tens of milliseconds: a caller
+        signing many messages loads it once and passes the key object.
     :param headers: the names of the header fields to sign, when present;
         ``From`` is always signed (RFC 6376 §5.4).
     :param canonicalization: ``"header/body"``, each ``relaxed`` or
@@ -120,14 +122,18 @@ class DKIMSigner:
         self,
         domain: str,
         selector: str,
-        privateKey: bytes,
+        privateKey: bytes | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey,
         headers: Sequence[str] = DEFAULT_HEADERS,
         canonicalization: str = "relaxed/relaxed",
         timestamp: int | None = None,
         maxHeaderBytes: int = 65536,
     ) -> None:
         headerCanon, bodyCanon = parseCanonicalization(canonicalization)
-        key = serialization.load_pem_private_key(privateKey, password=None)
+        key = (
+            serialization.load_pem_private_key(privateKey, password=None)
+            if isinstance(privateKey, bytes)
+            else privateKey
+        )
         if isinstance(key, rsa.RSAPrivateKey):
             self._algorithm = "rsa-sha256"
         elif isinstance(key, ed25519.Ed25519PrivateKey):

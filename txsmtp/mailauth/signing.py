@@ -22,7 +22,7 @@ in PEM.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -41,11 +41,20 @@ _log = Logger(namespace="txsmtp.mailauth.signing")
 
 @dataclass(frozen=True)
 class DKIMKey:
-    """One signing key: ``domain`` (``d=``), ``selector`` (``s=``), the PEM private key."""
+    """
+    One signing key: ``domain`` (``d=``), ``selector`` (``s=``), the PEM
+    private key, and the key loaded from it (once: loading an RSA key
+    checks it, some 40 ms of CPU that must not be spent per message).
+    """
 
     domain: str
     selector: str
     pem: bytes
+    key: Any = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.key is None:
+            object.__setattr__(self, "key", serialization.load_pem_private_key(self.pem, password=None))
 
     def __repr__(self) -> str:
         return f"DKIMKey({self.domain!r}, {self.selector!r})"
@@ -79,7 +88,7 @@ def parseDKIMOption(text: str) -> DKIMKey:
             raise ValueError(f"--dkim {text!r}: an RSA key of {key.key_size} bits is too short (2048 advised)")
     elif not isinstance(key, ed25519.Ed25519PrivateKey):
         raise ValueError(f"--dkim {text!r}: a DKIM key is RSA or Ed25519")
-    return DKIMKey(domain.encode("idna").decode("ascii") if not domain.isascii() else domain, selector, pem)
+    return DKIMKey(domain.encode("idna").decode("ascii") if not domain.isascii() else domain, selector, pem, key)
 
 
 class SigningKeys:
@@ -132,7 +141,7 @@ class SigningFilter(MessageFilter):
             )
             return section
         try:
-            signer = DKIMSigner(key.domain, key.selector, key.pem, timestamp=int(self.clock.seconds()))
+            signer = DKIMSigner(key.domain, key.selector, key.key, timestamp=int(self.clock.seconds()))
             signer.feed(section)
         except DKIMSignError as e:
             _log.warn("{queueId}: not DKIM-signed: {error}", queueId=self.envelope.queueId, error=str(e))
