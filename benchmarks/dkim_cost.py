@@ -135,6 +135,7 @@ class MemoryResolver:
 def operations(message: bytes, pem: bytes, pyKey: bytes, algorithm: bytes, record: bytes):
     """The four operations on one message and key, each a function of no argument."""
     import dkim
+    from cryptography.hazmat.primitives import serialization
     from twisted.internet import defer
 
     from txsmtp.dkimsign import DKIMSigner
@@ -142,11 +143,13 @@ def operations(message: bytes, pem: bytes, pyKey: bytes, algorithm: bytes, recor
 
     now = int(time.time())
     resolver = MemoryResolver(record)
+    # As the relay does (txsmtp.mailauth.signing): the key loaded once.
+    loaded = serialization.load_pem_private_key(pem, password=None)
     include = [h.lower().encode() for h in HEADERS]
     chunks = [message[i : i + CHUNK] for i in range(0, len(message), CHUNK)]
 
     def txSign() -> bytes:
-        signer = DKIMSigner(DOMAIN, SELECTOR, pem, headers=HEADERS, timestamp=now)
+        signer = DKIMSigner(DOMAIN, SELECTOR, loaded, headers=HEADERS, timestamp=now)
         for chunk in chunks:
             signer.feed(chunk)
         return signer.signature()

@@ -91,6 +91,13 @@ class MailAuthOptions:
                 f"--{given[0]} applies to the relay: turn it on with --queue DIR "
                 "(or --local-domains, --relay-host, --route, --relay-networks)"
             )
+        if options["verify-inbound"]:
+            try:
+                import publicsuffixlist  # noqa: F401
+            except ImportError:
+                raise usage.UsageError(
+                    "--verify-inbound needs the publicsuffixlist package (for DMARC): pip install 'txsmtp[mailauth]'"
+                ) from None
         if options["mta-sts-ca"] is not None and options["no-mta-sts"]:
             raise usage.UsageError("--mta-sts-ca has no use with --no-mta-sts")
         if options["mta-sts-ca"] is not None:
