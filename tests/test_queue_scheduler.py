@@ -396,6 +396,42 @@ class FailureTests(SchedulerTestsMixin, unittest.TestCase):
         self.store.add("alice@example.org", ["carol@example.com"])
         self.assertEqual(len(self.outbound.attempts), 2)
 
+    def test_bodyReadAfterLeaseLapsed(self) -> None:
+        """
+        The store answers the body read only after the lease lapsed (it was
+        away, as a PostgreSQL cut off is, and the renewals went unanswered):
+        nothing is delivered from that claim, since another claim may
+        deliver the message meanwhile (here, this scheduler's own next
+        one): it is delivered once.
+        """
+        self.start(leaseSeconds=60)
+        bodyReads: list[defer.Deferred[Any]] = []
+        openBody, renew = self.store.openBody, self.store.renew
+
+        def firstReadHangs(messageId: str) -> defer.Deferred[Any]:
+            if bodyReads:
+                return openBody(messageId)
+            d: defer.Deferred[Any] = defer.Deferred()
+            bodyReads.append(d)
+            return d
+
+        self.store.openBody = firstReadHangs  # type: ignore[method-assign]
+        self.store.renew = lambda *a: defer.Deferred()  # type: ignore[method-assign]
+        messageId = self.store.add("alice@example.org", ["bob@example.com"])
+        self.advance(61)
+        # The lease lapsed: a second claim took the message and delivers it.
+        [attempt] = self.outbound.attempts
+        self.assertEqual(attempt.message.id, messageId)
+        # Then the first body read answers: that claim delivers nothing.
+        bodyReads[0].callback(self.successResultOf(openBody(messageId)))
+        self.assertEqual(len(self.outbound.attempts), 1)
+        self.assertTrue(any("lease lapsed while the body was read" in line for line in self.logged), self.logged)
+        self.store.renew = renew  # type: ignore[method-assign]
+        attempt.answer(Result.DELIVERED)
+        self.assertNotIn(messageId, self.store.rows)
+        self.advance(120)
+        self.assertEqual(len(self.outbound.attempts), 1)
+
     def test_outboundException(self) -> None:
         """An outbound delivery that raises is logged; the recipients are tried again after the lease."""
         self.start(leaseSeconds=60)

@@ -22,10 +22,10 @@ outbound delivery, and records what became of them.
   also takes one of the destination's slots, shared by all the nodes
   (:mod:`txsmtp.queue.handoff`); when none is free, the batch waits for an
   attempt of this node to that destination to end, or :data:`SLOT_RETRY`.
-- Leases of recipients waiting in memory or under way are renewed before
-  they lapse.  When anything fails (the store, the outbound delivery, the
-  reporter), the error is logged and the recipients concerned stay leased
-  until their lease lapses; they are then claimed again.
+- Leases of recipients waiting or under way are renewed before they
+  lapse; one that lapsed before its body was read is not delivered.  When
+  anything fails (the store, the outbound delivery, the reporter), the
+  error is logged and the recipients stay leased until the lease lapses.
 
 Every attempt is logged in one line per outcome (``txsmtp.queue``
 namespace), e.g.::
@@ -491,6 +491,11 @@ class Scheduler(service.Service):
         lease, hop, recipients = batch.lease, batch.hop, batch.recipients
         message = lease.message
         body = await openMessage(self.store, message)
+        held = self._held.get(lease.token)
+        if (held is not None and held.lost) or lease.expires <= self.clock.seconds():  # the store was away
+            body.close()  # another claim may deliver it: delivering too would be a duplicate
+            _log.warn("{queueId}: lease lapsed while the body was read; left to another claim", queueId=message.id)
+            return
         try:
             results = await defer.maybeDeferred(self.outbound.deliver, hop, message, recipients, body)
         finally:
@@ -572,8 +577,7 @@ class Scheduler(service.Service):
             return
         held.lost = True
         _log.warn(
-            "{queueId}: lease lost (it lapsed before it was renewed); its waiting recipients are dropped "
-            "for another claim",
+            "{queueId}: lease lost (it lapsed before it was renewed); its waiting recipients are dropped for another claim",
             queueId=lease.message.id,
         )
         for batch in list(held.batches):
