@@ -187,6 +187,7 @@ class ESMTPServer(SessionHost, Protocol):
         )
         f._register(self)
         self._register()
+        f.events.connectionMade(self.connection, self._protocolName)
         proxy = pendingProxyHeader(transport)
         if proxy is not None:
             # Behind a PROXY-protocol listener: no greeting and no session
@@ -210,7 +211,9 @@ class ESMTPServer(SessionHost, Protocol):
         self._disconnected = True
         session = self._session
         assert session is not None
+        events = self.factory.events
         if self._handshakePending:
+            events.tlsDone(self.connection, False)
             # Worth seeing for an MX: a sender that cannot do TLS with us.
             _log.info(
                 "{text}",
@@ -220,6 +223,7 @@ class ESMTPServer(SessionHost, Protocol):
                 session=self.connection.sessionId,
             )
         self.factory._unregister(self)
+        events.connectionLost(self.connection, self._protocolName)
         # The transport forgets its producer itself as it closes.
         self._registered = False
         self._inSession(session.connectionLost, self._clock.seconds())
@@ -453,6 +457,7 @@ class ESMTPServer(SessionHost, Protocol):
         """Twisted's ``IHandshakeListener``: record the TLS facts."""
         self._handshakePending = False
         assert self._session is not None
+        self.factory.events.tlsDone(self.connection, True)
         self._session.tlsEstablished(tlsInfo(self.transport))
         self._register()
 

@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from txsmtp.interfaces import IDelivery
 from txsmtp.sasl import MECHANISMS, usableMechanism
+from txsmtp.serverevents import NO_EVENTS, ServerEvents
 from txsmtp.wire.data import REJECT
 
 if TYPE_CHECKING:
@@ -146,6 +147,13 @@ class SMTPFactory(Factory):
         self.requireAuth = requireAuth
         self.allowInsecureAuth = allowInsecureAuth
         self.offerRequireTLS = offerRequireTLS
+        #: the :class:`~txsmtp.serverevents.ServerEvents` observer (metrics, limits)
+        self.events: ServerEvents = NO_EVENTS
+        #: what limits AUTH attempts across connections, or ``None``: an
+        #: object with ``refusal(connection)`` (an SMTPError to answer AUTH
+        #: with, 421 closing, or ``None``), ``failed(connection)`` (seconds
+        #: to delay the 535) and ``succeeded(connection)``
+        self.authLimiter: Any = None
         if authMechanisms is None:
             authMechanisms = tuple(MECHANISMS)
         unknown = [m for m in authMechanisms if m not in MECHANISMS]

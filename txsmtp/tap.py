@@ -54,6 +54,7 @@ from txsmtp.tapchecks import (  # noqa: F401  (names tests and users import from
     withBacklog,
 )
 from txsmtp.tapmailauth import MailAuthOptions, mailAuthSummary
+from txsmtp.tapoperations import OperationsOptions, buildOperations
 from txsmtp.tapqueue import RelayOptions, buildRelay, relaySummary
 from txsmtp.tls import ServerTLS, TLSConfigurationError
 
@@ -97,7 +98,7 @@ def _bareLF(value: str) -> str:
 _bareLF.coerceDoc = "'reject' (550 after the final dot) or 'normalize' (rewrite as CRLF)."  # type: ignore[attr-defined]
 
 
-class Options(usage.Options, strcred.AuthOptionMixin, RelayOptions, MailAuthOptions):
+class Options(usage.Options, strcred.AuthOptionMixin, RelayOptions, MailAuthOptions, OperationsOptions):
     """Command-line options of ``twistd smtp``."""
 
     # What --auth checkers must understand: the SASL mechanisms need
@@ -125,7 +126,7 @@ class Options(usage.Options, strcred.AuthOptionMixin, RelayOptions, MailAuthOpti
         ["shutdown-grace", None, 30.0, "Seconds to let transactions finish when stopping.", _seconds("shutdown-grace")],
         ["tls-cert", None, None, "PEM certificate chain for STARTTLS and --listen-tls (reloaded on SIGHUP)."],
         ["tls-key", None, None, "PEM private key for --tls-cert (default: the --tls-cert file)."],
-    ] + RelayOptions.relayParameters + MailAuthOptions.mailAuthParameters
+    ] + RelayOptions.relayParameters + MailAuthOptions.mailAuthParameters + OperationsOptions.operationsParameters
 
     optFlags = [
         ["require-tls", None, "Refuse MAIL before STARTTLS (530 5.7.0)."],
@@ -135,7 +136,7 @@ class Options(usage.Options, strcred.AuthOptionMixin, RelayOptions, MailAuthOpti
             None,
             "Offer AUTH without TLS. Only for trusted transports such as loopback or UNIX sockets.",
         ],
-    ] + MailAuthOptions.mailAuthFlags
+    ] + MailAuthOptions.mailAuthFlags + OperationsOptions.operationsFlags
 
     compData = usage.Completions(optActions={"bare-lf": usage.CompleteList(["reject", "normalize"])})
 
@@ -252,6 +253,7 @@ class Options(usage.Options, strcred.AuthOptionMixin, RelayOptions, MailAuthOpti
             _bytesUsers(checker)
         self.postRelayOptions()
         self.postMailAuthOptions()
+        self.postOperationsOptions()
         _useCheapLog(self.parent)
 
 
@@ -485,6 +487,11 @@ def makeService(options: Options) -> SMTPService:
     if relay is not None:
         # Every accepted message goes into the queue; --deliver gets local mail from there.
         delivery = relay[0]
+    operations = buildOperations(options)
+    if operations.guards:
+        from txsmtp.guards import GuardedDelivery
+
+        delivery = GuardedDelivery(delivery, operations.guards)
     checkers = options.get("credCheckers") or []
     arguments = dict(
         maxMessageSize=options["max-size"],
@@ -498,6 +505,7 @@ def makeService(options: Options) -> SMTPService:
         allowInsecureAuth=bool(options["allow-insecure-auth"]),
     )
     factory = SMTPFactory(delivery, options["hostname"], **arguments)
+    _observe(factory, operations)
     # The start-up summary says what "Starting factory <...>" did not.
     factory.noisy = False
     lmtpFactory = None
@@ -506,6 +514,7 @@ def makeService(options: Options) -> SMTPService:
         # One sequence of queue ids for the whole process.
         lmtpFactory.queueIds = factory.queueIds
         lmtpFactory.noisy = False
+        _observe(lmtpFactory, operations)
     smtpService = SMTPService(
         factory,
         options["listen"],
@@ -518,4 +527,17 @@ def makeService(options: Options) -> SMTPService:
     smtpService.summary = startupSummary(options)
     if relay is not None:
         smtpService.queue = relay[1]
+    for child in operations.services:
+        child.setServiceParent(smtpService)
+    if operations.summary:
+        smtpService.summary += "; " + ", ".join(operations.summary)
     return smtpService
+
+
+def _observe(factory: Any, operations: Any) -> None:
+    """Give ``factory`` the observers and the AUTH limiter of the operations options."""
+    if operations.events:
+        from txsmtp.serverevents import EventFanout
+
+        factory.events = operations.events[0] if len(operations.events) == 1 else EventFanout(operations.events)
+    factory.authLimiter = operations.authLimiter

@@ -77,6 +77,14 @@ class AuthCommands(SessionBase):
         if name not in f.authMechanisms:
             self.commandError(504, "5.5.4", f"Unrecognized authentication type: {name[:20]}")
             return
+        refusal = f.authLimiter.refusal(conn) if f.authLimiter is not None else None
+        if refusal is not None:
+            # Too many failures from this address, across connections.
+            self.replyError(refusal)
+            self.logRefusal("AUTH", refusal)
+            if refusal.code == 421:
+                self.close()
+            return
         initial = None
         if len(parts) == 2:
             initial = self._decodeSASL(parts[1], allowEquals=True)
@@ -221,6 +229,9 @@ class AuthCommands(SessionBase):
     def _authSucceeded(self) -> None:
         name = self._mechanism.name if self._mechanism is not None else "?"
         self._authDone()
+        self.config.events.authDone(self.connection, name, True)
+        if self.config.authLimiter is not None:
+            self.config.authLimiter.succeeded(self.connection)
         self.reply(235, "2.7.0", "Authentication successful")
         conn = self.connection
         _log.info(
@@ -239,6 +250,7 @@ class AuthCommands(SessionBase):
         if isinstance(username, bytes):
             username = username.decode("utf-8", "replace")
         self._authDone()
+        f.events.authDone(self.connection, name, False)
         # A client that falls back from one mechanism to the next with the
         # same user name (Python's smtplib.login tries CRAM-MD5, PLAIN, then
         # LOGIN) makes one attempt, not several: the mechanisms tried in a
@@ -284,6 +296,9 @@ class AuthCommands(SessionBase):
         # and the connection is closed after maxAuthFailures.  A fallback
         # to another mechanism was delayed with its first try.
         delay = 0.0 if again else min(f.authFailureDelay * 2 ** (failures - 1), 30.0)
+        if not again and f.authLimiter is not None:
+            # And the failures of the address on other connections.
+            delay = max(delay, f.authLimiter.failed(self.connection))
         if delay <= 0:
             answer()
         else:

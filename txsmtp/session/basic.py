@@ -98,6 +98,9 @@ class BasicCommands(SessionBase):
             self.state = State.REFUSED
             self._say(formatReply(err.code, f"{self.config.hostname} {err.text}"))
             self.logRefusal("connect", err)
+            if err.code == 421:
+                # RFC 5321 §3.8: 421 closes the transmission channel.
+                self.close()
             return
         self.deliverySession = session
         self._say(formatReply(220, self.host.greeting()))

@@ -41,6 +41,7 @@ class SessionLog(SessionBase):
     refusalsLogged = 5
 
     def logRefusal(self, command: str, error: SMTPError, **extra: Any) -> None:
+        self.config.events.commandRefused(self.connection, command, error.code)
         self._refusals += 1
         if self._refusals > self.refusalsLogged:
             return
@@ -102,6 +103,7 @@ class SessionLog(SessionBase):
             return
         envelope = t.envelope
         conn = self.connection
+        self.config.events.messageDone(conn, envelope, error.code if error is not None else 250, size)
         tls = conn.tls
         tlsText = f" tls={tls.version}/{tls.cipher}" if tls is not None else ""
         auth = f" auth={conn.authenticated}" if conn.authenticated else ""
