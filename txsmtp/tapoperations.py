@@ -70,16 +70,86 @@ def _buildLimits(options: Any, built: Operations) -> None:
 
 # == blocklists (txsmtp.dnsbl) ==========================================
 
-DNSBL_PARAMETERS: list[list[Any]] = []
+DNSBL_PARAMETERS: list[list[Any]] = [
+    ["dnsbl-threshold", None, 1, "Refuse a client when the weights of the --dnsbl lists listing it, less those of the --dnswl ones, add up to N.", int],
+    ["dnsbl-timeout", None, 5.0, "Seconds each --dnsbl/--dnswl list has to answer (then it counts as not listing the client).", float],
+    ["dnsbl-exempt", None, "127.0.0.0/8,::1/128", "Client networks not looked up, CIDR,... or 'none' (the --relay-networks are never looked up)."],
+]  # fmt: skip
 DNSBL_FLAGS: list[list[Any]] = []
 
 
+class DNSBLOptions:
+    """The repeatable options of the blocklists (a base of :class:`OperationsOptions`)."""
+
+    def opt_dnsbl(self, value: str) -> None:
+        """Look the client up in a DNS blocklist at connection: ZONE[=FILTER][*WEIGHT], e.g. bl.example=127.0.0.[2..11]*2; repeatable (docs/operations/dnsbl.rst)."""
+        self._addDNSList(value, False)
+
+    def opt_dnswl(self, value: str) -> None:
+        """A DNS allowlist: ZONE[=FILTER][*WEIGHT], its weight (default 1) taken away from the --dnsbl score; repeatable."""
+        self._addDNSList(value, True)
+
+    def _addDNSList(self, value: str, allowlist: bool) -> None:
+        from txsmtp.dnsbl import parseDNSList
+
+        options: Any = self
+        try:
+            dl = parseDNSList(value, allowlist)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        lists = options.setdefault("dnsLists", [])
+        if any(other.zone == dl.zone for other in lists):
+            raise usage.UsageError(f"--dnsbl/--dnswl: {dl.zone} is given twice")
+        lists.append(dl)
+
+
 def _checkDNSBL(options: Any) -> None:
-    pass
+    lists = options.setdefault("dnsLists", [])
+    if lists and not any(dl.weight > 0 for dl in lists):
+        raise ValueError("--dnswl lowers the score of --dnsbl lists: give at least one --dnsbl")
+    if options["dnsbl-threshold"] < 1:
+        raise ValueError("--dnsbl-threshold must be 1 or more")
+    if not options["dnsbl-timeout"] > 0:
+        raise ValueError("--dnsbl-timeout must be more than 0 seconds")
+    exempt = options["dnsbl-exempt"].strip()
+    if exempt.lower() in ("", "none"):
+        options["dnsblExempt"] = ()
+    else:
+        from txsmtp.queue.relay import parseNetworks
+
+        try:
+            options["dnsblExempt"] = parseNetworks(exempt)
+        except ValueError as e:
+            raise ValueError(f"--dnsbl-exempt: {e}") from None
 
 
 def _buildDNSBL(options: Any, built: Operations) -> None:
-    pass
+    lists = options.get("dnsLists")
+    if not lists:
+        return
+    from twisted.internet import reactor
+
+    from txsmtp.dnsbl import DNSListGuard
+    from txsmtp.tapmailauth import resolver
+
+    exempt = list(options.get("dnsblExempt", ()))
+    setup = options.get("relaySetup")
+    if setup is not None:
+        exempt.extend(setup.policy.relayNetworks)
+    guard = DNSListGuard(
+        lists,
+        resolver(options),
+        reactor,
+        threshold=options["dnsbl-threshold"],
+        exempt=exempt,
+        timeout=options["dnsbl-timeout"],
+    )
+    built.guards.append(guard)
+    blocklists = sum(1 for dl in lists if dl.weight > 0)
+    words = f"dnsbl {blocklists} list{'s' if blocklists > 1 else ''}"
+    if len(lists) > blocklists:
+        words += f" + {len(lists) - blocklists} dnswl"
+    built.summary.append(f"{words} (threshold {options['dnsbl-threshold']})")
 
 
 # == policy service (txsmtp.policyservice) ==============================
@@ -113,7 +183,7 @@ def _buildLogs(options: Any, built: Operations) -> None:
 # == together ===========================================================
 
 
-class OperationsOptions:
+class OperationsOptions(DNSBLOptions):
     """
     The operations options: a base of :class:`txsmtp.tap.Options`, whose
     ``optParameters`` and ``optFlags`` end with these.
