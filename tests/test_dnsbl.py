@@ -155,7 +155,7 @@ class GuardTests(unittest.TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.dns = startDNSServer(self, ZONES)
+        self.dns = startDNSServer(self, dict(ZONES))
         self.clock = task.Clock()
 
     def guard(self, *texts: str, threshold: int = 1, **kwargs: Any) -> DNSListGuard:
