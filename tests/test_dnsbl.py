@@ -311,3 +311,52 @@ class GuardTests(unittest.TestCase):
     def test_repr(self) -> None:
         self.assertIn("bl.example*2", repr(self.guard("bl.example*2", threshold=2)))
         self.assertIsInstance(DNSList("x.example"), DNSList)
+
+
+class OptionsTests(unittest.TestCase):
+    """``twistd smtp``'s --dnsbl options."""
+
+    def parse(self, *args: str) -> Any:
+        from txsmtp.tap import Options
+
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_built(self) -> None:
+        from txsmtp.tapoperations import buildOperations
+
+        options = self.parse(
+            "--dnsbl", "bl.example=127.0.0.[2..11]*2", "--dnswl", "wl.example*3", "--dnsbl-threshold", "2",
+            "--relay-networks", "192.0.2.0/24",
+        )  # fmt: skip
+        built = buildOperations(options)
+        [guard] = built.guards
+        self.assertIsInstance(guard, DNSListGuard)
+        self.assertEqual([(dl.zone, dl.weight) for dl in guard.lists], [("bl.example", 2), ("wl.example", -3)])
+        self.assertEqual(guard.threshold, 2)
+        self.assertTrue(guard.isExempt(ipaddress.ip_address("127.0.0.1")))
+        self.assertTrue(guard.isExempt(ipaddress.ip_address("::1")))
+        self.assertTrue(guard.isExempt(ipaddress.ip_address("192.0.2.9")))
+        self.assertFalse(guard.isExempt(ipaddress.ip_address("198.51.100.1")))
+        self.assertEqual(built.summary, ["dnsbl 1 list + 1 dnswl (threshold 2)"])
+
+    def test_noneByDefault(self) -> None:
+        from txsmtp.tapoperations import buildOperations
+
+        self.assertEqual(buildOperations(self.parse()).guards, [])
+
+    def test_errors(self) -> None:
+        from twisted.python.usage import UsageError
+
+        for args, words in [
+            (["--dnswl", "wl.example"], "give at least one --dnsbl"),
+            (["--dnsbl", "bl.example", "--dnsbl-threshold", "0"], "--dnsbl-threshold must be 1 or more"),
+            (["--dnsbl", "bl.example", "--dnsbl-timeout", "0"], "--dnsbl-timeout"),
+            (["--dnsbl", "bl.example", "--dnsbl-exempt", "10.0.0.1/8"], "--dnsbl-exempt"),
+            (["--dnsbl", "bl.example", "--dnswl", "BL.example."], "given twice"),
+            (["--dnsbl", "bl.example=127.0.0.[2..]"], "is not an octet"),
+        ]:
+            with self.assertRaises(UsageError, msg=args) as e:
+                self.parse(*args)
+            self.assertIn(words, str(e.exception))
