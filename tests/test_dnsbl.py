@@ -360,3 +360,20 @@ class OptionsTests(unittest.TestCase):
             with self.assertRaises(UsageError, msg=args) as e:
                 self.parse(*args)
             self.assertIn(words, str(e.exception))
+
+
+class SharedQueryTests(unittest.TestCase):
+    timeout = 30
+
+    async def test_concurrentClientsShareQueries(self) -> None:
+        """Clients from one address connecting at once cost one query per list."""
+        dns = startDNSServer(self, dict(ZONES))
+        guard = DNSListGuard([parseDNSList("bl.example"), parseDNSList("clean.example")], dns.resolver(), task.Clock())
+        checks = [defer.Deferred.fromCoroutine(guard.checkConnection(connection())) for _ in range(5)]
+        results = await defer.DeferredList(checks, consumeErrors=True)
+        self.assertTrue(all(not ok and f.check(SMTPError) for ok, f in results))
+        self.assertEqual(
+            sorted(dns.queries),
+            [("1.2.0.192.bl.example", "A"), ("1.2.0.192.bl.example", "TXT"), ("1.2.0.192.clean.example", "A")],
+        )
+        self.assertEqual(guard._pending, {})

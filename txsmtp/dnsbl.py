@@ -28,7 +28,8 @@ sum reaches the threshold.  :func:`parseDNSList` reads the text form
 timeout, and refuses with ``554 5.7.1`` naming the list and its TXT
 reason (sanitized, bounded).  Answers, positive and negative, are kept
 in a bounded in-memory :class:`AnswerCache` for their TTL (bounded too),
-so a client that reconnects costs no query.  A list that does not answer
+so a client that reconnects costs no query; clients from one address
+connecting at once share the queries in flight.  A list that does not answer
 (timeout, SERVFAIL) counts as not listing the client: the guard fails
 open and logs it.  Clients in the exempt networks (loopback and the relay
 networks by default, see :func:`txsmtp.tapoperations`) are not looked up.
@@ -318,7 +319,9 @@ class DNSListGuard:
         self.threshold = threshold
         self.exempt = tuple(exempt)
         self.timeout = timeout
+        self.clock = clock
         self.cache = AnswerCache(clock, cacheSize)
+        self._pending: dict[tuple[str, int], list[defer.Deferred[Any]]] = {}
 
     def isExempt(self, address: IPAddress) -> bool:
         """Whether ``address`` is in an exempt network."""
@@ -364,16 +367,39 @@ class DNSListGuard:
                 score += dl.weight
         return Verdict(score, tuple(listed), tuple(failed))
 
-    async def _lookup(self, name: str, rrType: int) -> Any:
-        """``(payloads, ttl)`` of ``name``'s ``rrType`` records, cached; ``None`` if the DNS failed."""
+    def _lookup(self, name: str, rrType: int) -> defer.Deferred[Any]:
+        """
+        The payloads of ``name``'s ``rrType`` records (a tuple, empty for
+        NXDOMAIN), from the cache or the DNS; ``None`` if the DNS failed.
+        Connections asking the same question at once share one query.
+        """
         key = (name, rrType)
         cached = self.cache.get(key)
         if cached is not None:
-            return cached
+            return defer.succeed(cached)
+        waiter: defer.Deferred[Any] = defer.Deferred()
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.append(waiter)
+            return waiter
+        self._pending[key] = [waiter]
+        asking = defer.Deferred.fromCoroutine(self._ask(name, rrType))
+        asking.addErrback(lambda f: _log.failure("dnsbl: looking up {name} failed", f, name=name))
+        asking.addCallback(self._answered, key)
+        return waiter
+
+    def _answered(self, payloads: Any, key: tuple[str, int]) -> None:
+        for waiter in self._pending.pop(key, []):
+            waiter.callback(payloads)
+
+    async def _ask(self, name: str, rrType: int) -> Any:
+        key = (name, rrType)
+        asking = defer.maybeDeferred(self.resolver.query, dns.Query(name, rrType), _timeouts(self.timeout))
+        # twisted.names bounds each try; this bounds the whole (a fallback
+        # to TCP included).
+        asking.addTimeout(self.timeout + 1, self.clock)
         try:
-            result: Any = await defer.maybeDeferred(
-                self.resolver.query, dns.Query(name, rrType), _timeouts(self.timeout)
-            )
+            result: Any = await asking
         except DNSNameError:
             self.cache.put(key, (), NEGATIVE_TTL)
             return ()
