@@ -22,7 +22,12 @@ import tempfile
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor, task
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, UNIXClientEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    UNIXClientEndpoint,
+    connectProtocol,
+)
 from twisted.trial import unittest
 
 from tests.peers import requirePeer

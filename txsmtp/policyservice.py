@@ -64,7 +64,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
@@ -193,6 +193,7 @@ class _PolicyProtocol(LineOnlyReceiver):
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
+    transport: Any
 
     def __init__(self) -> None:
         self._pending: defer.Deferred[dict[str, str]] | None = None
@@ -245,7 +246,7 @@ class _PolicyProtocol(LineOnlyReceiver):
         self._fail(f"answer line longer than {MAX_LINE} bytes")
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         self._fail(f"connection lost: {reason.getErrorMessage()}")
         self.lost.callback(None)
