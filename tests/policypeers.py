@@ -182,11 +182,19 @@ class Silent(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.factory.received.append(data)
 
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.closed += 1
+        waiters, self.factory.waiters = self.factory.waiters, []
+        for d in waiters:
+            d.callback(None)
+
 
 async def startSilentService(testCase: unittest.TestCase) -> tuple[int, Any]:
     """A TCP service on loopback that accepts and never answers; ``(port, factory)``."""
     factory = protocol.Factory.forProtocol(Silent)
     factory.received = []  # type: ignore[attr-defined]
+    factory.closed = 0  # type: ignore[attr-defined]
+    factory.waiters = []  # type: ignore[attr-defined]
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     testCase.addCleanup(port.stopListening)
     return port.getHost().port, factory

@@ -125,3 +125,9 @@ class PolicyDocsTests(unittest.TestCase):
             with self.assertRaises(usage.UsageError) as caught:
                 Options().parseOptions(["--deliver", "maildir:/tmp/x", *words])
             self.assertIn(error, str(caught.exception))
+
+    def test_connectionsOption(self) -> None:
+        from twisted.python import usage
+
+        with self.assertRaises(usage.UsageError):
+            Options().parseOptions(["--deliver", "maildir:/tmp/x", "--policy-service", "tcp:127.0.0.1:1", "--policy-connections", "0"])

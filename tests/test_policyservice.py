@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.trial import unittest
 
 from tests.policypeers import freePort, startPolicydSPF, startPostgrey, startSilentService
+from tests.twistd_helpers import withTimeout
 from txsmtp.envelope import ConnectionInfo, Envelope, Recipient
 from txsmtp.errors import SMTPError
 from txsmtp.policyservice import PolicyClient, PolicyGuard, Verdict, formatRequest, interpretAction
@@ -137,7 +138,7 @@ class PostgreyTests(unittest.TestCase):
         # Postgrey answers 4.2.0 to a client that sends etrn_domain, as Postfix does.
         self.assertEqual(caught.exception.enhanced, "4.2.0")
         self.assertIn("Greylisted", caught.exception.text)
-        kept = client._protocol
+        [kept] = client._idle
         # Retries, as a sending server would make them, until the delay passed (bounded).
         retries = 0
         while True:
@@ -154,7 +155,27 @@ class PostgreyTests(unittest.TestCase):
             break
         self.assertGreater(retries, 0)
         self.assertTrue(any(h.startswith(b"X-Greylist: delayed") for h in retry.addedHeaders), retry.addedHeaders)
-        self.assertIs(client._protocol, kept, "the connection was not kept")
+        self.assertEqual(client._idle, [kept], "the connection was not kept")
+        self.assertEqual(client.openConnections, 1)
+
+    async def test_pool(self) -> None:
+        """Requests at once share the pool: one connection by default, up to ``connections``."""
+        port, _ = await startPostgrey(self, delay=1)
+        for size in (1, 3):
+            client = PolicyClient(reactor, f"tcp:127.0.0.1:{port}", timeout=10, connections=size)
+            self.addCleanup(client.close)
+            guard = PolicyGuard([client])
+            conn = connection()
+            asked = [
+                defer.ensureDeferred(guard.checkRecipient(conn, rcpt(f"u{i}@local.test"), envelope(f"s{size}@example.org", conn)))
+                for i in range(5)
+            ]
+            results = await defer.DeferredList(asked, consumeErrors=True)
+            for ok, failure in results:
+                self.assertFalse(ok)
+                self.assertEqual(failure.value.code, 450)
+            self.assertEqual(client.openConnections, size)
+            self.assertEqual(len(client._idle), size)
 
     async def test_reconnect(self) -> None:
         """postgrey restarted: the next request goes over a new connection."""
@@ -247,7 +268,13 @@ class FailureTests(unittest.TestCase):
         self.assertEqual(caught.exception.code, 450)
         self.assertGreaterEqual(reactor.seconds() - started, 0.45)
         self.assertIn(b"request=smtpd_access_policy\n", b"".join(factory.received))
-        self.assertIsNone(client._protocol)
+        # The connection is not used again: the service sees it closed.
+        self.assertEqual(client._idle, [])
+        if factory.closed == 0:
+            closed: defer.Deferred[None] = defer.Deferred()
+            factory.waiters.append(closed)
+            await withTimeout(closed, 10, lambda: "the timed-out connection stayed open")
+        self.assertEqual(factory.closed, 1)
         await client.close()
 
     async def test_firstRefusalWins(self) -> None:

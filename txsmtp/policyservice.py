@@ -14,10 +14,12 @@ line, and keeps the connection open for the next request.  Lines end in
 LF; a value never holds a line end (one would be cut into a new
 attribute), so line ends in values are replaced by spaces.
 
-:class:`PolicyClient` keeps one connection to one service (a
+:class:`PolicyClient` keeps connections to one service (a
 ``clientFromString`` endpoint description: ``tcp:HOST:PORT``,
-``unix:PATH``), made on first use and again after it was lost, and sends
-one request at a time on it (others wait their turn).  Each request has a
+``unix:PATH``): a small pool (``connections``, 1 by default), each made
+when a request finds none idle and kept for the next requests, each
+carrying one request at a time (when all are busy, requests wait their
+turn).  Each request has a
 time limit, waiting for its turn and connecting included; a request that
 timed out closes the connection (a late answer would be taken for the next
 request's).  A request sent on a connection that was made earlier and
@@ -217,6 +219,7 @@ class _PolicyProtocol(LineOnlyReceiver):
     def _cancel(self, pending: defer.Deferred[dict[str, str]]) -> None:
         # The answer may still come: the connection cannot carry another request.
         self._pending = None
+        self.connected = False
         self.transport.abortConnection()
 
     def _fail(self, why: str) -> None:
@@ -254,22 +257,30 @@ class _PolicyProtocol(LineOnlyReceiver):
 
 class PolicyClient:
     """
-    The persistent connection to one policy service (see the module
+    The persistent connections to one policy service (see the module
     documentation).
 
     :param description: a client endpoint description (``tcp:HOST:PORT``,
         ``unix:PATH``, anything ``clientFromString`` takes).
     :param timeout: seconds for one request: its turn, the connection and
         the answer.
+    :param connections: the most connections kept at once (each carries
+        one request at a time).
     """
 
-    def __init__(self, reactor: Any, description: str, timeout: float = 10.0) -> None:
+    def __init__(self, reactor: Any, description: str, timeout: float = 10.0, connections: int = 1) -> None:
+        if connections < 1:
+            raise ValueError("a policy client needs at least one connection")
         self.reactor = reactor
         self.description = description
         self.timeout = timeout
+        self.connections = connections
         self._endpoint = clientFromString(reactor, description)
-        self._lock = defer.DeferredLock()
-        self._protocol: _PolicyProtocol | None = None
+        self._turns = defer.DeferredSemaphore(connections)
+        #: connected protocols with no request in flight
+        self._idle: list[_PolicyProtocol] = []
+        #: every protocol made and not yet lost
+        self._open: set[_PolicyProtocol] = set()
 
     def ask(self, attributes: Mapping[str, str]) -> defer.Deferred[dict[str, str]]:
         """
@@ -282,47 +293,57 @@ class PolicyClient:
         return d
 
     def _timedOut(self, result: Any, timeout: float) -> Any:
-        self.close()
+        # The cancelled request aborted its own connection (a late answer
+        # would be taken for the next request's); the others are untouched.
         if isinstance(result, Failure) and result.check(defer.CancelledError):
             return Failure(defer.TimeoutError(f"{self.description} did not answer within {timeout}s"))
         return result
 
     async def _ask(self, request: bytes) -> dict[str, str]:
-        await self._lock.acquire()
+        await self._turns.acquire()
         try:
-            protocol = await self._connect()
+            protocol = await self._connection()
             try:
-                return await protocol.ask(request)
+                answer = await protocol.ask(request)
             except PolicyServiceError:
                 if protocol.used == 1 or protocol.connected:
                     raise
                 # The service closed a connection kept from earlier: once more on a new one.
-                protocol = await self._connect()
-                return await protocol.ask(request)
+                protocol = await self._connection(fresh=True)
+                answer = await protocol.ask(request)
+            if protocol.connected:
+                self._idle.append(protocol)
+            return answer
         finally:
-            self._lock.release()
+            self._turns.release()
 
-    async def _connect(self) -> _PolicyProtocol:
-        protocol = self._protocol
-        if protocol is not None and protocol.connected:
-            return protocol
-        self._protocol = None
+    async def _connection(self, fresh: bool = False) -> _PolicyProtocol:
+        while self._idle and not fresh:
+            protocol = self._idle.pop()
+            if protocol.connected:
+                return protocol
         try:
             protocol = await self._endpoint.connect(Factory.forProtocol(_PolicyProtocol))
         except defer.CancelledError:
             raise
         except Exception as e:
             raise PolicyServiceError(f"cannot connect to {self.description}: {e}") from None
-        self._protocol = protocol
+        self._open.add(protocol)
+        protocol.lost.addCallback(lambda _: self._open.discard(protocol))
         return protocol
 
-    def close(self) -> defer.Deferred[None]:
-        """Close the connection (a later request makes a new one); fires once it is closed."""
-        protocol, self._protocol = self._protocol, None
-        if protocol is None or not protocol.connected:
-            return defer.succeed(None)
-        protocol.transport.abortConnection()
-        return protocol.lost
+    @property
+    def openConnections(self) -> int:
+        """How many connections to the service are open."""
+        return len(self._open)
+
+    def close(self) -> defer.Deferred[Any]:
+        """Close the connections (later requests make new ones); fires once they are closed."""
+        self._idle = []
+        closing = list(self._open)
+        for protocol in closing:
+            protocol.transport.abortConnection()
+        return defer.gatherResults([p.lost for p in closing] + [defer.succeed(None)])
 
     def __repr__(self) -> str:
         return f"PolicyClient({self.description!r})"

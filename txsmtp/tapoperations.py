@@ -87,6 +87,7 @@ def _buildDNSBL(options: Any, built: Operations) -> None:
 POLICY_PARAMETERS: list[list[Any]] = [
     ["policy-timeout", None, 10.0, "Seconds for one request to a policy service (its turn, the connection, the answer).", float],
     ["policy-default", None, "DUNNO", "The action when a policy service is down, breaks the protocol or times out: DUNNO (accept), or an access(5) action such as '451 4.3.0 Try again later'; 'defer' is short for that one."],
+    ["policy-connections", None, 4, "The most connections kept to each policy service (each carries one request at a time).", int],
     ["policy-stages", None, "RCPT", "The stages at which the policy services are asked, comma-separated: RCPT, DATA, END-OF-MESSAGE."],
 ]
 POLICY_FLAGS: list[list[Any]] = []
@@ -117,6 +118,8 @@ def _checkPolicy(options: Any) -> None:
             clientFromString(reactor, description)
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"--policy-service {description!r} is not a client endpoint description ({e}): use tcp:HOST:PORT or unix:PATH") from None
+    if options["policy-connections"] < 1:
+        raise ValueError("--policy-connections must be at least 1")
     if options["policy-timeout"] <= 0:
         raise ValueError("--policy-timeout must be a positive number of seconds")
     default = _policyDefault(options)
@@ -137,7 +140,7 @@ def _buildPolicy(options: Any, built: Operations) -> None:
 
     from txsmtp.policyservice import PolicyClient, PolicyGuard, policyConnections
 
-    clients = [PolicyClient(reactor, d, options["policy-timeout"]) for d in services]
+    clients = [PolicyClient(reactor, d, options["policy-timeout"], options["policy-connections"]) for d in services]
     stages = [s.strip().upper() for s in options["policy-stages"].split(",") if s.strip()]
     # PREPEND fields go through Envelope.addedHeaders, which only the relay queue puts into messages.
     prepends = options.get("relaySetup") is not None
