@@ -92,6 +92,51 @@ class PolicyTwistdTests(unittest.TestCase):
         self.assertLess(fields.index(b"Received-SPF"), fields.index(b"Subject"))
         self.assertEqual(head.count(b"Received-SPF:"), 1)
 
+    async def test_dataStage(self) -> None:
+        """
+        --policy-stages DATA: both services are asked once, at DATA, with
+        the one recipient's address: postgrey greylists, then policyd-spf
+        refuses the failing sender.
+        """
+        path = await startPolicydSPF(self, SPF_ZONES)
+        port, _ = await startPostgrey(self, delay=1)
+        running = await self.start(
+            "--policy-service", f"tcp:127.0.0.1:{port}", "--policy-service", f"unix:{path}",
+            "--policy-stages", "data",
+        )  # fmt: skip
+        replies = await self.send(running, "mallory@fail.example", "forged")
+        self.assertEqual([r.code for r in replies], [250, 250, 450], replies)
+        self.assertIn("Greylisted", replies[2].text)
+        retries = 0
+        while True:
+            replies = await self.send(running, "mallory@fail.example", "forged")
+            if replies[2].code == 450:
+                retries += 1
+                self.assertLess(retries, 40, "postgrey never let the retry through")
+                await task.deferLater(reactor, 0.25, lambda: None)
+                continue
+            break
+        self.assertEqual([r.code for r in replies], [250, 250, 550], replies)
+        self.assertEqual(replies[2].enhanced, "5.7.23")
+
+    async def test_endOfMessage(self) -> None:
+        """
+        --policy-stages END-OF-MESSAGE: policyd-spf refuses after the final
+        dot, and its field for a pass reaches the delivered message.
+        """
+        path = await startPolicydSPF(self, SPF_ZONES)
+        running = await self.start("--policy-service", f"unix:{path}", "--policy-stages", "END-OF-MESSAGE")
+        replies = await self.send(running, "mallory@fail.example", "forged")
+        self.assertEqual([r.code for r in replies], [250, 250, 354, 550], replies)
+        self.assertEqual(replies[3].enhanced, "5.7.23")
+        replies = await self.send(running, "alice@pass.example", "hello")
+        self.assertEqual([r.code for r in replies], [250, 250, 354, 250], replies)
+        [name] = await self.watch.waitForCount(1)
+        with open(os.path.join(self.watch.path, name), "rb") as f:
+            stored = f.read()
+        self.assertIn(b"Subject: hello", stored)
+        self.assertEqual(stored.count(b"\r\nReceived-SPF: Pass (mailfrom)") + stored.startswith(b"Received-SPF: Pass"), 1)
+
     async def test_downDefers(self) -> None:
         """A service that is down, with --policy-default defer: 451 4.3.0 at RCPT, and a log line."""
         running = await self.start(
