@@ -158,6 +158,33 @@ class PostgreyTests(unittest.TestCase):
         self.assertEqual(client._idle, [kept], "the connection was not kept")
         self.assertEqual(client.openConnections, 1)
 
+    async def test_autoWhitelist(self) -> None:
+        """
+        postgrey --auto-whitelist-clients=1: once a client got one message
+        through greylisting, its new (sender, recipient) pairs pass at once.
+        """
+        port, _ = await startPostgrey(self, 1, None, None, "--auto-whitelist-clients=1")
+        client = PolicyClient(reactor, f"tcp:127.0.0.1:{port}", timeout=10)
+        self.addCleanup(client.close)
+        guard = PolicyGuard([client])
+        conn = connection()
+        retries = 0
+        while True:
+            try:
+                await guard.checkRecipient(conn, rcpt("bob@local.test"), envelope("alice@example.org", conn))
+            except SMTPError as e:
+                self.assertEqual(e.code, 450)
+                retries += 1
+                self.assertLess(retries, 40, "postgrey never let the retry through")
+                await task.deferLater(reactor, 0.25, lambda: None)
+                continue
+            break
+        self.assertGreater(retries, 0)
+        fresh = envelope("carol@elsewhere.example", conn)
+        await guard.checkRecipient(conn, rcpt("dave@local.test"), fresh)
+        # Whitelisted clients get DUNNO: no X-Greylist field.
+        self.assertEqual(fresh.addedHeaders, [])
+
     async def test_pool(self) -> None:
         """Requests at once share the pool: one connection by default, up to ``connections``."""
         port, _ = await startPostgrey(self, delay=1)
