@@ -86,11 +86,22 @@ async def waitForService(endpoint: Any, seconds: float = 15.0) -> None:
 
 
 def _stop(process: Any, proto: _Process) -> defer.Deferred[None]:
+    """TERM, and KILL if it has not ended 5 seconds later (postgrey may linger on an open client)."""
     if not proto.ended.called:
         try:
             process.signalProcess("TERM")
         except Exception:
             pass
+
+        def kill() -> None:
+            if not proto.ended.called:
+                try:
+                    process.signalProcess("KILL")
+                except Exception:
+                    pass
+
+        call = reactor.callLater(5, kill)  # type: ignore[attr-defined]
+        proto.ended.addBoth(lambda result: (call.active() and call.cancel(), result)[1])
     return withTimeout(proto.ended, 15, lambda: "the peer did not stop")
 
 

@@ -105,6 +105,10 @@ class PolicyServiceError(Exception):
     """The service could not be asked or answered outside the protocol."""
 
 
+class _ConnectionLost(PolicyServiceError):
+    """The connection ended before the answer."""
+
+
 @dataclass(frozen=True)
 class Verdict:
     """
@@ -222,17 +226,22 @@ class _PolicyProtocol(LineOnlyReceiver):
         self.connected = False
         self.transport.abortConnection()
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, error: type[PolicyServiceError] = PolicyServiceError) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            pending.errback(Failure(PolicyServiceError(why)))
+            pending.errback(Failure(error(why)))
+
+    def _drop(self, why: str) -> None:
+        """The service broke the protocol: fail the request, end the connection."""
+        self.connected = False
+        self._fail(why)
+        self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
         if self._pending is None:
-            self._fail("answer without a request")
-            self.transport.loseConnection()
+            self._drop("answer without a request")
             return
         if not line:
             pending, self._pending = self._pending, None
@@ -240,18 +249,16 @@ class _PolicyProtocol(LineOnlyReceiver):
             return
         name, sep, value = line.decode("utf-8", "replace").partition("=")
         if not sep or len(self._answer) >= MAX_ATTRIBUTES:
-            self._fail(f"not a policy answer: {line[:80]!r}")
-            self.transport.loseConnection()
+            self._drop(f"not a policy answer: {line[:80]!r}")
             return
         self._answer[name.strip()] = value
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self._fail(f"answer line longer than {MAX_LINE} bytes")
-        self.transport.loseConnection()
+        self._drop(f"answer line longer than {MAX_LINE} bytes")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
-        self._fail(f"connection lost: {reason.getErrorMessage()}")
+        self._fail(f"connection lost: {reason.getErrorMessage()}", _ConnectionLost)
         self.lost.callback(None)
 
 
@@ -305,8 +312,8 @@ class PolicyClient:
             protocol = await self._connection()
             try:
                 answer = await protocol.ask(request)
-            except PolicyServiceError:
-                if protocol.used == 1 or protocol.connected:
+            except _ConnectionLost:
+                if protocol.used == 1:
                     raise
                 # The service closed a connection kept from earlier: once more on a new one.
                 protocol = await self._connection(fresh=True)
