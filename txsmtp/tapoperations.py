@@ -154,16 +154,69 @@ def _buildDNSBL(options: Any, built: Operations) -> None:
 
 # == policy service (txsmtp.policyservice) ==============================
 
-POLICY_PARAMETERS: list[list[Any]] = []
+POLICY_PARAMETERS: list[list[Any]] = [
+    ["policy-timeout", None, 10.0, "Seconds for one request to a policy service (its turn, the connection, the answer).", float],
+    ["policy-default", None, "DUNNO", "The action when a policy service is down, breaks the protocol or times out: DUNNO (accept), or an access(5) action such as '451 4.3.0 Try again later'; 'defer' is short for that one."],
+    ["policy-connections", None, 4, "The most connections kept to each policy service (each carries one request at a time).", int],
+    ["policy-stages", None, "RCPT", "The stages at which the policy services are asked, comma-separated: RCPT, DATA, END-OF-MESSAGE."],
+]
 POLICY_FLAGS: list[list[Any]] = []
+
+#: What ``--policy-default defer`` stands for.
+POLICY_DEFER = "451 4.3.0 Policy service unavailable, try again later"
+
+
+def _optPolicyService(self: Any, description: str) -> None:
+    """A Postfix policy service to ask (tcp:HOST:PORT, unix:PATH, any client endpoint description); repeatable: asked in order."""
+    self.setdefault("policy-service", []).append(description)
+
+
+def _policyDefault(options: Any) -> str:
+    value = (options.get("policy-default") or "DUNNO").strip()
+    return POLICY_DEFER if value.lower() == "defer" else value
 
 
 def _checkPolicy(options: Any) -> None:
-    pass
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import clientFromString
+
+    from txsmtp.policyservice import STAGES, interpretAction
+
+    services = options.get("policy-service") or []
+    for description in services:
+        try:
+            clientFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--policy-service {description!r} is not a client endpoint description ({e}): use tcp:HOST:PORT or unix:PATH") from None
+    if options["policy-connections"] < 1:
+        raise ValueError("--policy-connections must be at least 1")
+    if options["policy-timeout"] <= 0:
+        raise ValueError("--policy-timeout must be a positive number of seconds")
+    default = _policyDefault(options)
+    verdict = interpretAction(default)
+    if verdict.kind not in ("dunno", "ok", "refuse") or (verdict.kind == "refuse" and verdict.enhanced == "4.3.5" and not default.startswith("4")):
+        raise ValueError(f"--policy-default {default!r} is not DUNNO, OK, REJECT, DEFER or a 4NN/5NN reply")
+    stages = [s.strip().upper() for s in (options["policy-stages"] or "").split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ValueError(f"--policy-stages takes {', '.join(STAGES)} (comma-separated), not {options['policy-stages']!r}")
 
 
 def _buildPolicy(options: Any, built: Operations) -> None:
-    pass
+    services = options.get("policy-service") or []
+    if not services:
+        return
+    from twisted.internet import reactor
+
+    from txsmtp.policyservice import PolicyClient, PolicyGuard, policyConnections
+
+    clients = [PolicyClient(reactor, d, options["policy-timeout"], options["policy-connections"]) for d in services]
+    stages = [s.strip().upper() for s in options["policy-stages"].split(",") if s.strip()]
+    # PREPEND fields go through Envelope.addedHeaders, which only the relay queue puts into messages.
+    prepends = options.get("relaySetup") is not None
+    built.guards.append(PolicyGuard(clients, _policyDefault(options), stages, prepends=prepends))
+    built.services.append(policyConnections(clients))
+    built.summary.append(f"policy service{'s' if len(services) > 1 else ''} {', '.join(services)} at {'/'.join(stages)}")
 
 
 # == logs ===============================================================
@@ -193,6 +246,9 @@ class OperationsOptions(DNSBLOptions):
         METRICS_PARAMETERS + LIMITS_PARAMETERS + DNSBL_PARAMETERS + POLICY_PARAMETERS + LOG_PARAMETERS
     )
     operationsFlags: list[list[Any]] = METRICS_FLAGS + LIMITS_FLAGS + DNSBL_FLAGS + POLICY_FLAGS + LOG_FLAGS
+
+    # Repeatable options (usage.Options calls opt_* methods).
+    opt_policy_service = _optPolicyService
 
     def postOperationsOptions(self) -> None:
         """
