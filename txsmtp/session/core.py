@@ -295,6 +295,8 @@ class ServerSession(
         self._now = now
         if self._endReason is None:
             self._endReason = "client-closed" if error is None else "lost"
+        else:
+            error = None  # the server closed it: how the transport went is noise
         self._abandonTransaction("disconnected", "client disconnected", notify=False)
         self.state = State.CLOSED
         self._blocked = None
