@@ -278,7 +278,7 @@ def shape(line: str) -> tuple[str, list[str]]:
 
 def documentedExample() -> list[str]:
     page = readPage("operations/logs.rst")
-    m = re.search(r"checks\nthat its lines have these fields, in this order\)::\n\n((?: {4}.*\n)+)", page)
+    m = re.search(r"these fields,\s+in this order\)::\n\n((?: {4}.*\n)+)", page)
     assert m is not None, "no example in docs/operations/logs.rst"
     return [line.strip() for line in m.group(1).splitlines()]
 
@@ -345,6 +345,9 @@ class TwistdTests(unittest.TestCase):
         [connection] = [r for r in records if r.get("end") is not None and r.get("session") == accepted["session"]]
         [attempt] = [r for r in records if r.get("queueId") == queueId and "hop" in r]
         self.assertEqual((connection["end"], connection["accepted"]), ("quit", 1))
+        # The page's JSON example has the keys of the real record, in order.
+        [documented] = re.findall(r'^    (\{"time".*\})$', readPage("operations/logs.rst"), re.M)
+        self.assertEqual(list(json.loads(documented)), list(connection))
         self.assertEqual((attempt["result"], attempt["hop"], attempt["host"]), ("delivered", hop, "127.0.0.1"))
         self.assertTrue(attempt["tls"].startswith("TLSv1."))
         self.assertIsInstance(attempt["duration"], float)
