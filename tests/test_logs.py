@@ -125,7 +125,8 @@ class ConnectionLineTests(unittest.TestCase):
         h.disconnect()
         [event] = connectionEvents(self.events)
         self.assertEqual(event["authenticated"], USER)
-        self.assertIn(f" auth={USER} ", formatEvent(event))
+        self.assertIn(f" tls={event['tlsVersion']} auth={USER} ", formatEvent(event))
+        self.assertTrue(event["tlsVersion"].startswith("TLSv1."))
         self.assertEqual(event["refusedCommands"], 0)  # a failed AUTH has its own line
 
     def test_fail2banRegex(self) -> None:

@@ -1,7 +1,7 @@
 """
 A cheap text log for ``twistd smtp``.
 
-The server logs one line per transaction by default.  Twisted's text file
+The server logs one line per transaction and one per connection.  Twisted's text file
 observer formats every event through its general formatter (a format
 string parsed per event, a timestamp built per event) and flushes per line,
 about 29 µs per line into a rotated log file on the project's machine: at
