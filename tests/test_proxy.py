@@ -226,6 +226,10 @@ class InProcessProxyTests(unittest.TestCase):
         [quit] = await client.command(b"QUIT")
         self.assertEqual(quit.code, 221)
         await client.whenLost()
+        # The connection's line names the client and the proxy that sent it.
+        closed = await log.waitFor(lambda e: "refusedCommands" in e)
+        self.assertEqual((closed["peer"], closed["proxy"], closed["end"]), (peer.host, "127.0.0.1", "quit"))
+        self.assertIn(f" peer={peer.host} proxy=127.0.0.1 helo={HELO} ", closed["text"])
         return message
 
     async def test_v1_header(self) -> None:

@@ -23,6 +23,7 @@ import inspect
 from typing import Any, ClassVar
 
 from twisted.internet import defer, interfaces, task
+from twisted.internet import error as error_
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -197,8 +198,10 @@ class ESMTPServer(SessionHost, Protocol):
         self._inSession(self._session.start, now)
 
     def _proxyHeaderRead(self) -> None:
-        self.connection.peer = compactPeer(self.transport.getPeer())
         assert self._session is not None
+        # The connection's log line names the proxy too.
+        self._session.proxyPeer = self.connection.peerHost
+        self.connection.peer = compactPeer(self.transport.getPeer())
         self._inSession(self._session.start, self._clock.seconds())
 
     def dataReceived(self, data: bytes) -> None:
@@ -226,7 +229,10 @@ class ESMTPServer(SessionHost, Protocol):
         events.connectionLost(self.connection, self._protocolName)
         # The transport forgets its producer itself as it closes.
         self._registered = False
-        self._inSession(session.connectionLost, self._clock.seconds())
+        error = None
+        if reason is not None and not reason.check(error_.ConnectionDone):
+            error = reason.getErrorMessage()
+        self._inSession(session.connectionLost, self._clock.seconds(), error)
         waiting, self._closeDeferreds = self._closeDeferreds, None
         for d in waiting or ():
             d.callback(None)

@@ -220,17 +220,52 @@ def _buildPolicy(options: Any, built: Operations) -> None:
 
 
 # == logs ===============================================================
+#
+# The lines themselves are txsmtp.session.logs (connections, transactions,
+# refused commands) and txsmtp.queue.attempts (delivery attempts); here
+# only their format: text (txsmtp.logfile.TextLogObserver, the default)
+# or JSON (txsmtp.logfile.JSONLogObserver).  See docs/operations/logs.rst.
 
-LOG_PARAMETERS: list[list[Any]] = []
+LOG_FORMATS = ("text", "json")
+
+LOG_PARAMETERS: list[list[Any]] = [
+    [
+        "log-format",
+        None,
+        "text",
+        "How the log is written: text (one line per event) or json (one JSON object per line, "
+        "with every field of the event). Honours twistd's --logfile and -n.",
+    ],
+]
 LOG_FLAGS: list[list[Any]] = []
 
 
 def _checkLogs(options: Any) -> None:
-    pass
+    fmt = (options.get("log-format") or "text").lower()
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"--log-format takes text or json, not {options.get('log-format')!r}")
+    options["log-format"] = fmt
+    parent = getattr(options, "parent", None)
+    if parent is None or not hasattr(parent, "get"):
+        return
+    from txsmtp import logfile
+
+    # twistd names its observer by a factory called with no argument: the
+    # factories in txsmtp.logfile read twistd's own log options from here.
+    logfile.twistdOptions = {"logfile": parent.get("logfile"), "nodaemon": parent.get("nodaemon")}
+    if fmt != "json":
+        return
+    if parent.get("syslog"):
+        raise ValueError("--log-format json and twistd's --syslog do not go together: choose one")
+    chosen = parent.get("logger")
+    if chosen and chosen != "txsmtp.logfile.jsonLogger":
+        raise ValueError(f"--log-format json and twistd's --logger {chosen} do not go together: choose one")
+    parent["logger"] = "txsmtp.logfile.jsonLogger"
 
 
 def _buildLogs(options: Any, built: Operations) -> None:
-    pass
+    if options.get("log-format") == "json":
+        built.summary.append("JSON log")
 
 
 # == together ===========================================================

@@ -49,14 +49,20 @@ class SendResult:
         hands a message to a server without it owes the sender a "relayed"
         report when success was asked for (RFC 3461 §6.2.1.d).  Not part
         of equality.
+    :ivar tls: the TLS version the message went under (``"TLSv1.3"``), or
+        ``None`` without TLS (for the delivery's log line).  Not part of
+        equality.
     """
 
-    __slots__ = ("reply", "recipients", "dsn")
+    __slots__ = ("reply", "recipients", "dsn", "tls")
 
-    def __init__(self, reply: Reply, recipients: dict[str, Reply] | None = None, dsn: bool = False) -> None:
+    def __init__(
+        self, reply: Reply, recipients: dict[str, Reply] | None = None, dsn: bool = False, tls: str | None = None
+    ) -> None:
         self.reply = reply
         self.recipients = recipients if recipients is not None else {}
         self.dsn = dsn
+        self.tls = tls
 
     def __repr__(self) -> str:
         return f"SendResult({self.reply!r}, {self.recipients!r})"

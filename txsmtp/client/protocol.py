@@ -537,6 +537,8 @@ class ESMTPClient(_SessionSetup, Protocol):
     def _transactionDone(self, txn: Transaction, outcome: SendResult | SMTPClientError) -> None:
         if type(outcome) is SendResult:
             outcome.dsn = "DSN" in self.extensions
+            if self.tls:
+                outcome.tls = _tlsVersion(self.transport)
         if not self._pipeline.txns:
             self._becomeIdle()
             if self.factory is not None:
@@ -594,3 +596,11 @@ def _fire(job: OutgoingMessage, outcome: SendResult | SMTPClientError) -> None:
         d.callback(outcome)
     else:
         d.errback(outcome)
+
+
+def _tlsVersion(transport: Any) -> str:
+    """The TLS version of an encrypted transport (``"TLS"`` when it cannot say)."""
+    try:
+        return str(transport.getHandle().get_protocol_version_name())
+    except Exception:
+        return "TLS"

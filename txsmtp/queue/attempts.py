@@ -129,24 +129,35 @@ def logAttempt(
     recipients: list[QueuedRecipient],
     results: list[AttemptResult],
     outcomes: list[RecipientOutcome],
+    duration: float | None = None,
 ) -> None:
     """
     Log one attempt, one line per group of recipients that fared alike:
     ``QUEUEID: to=<a>,<b> hop=mx:example.com result=deferred status=4.4.1
-    attempts=2 next=2026-12-07T01:00:00Z reason="..."`` (what an operator
-    greps for).  The event carries each part as a field too (``queueId``,
-    ``recipients``, ``hop``, ``result``, ``status``, ``attempts``,
-    ``nextAttempt``, ``reason``), for structured observers.
+    attempts=2 next=2026-12-07T01:00:00Z host=mx.example.com tls=TLSv1.3
+    duration=0.412 reason="..."`` (what an operator greps for).  ``host``
+    is the server that answered (when one did), ``tls`` the TLS version the
+    message went under (when it was taken under TLS), ``duration`` the
+    seconds the attempt took (the same on each line of one attempt).  The
+    event carries each part as a field too (``queueId``, ``recipients``,
+    ``hop``, ``result``, ``status``, ``attempts``, ``nextAttempt``,
+    ``host``, ``tls``, ``duration``, ``reason``), for structured observers.
     """
     groups: dict[tuple[Any, ...], list[str]] = {}
     for rcpt, result, outcome in zip(recipients, results, outcomes, strict=True):
         nextAt = _iso(outcome.nextAttempt) if outcome.nextAttempt is not None else None
-        key = (outcome.result.value, result.status, result.reason, rcpt.attempts + 1, nextAt)
+        remote = result.remoteMTA
+        host = remote.partition("; ")[2] or None if remote else None
+        key = (outcome.result.value, result.status, result.reason, rcpt.attempts + 1, nextAt, host, result.tls)
         groups.setdefault(key, []).append(f"<{rcpt.address}>")
     hopKey = hop.key
-    for (res, status, reason, attempts, nextAt), addresses in groups.items():
+    took = round(duration, 3) if duration is not None else None
+    durationText = f" duration={took:.3f}" if took is not None else ""
+    for (res, status, reason, attempts, nextAt, host, tls), addresses in groups.items():
         to = ",".join(addresses)
         nextText = f" next={nextAt}" if nextAt else ""
+        hostText = f" host={host}" if host else ""
+        tlsText = f" tls={tls}" if tls else ""
         # One event per attempt, at the rate messages leave: built here and
         # handed to the observer as Logger.emit would, with the text already
         # formatted (twisted.logger's field formatting costs more).
@@ -159,7 +170,7 @@ def logAttempt(
                 "log_format": "{text}",
                 "log_time": time.time(),
                 "text": f"{queueId}: to={to} hop={hopKey} result={res} status={status} "
-                f"attempts={attempts}{nextText} reason={_quote(reason)}",
+                f"attempts={attempts}{nextText}{hostText}{tlsText}{durationText} reason={_quote(reason)}",
                 "queueId": queueId,
                 "recipients": to,
                 "hop": hopKey,
@@ -167,6 +178,9 @@ def logAttempt(
                 "status": status,
                 "attempts": attempts,
                 "nextAttempt": nextAt,
+                "host": host,
+                "tls": tls,
+                "duration": took,
                 "reason": reason,
             }
         )

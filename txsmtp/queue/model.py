@@ -239,6 +239,8 @@ class AttemptResult:
         that hop's to send, and none is sent here (RFC 3461 §6.2.1: a
         success report comes from where the message ends, or a "relayed"
         one from the last hop that speaks DSN).
+    :ivar tls: the TLS version the message went under when the next hop
+        took it (``"TLSv1.3"``), else ``None`` (for the log line).
     """
 
     result: Result
@@ -247,6 +249,7 @@ class AttemptResult:
     remoteMTA: str | None = None
     reason: str = ""
     passedOn: bool = False
+    tls: str | None = field(default=None, compare=False)
 
 
 @dataclass

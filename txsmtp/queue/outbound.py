@@ -459,6 +459,7 @@ class Outbound:
                     # The next hop took NOTIFY with the message: a success
                     # report is its to send, not ours (RFC 3461 §6.2.1).
                     result.passedOn = True
+                result.tls = outcome.tls
                 put(i, result)
             # Some recipients took it: the others wait for the next attempt.
             return final, transient, False

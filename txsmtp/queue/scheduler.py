@@ -496,6 +496,7 @@ class Scheduler(service.Service):
             body.close()  # another claim may deliver it: delivering too would be a duplicate
             _log.warn("{queueId}: lease lapsed while the body was read; left to another claim", queueId=message.id)
             return
+        started = self.clock.seconds()
         try:
             results = await defer.maybeDeferred(self.outbound.deliver, hop, message, recipients, body)
         finally:
@@ -516,7 +517,7 @@ class Scheduler(service.Service):
             final.append(report if report is not None else result)
             if report is not None:
                 reportable.append((rcpt, report))
-        logAttempt(_log, message.id, hop, recipients, final, outcomes)
+        logAttempt(_log, message.id, hop, recipients, final, outcomes, now - started)
         if self.reporter is not None and reportable:
             # Reports first (RFC 3461 §6.2 wants one when asked for): a
             # crash between the two gives a duplicate report, never none.

@@ -83,7 +83,7 @@ class AuthCommands(SessionBase):
             self.replyError(refusal)
             self.logRefusal("AUTH", refusal)
             if refusal.code == 421:
-                self.close()
+                self.close("auth-limit")
             return
         initial = None
         if len(parts) == 2:
@@ -290,7 +290,7 @@ class AuthCommands(SessionBase):
                     "4.7.0",
                     f"{f.hostname} Too many authentication failures, closing connection",
                 )
-                self.close()
+                self.close("auth-failures")
 
         # Brute force: each failure is answered later than the one before,
         # and the connection is closed after maxAuthFailures.  A fallback

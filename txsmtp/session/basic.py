@@ -44,7 +44,7 @@ class BasicCommands(SessionBase):
     def do_QUIT(self, verb: str, argument: bytes) -> None:
         self.reply(221, "2.0.0", f"{self.config.hostname} Bye")
         self._endTransaction("client quit")
-        self.close()
+        self.close("quit")
 
     def do_VRFY(self, verb: str, argument: bytes) -> None:
         text = argument.strip().decode("utf-8", "replace")
@@ -100,7 +100,7 @@ class BasicCommands(SessionBase):
             self.logRefusal("connect", err)
             if err.code == 421:
                 # RFC 5321 §3.8: 421 closes the transmission channel.
-                self.close()
+                self.close("refused-at-connect")
             return
         self.deliverySession = session
         self._say(formatReply(220, self.host.greeting()))

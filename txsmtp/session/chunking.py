@@ -43,7 +43,7 @@ class ChunkingCommands(SessionBase):
             # commands: the session cannot go on in step.
             self.reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]; closing the connection")
             self.logRefusal("BDAT", SMTPError(501, "5.5.4", "malformed BDAT"))
-            self.close()
+            self.close("bad-bdat")
             return
         size = int(m.group(1))
         last = m.group(2) is not None

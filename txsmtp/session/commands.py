@@ -134,7 +134,7 @@ class CommandDispatch(SessionBase):
         self.logRefusal("command", SMTPError(code, enhanced, text))
         if self._errors >= self.config.maxErrors:
             self.reply(421, "4.7.0", f"{self.config.hostname} Too many errors, closing connection")
-            self.close()
+            self.close("too-many-errors")
 
     def _extraCommand(self, name: str, argument: bytes) -> None:
         """A verb of the protocol's own (``do_VERB``): ask the glue to run it, in order."""

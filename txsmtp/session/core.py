@@ -131,6 +131,7 @@ class ServerSession(
         "_commandSince", "_blockedSince", "_dataSince", "_rateStart", "_rateBytes",
         "_shuttingDown", "_mechanism", "_pendingLogin", "_authFailures", "_authChain", "_anonymousSession", "_logout", "_refusals",
         "_chunkLeft", "_chunkLast", "_chunkSize", "_chunkError",
+        "_since", "_endReason", "_accepted", "_refused", "proxyPeer",
     )  # fmt: skip
 
     def __init__(
@@ -178,6 +179,14 @@ class ServerSession(
         self._chunkLast = False
         self._chunkSize = 0
         self._chunkError: tuple[SMTPError, int] | None = None
+        # For the connection's line (txsmtp.session.logs): when it began, why
+        # it ended, its messages accepted and refused, the PROXY sender's
+        # address (set by the glue once a PROXY header named the client).
+        self._since = now
+        self._endReason: str | None = None
+        self._accepted = 0
+        self._refused = 0
+        self.proxyPeer: str | None = None
 
     @property
     def lmtp(self) -> bool:
@@ -277,9 +286,17 @@ class ServerSession(
         if then is not None:
             then(value, failure)
 
-    def connectionLost(self, now: float) -> None:
-        """The connection is gone: end the transaction and the session."""
+    def connectionLost(self, now: float, error: str | None = None) -> None:
+        """
+        The connection is gone: end the transaction and the session.
+
+        :param error: why the transport closed, when not a clean close.
+        """
         self._now = now
+        if self._endReason is None:
+            self._endReason = "client-closed" if error is None else "lost"
+        else:
+            error = None  # the server closed it: how the transport went is noise
         self._abandonTransaction("disconnected", "client disconnected", notify=False)
         self.state = State.CLOSED
         self._blocked = None
@@ -293,6 +310,7 @@ class ServerSession(
             self._authDone()
         if self._refusals > self.refusalsLogged:
             self.logRefusalsNotLogged()
+        self.logConnection(error)
         # An authenticated session's avatar is closed by its logout; the
         # anonymous session it replaced, and any other session, by close().
         logout, self._logout = self._logout, None
@@ -499,10 +517,17 @@ class ServerSession(
         """Queue the reply an :class:`~txsmtp.errors.SMTPError` describes."""
         self.reply(error.code, error.enhanced or f"{error.code // 100}.0.0", error.text)
 
-    def close(self) -> None:
-        """Send what is queued, then close (the end of the session)."""
+    def close(self, why: str = "closed") -> None:
+        """
+        Send what is queued, then close (the end of the session).
+
+        :param why: a word for the connection's log line (``quit``,
+            ``timeout``, ``too-many-errors``...).
+        """
         if self.state is State.CLOSED:
             return
+        if self._endReason is None:
+            self._endReason = why
         if self.transaction is not None:
             self._endTransaction("connection closing")
         self.state = State.CLOSED
@@ -545,7 +570,7 @@ class ServerSession(
             self.reply(
                 421, "4.3.2", f"{self.config.hostname} Service shutting down, closing connection"
             )
-            self.close()
+            self.close("shutdown")
 
 
 _CANCELLED = (CancelledError,)

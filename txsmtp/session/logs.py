@@ -1,8 +1,14 @@
 """
 What a session logs: one line per refused command (the first
 :attr:`SessionLog.refusalsLogged` of a connection, then one line at its end
-for the rest) and one per transaction, each an event with its fields for
-structured observers and a ready-made text for the operator's log.
+for the rest), one per transaction, and one per connection at its end,
+each an event with its fields for structured observers and a ready-made
+text for the operator's log.  Every line names the connection's
+``session=`` id; a transaction's line names its own ``id=`` (the one in the
+250 reply and the ``Received:`` field) and, when the queue took the
+message, the queue's ``stored=`` id, which the queue's lines begin with:
+so ``grep`` follows a message from the connection to its deliveries
+(docs/operations/logs.rst).
 """
 
 from __future__ import annotations
@@ -101,6 +107,10 @@ class SessionLog(SessionBase):
         """
         if t is None:
             return
+        if result.startswith("accepted"):
+            self._accepted += 1
+        else:
+            self._refused += 1
         envelope = t.envelope
         conn = self.connection
         self.config.events.messageDone(conn, envelope, error.code if error is not None else 250, size)
@@ -145,7 +155,7 @@ class SessionLog(SessionBase):
                 "log_format": "{text}",
                 "log_time": time.time(),
                 "text": f"{result} id={envelope.queueId} from={returnPath} to={to}"
-                f"{sizeText} peer={peer} helo={conn.heloName}{tlsText}{auth}{storedText}{reason}",
+                f"{sizeText} peer={peer} helo={conn.heloName}{tlsText}{auth}{storedText} session={conn.sessionId}{reason}",
                 "result": result,
                 "queueId": envelope.queueId,
                 "sender": returnPath,
@@ -159,5 +169,58 @@ class SessionLog(SessionBase):
                 "authenticated": conn.authenticated,
                 "session": conn.sessionId,
                 **fields,
+            }
+        )
+
+    def logConnection(self, error: str | None = None) -> None:
+        """
+        The connection's line, at its end: ``connection session=ID
+        peer=ADDRESS [proxy=ADDRESS] helo=NAME [tls=VERSION] [auth=USER]
+        duration=SECONDS accepted=N refused=N refusedCommands=N end=WHY
+        [error=[TEXT]]``.
+
+        ``end`` is why it ended: ``quit``, ``client-closed`` (the client
+        closed without QUIT), ``lost`` (a network error, named by
+        ``error``), ``timeout``, ``data-too-slow``, ``delivery-timeout``,
+        ``shutdown``, ``too-many-errors``, ``auth-failures``,
+        ``auth-limit``, ``refused-at-connect``, ``bad-bdat``, or ``closed``
+        (closed by a ``do_VERB`` of a subclass).
+        """
+        conn = self.connection
+        tls = conn.tls
+        tlsVersion = tls.version if tls is not None else None
+        proxy = self.proxyPeer
+        duration = round(self._now - self._since, 3)
+        end = self._endReason or "closed"
+        text = (
+            f"connection session={conn.sessionId} peer={conn.peerHost}"
+            f"{f' proxy={proxy}' if proxy else ''} helo={conn.heloName}"
+            f"{f' tls={tlsVersion}' if tlsVersion else ''}"
+            f"{f' auth={conn.authenticated}' if conn.authenticated else ''}"
+            f" duration={duration:.3f} accepted={self._accepted} refused={self._refused}"
+            f" refusedCommands={self._refusals} end={end}"
+            f"{f' error=[{error}]' if error else ''}"
+        )
+        _log.observer(
+            {
+                "log_logger": _log,
+                "log_level": LogLevel.info,
+                "log_namespace": _NAMESPACE,
+                "log_source": None,
+                "log_format": "{text}",
+                "log_time": time.time(),
+                "text": text,
+                "session": conn.sessionId,
+                "peer": conn.peerHost,
+                "proxy": proxy,
+                "helo": conn.heloName,
+                "tlsVersion": tlsVersion,
+                "authenticated": conn.authenticated,
+                "duration": duration,
+                "accepted": self._accepted,
+                "refused": self._refused,
+                "refusedCommands": self._refusals,
+                "end": end,
+                "error": error,
             }
         )

@@ -106,7 +106,7 @@ class Timeouts(SessionBase):
                 self.emit(Cancel(blocked))
         self._out = None
         self.reply(421, enhanced, text)
-        self.close()
+        self.close(why.replace(" ", "-"))
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -117,4 +117,4 @@ class Timeouts(SessionBase):
             self.reply(
                 421, "4.3.2", f"{self.config.hostname} Service shutting down, closing connection"
             )
-            self.close()
+            self.close("shutdown")
