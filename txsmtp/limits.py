@@ -152,7 +152,8 @@ class Rate:
         return f"Rate({self.count}, {self.period:g})"
 
     def __str__(self) -> str:
-        return f"{self.count} per {formatDuration(self.period)}"
+        period = formatDuration(self.period)
+        return f"{self.count} per {period[2:] if period.startswith('1 ') else period}"
 
 
 def parseRate(text: str) -> Rate | None:
