@@ -70,8 +70,8 @@ class ParsingTests(unittest.TestCase):
 
     def test_formatDuration(self) -> None:
         self.assertEqual(
-            [formatDuration(s) for s in (0.2, 1, 59.5, 120, 3600, 86400 * 2)],
-            ["1 second", "1 second", "60 seconds", "2 minutes", "1 hour", "2 days"],
+            [formatDuration(s) for s in (0.2, 1, 59.5, 120, 899.5, 3600, 3 * 3600 - 1, 86400 * 2)],
+            ["1 second", "1 second", "60 seconds", "2 minutes", "15 minutes", "1 hour", "3 hours", "2 days"],
         )
 
     def test_addressKey(self) -> None:

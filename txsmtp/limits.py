@@ -175,11 +175,21 @@ def parseRate(text: str) -> Rate | None:
 
 
 def formatDuration(seconds: float) -> str:
-    """``seconds`` in words: ``1 second``, ``90 seconds``, ``10 minutes``, ``1 hour``, ``2 days``."""
+    """
+    ``seconds`` in words: ``1 second``, ``90 seconds``, ``10 minutes``,
+    ``1 hour``, ``2 days``; rounded up to whole minutes above two minutes
+    and to whole hours above two hours.
+    """
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size and seconds % size == 0:
             n = int(seconds // size)
             return f"{n} {unit}" + ("s" if n != 1 else "")
+    if seconds > 7200:
+        n = math.ceil(seconds / 3600)
+        return f"{n} hours"
+    if seconds > 120:
+        n = math.ceil(seconds / 60)
+        return f"{n} minutes"
     n = max(1, math.ceil(seconds))
     return f"{n} second" + ("s" if n != 1 else "")
 
