@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from txsmtp.envelope import ConnectionInfo
+from txsmtp.envelope import ConnectionInfo, TLSInfo
 from txsmtp.errors import SMTPError
 from txsmtp.guards import GuardedDelivery
 from txsmtp.limits import (
@@ -46,6 +46,17 @@ def conn(host: str = "192.0.2.7", user: str | None = None) -> ConnectionInfo:
     c = ConnectionInfo(peer=peer)
     c.authenticated = user
     return c
+
+
+def connectFrom(factory: Any, host: str) -> ServerHarness:
+    """A new harness connection to ``factory`` from ``host``."""
+    h = ServerHarness(factory=factory, connect=False)
+    h.transport = StringTransport(
+        hostAddress=IPv4Address("TCP", "127.0.0.1", 25), peerAddress=IPv4Address("TCP", host, 40000)
+    )
+    h.protocol = factory.buildProtocol(h.transport.getPeer())
+    h.connect()
+    return h
 
 
 class ParsingTests(unittest.TestCase):
@@ -259,13 +270,7 @@ class HarnessTests(unittest.TestCase):
     """The guard through the server."""
 
     def connect(self, factory: Any, host: str) -> ServerHarness:
-        h = ServerHarness(factory=factory, connect=False)
-        h.transport = StringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 25), peerAddress=IPv4Address("TCP", host, 40000)
-        )
-        h.protocol = factory.buildProtocol(h.transport.getPeer())
-        h.connect()
-        return h
+        return connectFrom(factory, host)
 
     def test_connectionCapAtGreeting(self) -> None:
         """The third connection from one address gets 421 and is closed; after one closes, a new one is let in."""
@@ -351,3 +356,41 @@ class OptionsTests(unittest.TestCase):
             with self.assertRaises(UsageError) as e:
                 self.parse(*args)
             self.assertIn(words, str(e.exception))
+
+
+class AuthLimiterHarnessTests(unittest.TestCase):
+    """The AUTH limiter through the server: failures on several connections of one address add up."""
+
+    def test_acrossConnections(self) -> None:
+        from tests.test_auth_fallback import plain
+        from tests.test_tls_auth import PASSWORD, USER, authHarness
+
+        first = authHarness()
+        factory = first.factory
+        factory.authLimiter = AuthLimiter(first.clock, Rate(3, 600), 900, baseDelay=1, maxDelay=8)
+
+        def another(host: str = "192.0.2.7") -> ServerHarness:
+            h = connectFrom(factory, host)
+
+            h.protocol.connection.tls = TLSInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256")
+            self.assertEqual(h.command(b"EHLO client.example").code, 250)
+            return h
+
+        second, third = another(), another()
+        # Each connection's own first failure (its own delay: 0 here), the
+        # address's 1st, 2nd, 3rd: answered after 1, 2, 4 seconds.
+        for h, delay in ((first, 1), (second, 2), (third, 4)):
+            self.assertEqual(h.send(plain(USER, "wrong")), [])
+            first.clock.advance(delay - 0.01)
+            self.assertEqual(h.replies(), [])
+            first.clock.advance(0.01)
+            self.assertEqual([r.code for r in h.replies()], [535])
+        # Locked out: AUTH on any connection of the address is 421 and closes, right password or not.
+        for h, password in ((first, "wrong"), (second, PASSWORD)):
+            [reply] = h.send(plain(USER, password))
+            self.assertEqual((reply.code, reply.enhanced), (421, "4.7.0"))
+            self.assertIn("Too many authentication failures from 192.0.2.7", reply.text)
+            self.assertTrue(h.closed)
+        # Another address is not.
+        other = another("198.51.100.7")
+        self.assertEqual([r.code for r in other.send(plain(USER, PASSWORD))], [235])
