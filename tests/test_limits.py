@@ -394,3 +394,27 @@ class AuthLimiterHarnessTests(unittest.TestCase):
         # Another address is not.
         other = another("198.51.100.7")
         self.assertEqual([r.code for r in other.send(plain(USER, PASSWORD))], [235])
+
+
+class AuthenticatedSessionTests(unittest.TestCase):
+    def test_authDoesNotCountTwice(self) -> None:
+        """
+        After AUTH the realm opens the user's session on the same
+        connection: still one connection, and none left once it closes.
+        """
+        from tests.test_auth_fallback import plain
+        from tests.test_tls_auth import PASSWORD, USER, authHarness
+
+        clock = Clock()
+        guard = LimitsGuard(clock, maxConnections=1, userMessageRate=Rate(1, 3600))
+        h = authHarness(GuardedDelivery(MemoryDelivery(), [guard]), clock=clock)
+        self.assertEqual([r.code for r in h.send(plain(USER, PASSWORD))], [235])
+        self.assertEqual(guard.open.count("192.0.2.7"), 1)
+        self.assertEqual(h.command(b"MAIL FROM:<alice@example.org>").code, 250)
+        self.assertEqual(h.command(b"RSET").code, 250)
+        reply = h.command(b"MAIL FROM:<alice@example.org>")
+        self.assertEqual((reply.code, reply.enhanced), (451, "4.7.1"))
+        self.assertIn(f"user {USER}", reply.text)
+        h.command(b"QUIT")
+        h.disconnect()
+        self.assertEqual((guard.open.count("192.0.2.7"), len(guard.open)), (0, 0))

@@ -88,6 +88,7 @@ __all__ = [
     "formatDuration",
     "parseDuration",
     "parseRate",
+    "summary",
 ]
 
 _log = Logger(namespace="txsmtp.limits")
@@ -389,8 +390,10 @@ class LimitsGuard:
         self.messages = table(messageRate)
         self.recipients = table(recipientRate)
         self.userMessages = table(userMessageRate)
-        # id(connection) -> the key its open connection is counted under.
-        self._counted: dict[int, str] = {}
+        # id(connection) -> the connection (held: its id cannot be reused
+        # while it is here), the key it is counted under, the sessions open
+        # on it.
+        self._counted: dict[int, tuple[ConnectionInfo, str, int]] = {}
 
     def _key(self, connection: ConnectionInfo) -> str | None:
         if self.exempt(connection):
@@ -398,6 +401,13 @@ class LimitsGuard:
         return addressKey(connection, self.ipv6Prefix)
 
     def checkConnection(self, connection: ConnectionInfo) -> None:
+        counted = self._counted.get(id(connection))
+        if counted is not None and counted[0] is connection:
+            # The same connection opens a session again: after AUTH, the
+            # portal's realm opens the authenticated user's session
+            # (txsmtp.auth.DeliveryRealm).  Not a new connection.
+            self._counted[id(connection)] = (connection, counted[1], counted[2] + 1)
+            return
         key = self._key(connection)
         if key is None:
             return
@@ -416,11 +426,17 @@ class LimitsGuard:
                     f"{_retry(wait)}",
                 )  # fmt: skip
         self.open.opened(key)
-        self._counted[id(connection)] = key
+        self._counted[id(connection)] = (connection, key, 1)
 
     def connectionClosed(self, connection: ConnectionInfo) -> None:
-        key = self._counted.pop(id(connection), None)
-        if key is not None:
+        counted = self._counted.get(id(connection))
+        if counted is None or counted[0] is not connection:
+            return
+        del self._counted[id(connection)]
+        _, key, sessions = counted
+        if sessions > 1:
+            self._counted[id(connection)] = (connection, key, sessions - 1)
+        else:
             self.open.closed(key)
 
     def checkSender(self, connection: ConnectionInfo, sender: Address | None, parameters: MailParameters) -> None:
