@@ -178,7 +178,8 @@ class ServiceTests(_InScratchDirectory, unittest.TestCase):
         for child in children:
             self.assertIsInstance(child, StreamServerEndpointService)
             self.assertIs(child.factory, factory)
-        self.assertIs(factory.delivery, options["delivery"])
+        # Behind the guard of the limits (the per-address cap is on by default).
+        self.assertIs(factory.delivery.inner, options["delivery"])
         self.assertEqual(factory.hostname, "mx.test.invalid")
         self.assertEqual(factory.maxMessageSize, 1000)
         self.assertEqual(factory.maxRecipients, 7)
@@ -686,7 +687,7 @@ class LMTPServiceTests(_InScratchDirectory, unittest.TestCase):
             "bareLineEnds", "requireTLS", "requireAuth", "allowInsecureAuth", "authMechanisms",
         ):  # fmt: skip
             self.assertEqual(getattr(lmtp, name), getattr(smtp, name), name)
-        self.assertIs(lmtp.delivery, options["delivery"])
+        self.assertIs(lmtp.delivery.inner, options["delivery"])
         self.assertEqual(
             (lmtp.hostname, lmtp.maxMessageSize, lmtp.maxRecipients, lmtp.commandTimeout),
             ("mx.test.invalid", 1000, 7, 42),

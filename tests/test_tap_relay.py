@@ -62,7 +62,8 @@ class RelayOptionTests(_InScratchDirectory, unittest.TestCase):
         self.assertFalse(options["relay"])
         self.assertIsNone(options["relaySetup"])
         service = makeService(options)
-        self.assertIsInstance(service.factory.delivery, DiscardDelivery)
+        # Behind the guard of the limits (the per-address cap is on by default).
+        self.assertIsInstance(service.factory.delivery.inner, DiscardDelivery)
         self.assertIsNone(service.queue)
         self.assertNotIn("relay", startupSummary(options))
         self.assertEqual(os.listdir(self.cwd), [])
@@ -177,7 +178,8 @@ class RelayOptionTests(_InScratchDirectory, unittest.TestCase):
             "--auth", "memory:alice:pw", "--allow-insecure-auth", "--max-hops", "9",
         )  # fmt: skip
         service = makeService(options)
-        delivery = service.factory.delivery
+        # Behind the guard of the limits (the per-address cap is on by default).
+        delivery = service.factory.delivery.inner
         self.assertIsInstance(delivery, RelayDelivery)
         self.assertIsInstance(delivery.inner, MaildirDelivery)
         self.assertIs(delivery.inner, options["delivery"])
@@ -185,7 +187,7 @@ class RelayOptionTests(_InScratchDirectory, unittest.TestCase):
         self.assertTrue(delivery.router.isLocal("EXAMPLE.com"))
         realm = service.factory.portal.realm
         self.assertIsInstance(realm, DeliveryRealm)
-        self.assertIs(realm.delivery, delivery)
+        self.assertIs(realm.delivery, service.factory.delivery)
         self.assertIsInstance(service.queue, QueueService)
         self.assertEqual(service.queue.directory, os.path.join(self.cwd, "q"))
         # Nothing is opened before the service starts.

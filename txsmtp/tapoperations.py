@@ -56,16 +56,108 @@ def _buildMetrics(options: Any, built: Operations) -> None:
 
 # == limits (txsmtp.limits) =============================================
 
-LIMITS_PARAMETERS: list[list[Any]] = []
+LIMITS_PARAMETERS: list[list[Any]] = [
+    [
+        "max-connections-per-ip", None, "20",
+        "Open connections one client address may hold at once (more get 421 4.7.0 as the greeting), or off.",
+    ],
+    ["connection-rate", None, "off", "New connections per client address, N/PERIOD such as 60/1m (421 4.7.0), or off."],
+    ["message-rate", None, "off", "Messages (MAIL) per client address not authenticated, N/PERIOD such as 100/1h (451 4.7.1), or off."],
+    ["recipient-rate", None, "off", "Recipients (RCPT) per client address not authenticated, N/PERIOD such as 500/1h (450 4.7.1), or off."],
+    ["user-message-rate", None, "off", "Messages (MAIL) per authenticated user, N/PERIOD such as 200/1h (451 4.7.1), or off."],
+    [
+        "auth-failures", None, "10/15m",
+        "AUTH failures per client address across connections, N/PERIOD: each failure is answered later than "
+        "the one before, the N-th locks AUTH out for the address for --auth-lockout (421 4.7.0); or off.",
+    ],
+    ["auth-lockout", None, "15m", "How long an address stays locked out of AUTH after --auth-failures (e.g. 15m, 1h)."],
+    [
+        "limits-exempt", None, "loopback,relay-networks",
+        "Client networks no per-address limit applies to: CIDR blocks, 'loopback', 'relay-networks', "
+        "comma-separated, or none.",
+    ],
+    ["limits-ipv6-prefix", None, "64", "IPv6 clients are counted per network of this prefix length (64: a site; 128: each address)."],
+]  # fmt: skip
 LIMITS_FLAGS: list[list[Any]] = []
 
 
 def _checkLimits(options: Any) -> None:
-    pass
+    from txsmtp.limits import LOOPBACK, parseDuration, parseRate
+    from txsmtp.queue.relay import parseNetworks
+
+    parsed: dict[str, Any] = {}
+    text = str(options["max-connections-per-ip"]).strip().lower()
+    if text in ("off", "none", "0"):
+        parsed["maxConnections"] = None
+    elif text.isdigit():
+        parsed["maxConnections"] = int(text)
+    else:
+        raise ValueError(f"--max-connections-per-ip {options['max-connections-per-ip']!r}: write a number such as 20, or off")
+    for option, name in (
+        ("connection-rate", "connectionRate"),
+        ("message-rate", "messageRate"),
+        ("recipient-rate", "recipientRate"),
+        ("user-message-rate", "userMessageRate"),
+        ("auth-failures", "authFailures"),
+    ):
+        try:
+            parsed[name] = parseRate(str(options[option]))
+        except ValueError as e:
+            raise ValueError(f"--{option}: {e}") from None
+    try:
+        parsed["lockout"] = parseDuration(str(options["auth-lockout"]))
+    except ValueError as e:
+        raise ValueError(f"--auth-lockout: {e}") from None
+    try:
+        prefix = int(options["limits-ipv6-prefix"])
+    except ValueError:
+        prefix = -1
+    if not 1 <= prefix <= 128:
+        raise ValueError(f"--limits-ipv6-prefix {options['limits-ipv6-prefix']!r}: write a prefix length from 1 to 128, such as 64")
+    parsed["ipv6Prefix"] = prefix
+    networks: list[Any] = []
+    relayNetworks = False
+    for entry in (e.strip() for e in str(options["limits-exempt"]).split(",")):
+        if entry.lower() in ("", "none"):
+            continue
+        if entry.lower() == "loopback":
+            networks += LOOPBACK
+        elif entry.lower() == "relay-networks":
+            relayNetworks = True
+        else:
+            try:
+                networks += parseNetworks(entry)
+            except ValueError as e:
+                raise ValueError(f"--limits-exempt: {e}, or loopback, relay-networks, none") from None
+    parsed["exempt"] = networks
+    parsed["exemptRelayNetworks"] = relayNetworks
+    options["limits"] = parsed
 
 
 def _buildLimits(options: Any, built: Operations) -> None:
-    pass
+    from twisted.internet import reactor
+
+    from txsmtp.limits import AuthLimiter, LimitsGuard, summary
+
+    parsed = options.get("limits")
+    if parsed is None:
+        _checkLimits(options)
+        parsed = options["limits"]
+    exempt = list(parsed["exempt"])
+    setup = options.get("relaySetup")
+    if parsed["exemptRelayNetworks"] and setup is not None:
+        exempt += setup.policy.relayNetworks
+    common = dict(exempt=exempt, ipv6Prefix=parsed["ipv6Prefix"])
+    rates = ("connectionRate", "messageRate", "recipientRate", "userMessageRate")
+    guard = None
+    if parsed["maxConnections"] is not None or any(parsed[name] is not None for name in rates):
+        guard = LimitsGuard(reactor, maxConnections=parsed["maxConnections"], **{n: parsed[n] for n in rates}, **common)
+        built.guards.append(guard)
+    auth = None
+    if parsed["authFailures"] is not None:
+        auth = AuthLimiter(reactor, parsed["authFailures"], parsed["lockout"], **common)
+        built.authLimiter = auth
+    built.summary.append(summary(guard, auth))
 
 
 # == blocklists (txsmtp.dnsbl) ==========================================
