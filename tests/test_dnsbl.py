@@ -331,7 +331,7 @@ class OptionsTests(unittest.TestCase):
             "--relay-networks", "192.0.2.0/24",
         )  # fmt: skip
         built = buildOperations(options)
-        [guard] = built.guards
+        [guard] = [g for g in built.guards if isinstance(g, DNSListGuard)]
         self.assertIsInstance(guard, DNSListGuard)
         self.assertEqual([(dl.zone, dl.weight) for dl in guard.lists], [("bl.example", 2), ("wl.example", -3)])
         self.assertEqual(guard.threshold, 2)
@@ -339,12 +339,12 @@ class OptionsTests(unittest.TestCase):
         self.assertTrue(guard.isExempt(ipaddress.ip_address("::1")))
         self.assertTrue(guard.isExempt(ipaddress.ip_address("192.0.2.9")))
         self.assertFalse(guard.isExempt(ipaddress.ip_address("198.51.100.1")))
-        self.assertEqual(built.summary, ["dnsbl 1 list + 1 dnswl (threshold 2)"])
+        self.assertIn("dnsbl 1 list + 1 dnswl (threshold 2)", built.summary)
 
     def test_noneByDefault(self) -> None:
         from txsmtp.tapoperations import buildOperations
 
-        self.assertEqual(buildOperations(self.parse()).guards, [])
+        self.assertEqual([g for g in buildOperations(self.parse()).guards if isinstance(g, DNSListGuard)], [])
 
     def test_errors(self) -> None:
         from twisted.python.usage import UsageError

@@ -32,6 +32,11 @@ with a list of guards, asked in order before the wrapped delivery: the
 first refusal wins and the delivery is not asked.  Authenticated
 sessions and trusted networks are the guards' own business (each gets the
 live :class:`~txsmtp.envelope.ConnectionInfo`).
+
+A connection may open a second session: after AUTH, the realm of
+:func:`txsmtp.auth.makePortal` opens one for the user.  The guards are
+asked ``checkConnection`` once per connection, and told
+``connectionClosed`` once, when its last session closes.
 """
 
 from __future__ import annotations
@@ -81,22 +86,34 @@ class GuardedDelivery:
     def __init__(self, inner: Any, guards: Iterable[Any]) -> None:
         self.inner = inner
         self.guards = list(guards)
+        # id(connection) -> its sessions open now
+        self._sessions: dict[int, int] = {}
 
     def openSession(self, connection: ConnectionInfo) -> defer.Deferred[GuardedSession]:
         return defer.Deferred.fromCoroutine(self._open(connection))
 
     async def _open(self, connection: ConnectionInfo) -> GuardedSession:
+        key = id(connection)
+        first = not self._sessions.get(key)
+        self._sessions[key] = self._sessions.get(key, 0) + 1
         try:
-            await _ask(self.guards, "checkConnection", connection)
-        except BaseException:
-            _tell(self.guards, "connectionClosed", connection)
-            raise
-        try:
+            if first:
+                await _ask(self.guards, "checkConnection", connection)
             inner = await defer.maybeDeferred(self.inner.openSession, connection)
         except BaseException:
-            _tell(self.guards, "connectionClosed", connection)
+            self.sessionClosed(connection)
             raise
         return GuardedSession(self, connection, inner)
+
+    def sessionClosed(self, connection: ConnectionInfo) -> None:
+        """One session of ``connection`` ended: the guards hear of the connection's end with its last."""
+        key = id(connection)
+        left = self._sessions.get(key, 1) - 1
+        if left > 0:
+            self._sessions[key] = left
+            return
+        self._sessions.pop(key, None)
+        _tell(self.guards, "connectionClosed", connection)
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":
@@ -112,6 +129,7 @@ class GuardedSession:
     """One connection's session of a :class:`GuardedDelivery`."""
 
     def __init__(self, delivery: GuardedDelivery, connection: ConnectionInfo, inner: Any) -> None:
+        self.delivery = delivery
         self.guards = delivery.guards
         self.connection = connection
         self.inner = inner
@@ -139,7 +157,7 @@ class GuardedSession:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            _tell(self.guards, "connectionClosed", self.connection)
+            self.delivery.sessionClosed(self.connection)
         self.inner.close()
 
 
