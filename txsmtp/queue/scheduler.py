@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsmtp.queue.attempts import logAttempt
+from txsmtp.queue.events import NO_QUEUE_EVENTS, QueueEvents
 from txsmtp.queue.attempts import logStoreError as _logError
 from txsmtp.queue.handoff import SlotHandoff
 from txsmtp.queue.model import (
@@ -178,6 +179,8 @@ class Scheduler(service.Service):
         self.leaseSeconds = float(leaseSeconds)
         self.delayWarning = delayWarning
         self.stopTimeout = stopTimeout
+        #: told of every attempt (:class:`~txsmtp.queue.events.QueueEvents`)
+        self.events: QueueEvents = NO_QUEUE_EVENTS
         self._waiting: dict[str, deque[_Batch]] = {}
         self._waitingRecipients = 0
         self._active: dict[str, int] = {}
@@ -496,6 +499,7 @@ class Scheduler(service.Service):
             body.close()  # another claim may deliver it: delivering too would be a duplicate
             _log.warn("{queueId}: lease lapsed while the body was read; left to another claim", queueId=message.id)
             return
+        started = self.clock.seconds()
         try:
             results = await defer.maybeDeferred(self.outbound.deliver, hop, message, recipients, body)
         finally:
@@ -517,6 +521,7 @@ class Scheduler(service.Service):
             if report is not None:
                 reportable.append((rcpt, report))
         logAttempt(_log, message.id, hop, recipients, final, outcomes)
+        self.events.attemptDone(hop, final, now - started)
         if self.reporter is not None and reportable:
             # Reports first (RFC 3461 §6.2 wants one when asked for): a
             # crash between the two gives a duplicate report, never none.
