@@ -54,8 +54,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from txsmtp.queue.model import AttemptResult, QueuedMessage, QueuedRecipient, Result
 from txsmtp.queue.events import NO_QUEUE_EVENTS, QueueEvents
+from txsmtp.queue.model import AttemptResult, QueuedMessage, QueuedRecipient, Result
 from txsmtp.queue.retry import DEFAULT_LIFETIME
 
 __all__ = ["Reporter", "CHUNK", "HEADER_LIMIT", "FAILURE", "DELAY", "SUCCESS"]

@@ -50,8 +50,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsmtp.queue.attempts import logAttempt
-from txsmtp.queue.events import NO_QUEUE_EVENTS, QueueEvents
 from txsmtp.queue.attempts import logStoreError as _logError
+from txsmtp.queue.events import NO_QUEUE_EVENTS, QueueEvents
 from txsmtp.queue.handoff import SlotHandoff
 from txsmtp.queue.model import (
     AttemptResult,
