@@ -247,3 +247,40 @@ class OptionsTests(unittest.TestCase):
         self.assertIs(smtp.factory.events, metrics.server)
         self.assertIs(smtp.lmtpFactory.events, metrics.server)
         self.assertIn("metrics on tcp:0:interface=127.0.0.1", smtp.summary)
+
+
+class DocsTests(unittest.TestCase):
+    """docs/operations/metrics.rst: its command lines parse, and it names every metric txsmtp has."""
+
+    def test_commandLines(self) -> None:
+        from tests.test_docs_relay import commandLines, readPage
+        from txsmtp.tap import Options
+
+        commands = commandLines(readPage("operations/metrics.rst"))
+        self.assertEqual(len(commands), 2)
+        parsed = []
+        for words in commands:
+            options = Options()
+            options.parseOptions(words)
+            parsed.append(options)
+        self.assertEqual(parsed[0]["metrics"], "tcp:9464:interface=127.0.0.1")
+        self.assertEqual(parsed[0]["metrics-queue-interval"], 15.0)
+        self.assertEqual(parsed[1]["metrics-queue-interval"], 30.0)
+        self.assertIsNotNone(parsed[1]["relaySetup"])
+
+    def test_everyMetricDocumented(self) -> None:
+        if CollectorRegistry is None:
+            raise unittest.SkipTest("prometheus_client is not installed")
+        from tests.test_docs_relay import readPage
+
+        page = readPage("operations/metrics.rst")
+        registry = CollectorRegistry(auto_describe=True)
+        ServerMetrics(registry)
+        QueueMetrics(registry)
+        store = SQLiteStore(self.mktemp())
+        QueueGauges(registry, store)
+        names = {family.name for family in registry.collect()}
+        self.assertEqual(len(names), 15)
+        for name in names:
+            documented = name + "_total" if f"``{name}_total``" in page else name
+            self.assertIn(f"``{documented}``", page)

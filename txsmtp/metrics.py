@@ -7,7 +7,7 @@ Theory of operation:
   observer (a factory's ``events``); :class:`QueueMetrics` is a
   :class:`~txsmtp.queue.events.QueueEvents` observer (the scheduler's and
   the reporter's ``events``).  Both count into the metrics of one
-  :class:`prometheus_client.CollectorRegistry` of their own (not the
+  ``prometheus_client.CollectorRegistry`` of their own (not the
   global one: several servers, and tests, in one process do not collide).
 - They are called on the reactor's hot path, so the labelled children
   are resolved once per set of label values and kept in a dict: counting
@@ -102,7 +102,7 @@ class ServerMetrics(ServerEvents):
     """
     Counts what the SMTP and LMTP servers do (see the module's description).
 
-    :param registry: the :class:`prometheus_client.CollectorRegistry`.
+    :param registry: the ``prometheus_client.CollectorRegistry``.
     """
 
     def __init__(self, registry: Any) -> None:
@@ -160,7 +160,7 @@ class QueueMetrics(QueueEvents):
     """
     Counts the queue's delivery attempts and reports.
 
-    :param registry: the :class:`prometheus_client.CollectorRegistry`.
+    :param registry: the ``prometheus_client.CollectorRegistry``.
     """
 
     def __init__(self, registry: Any) -> None:
@@ -201,7 +201,7 @@ class QueueGauges:
     """
     The queue's gauges, from the store's counts every ``interval`` seconds.
 
-    :param registry: the :class:`prometheus_client.CollectorRegistry`.
+    :param registry: the ``prometheus_client.CollectorRegistry``.
     :param store: the :class:`~txsmtp.queue.interfaces.IQueueStore`; one
         without ``stats()`` is asked for ``list()`` (a full read: for
         small test stores only).
