@@ -224,3 +224,37 @@ class MetricsEndToEndTests(unittest.TestCase):
         self.assertEqual(series["metric"]["job"], "txsmtp")
         self.assertEqual(series["metric"]["__name__"], "txsmtp_messages_accepted_total")
         self.assertEqual(float(series["value"][1]), 2)
+
+
+class StartupTests(unittest.TestCase):
+    """What twistd says when --metrics cannot work."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        if text_string_to_metric_families is None:
+            raise unittest.SkipTest("prometheus_client is not installed (pip install 'txsmtp[metrics]')")
+
+    async def test_portInUse(self) -> None:
+        """The metrics port in use: one line naming the option, exit 1, no traceback."""
+        import socket
+
+        from tests.test_tap import _runTwistd
+
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        endpoint = f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1"
+        result, _ = await _runTwistd(
+            self,
+            ["-n", "--pidfile=", "--logfile=-"],
+            ["--deliver", "discard", "--listen", "tcp:0:interface=127.0.0.1", "--metrics", endpoint],
+        )
+        self.assertEqual(result.code, 1, result.describe())
+        self.assertEqual(
+            result.err.decode().splitlines(),
+            [f"twistd smtp: cannot listen on --metrics {endpoint}: Address already in use"],
+            result.describe(),
+        )
+        self.assertNotIn(b"Traceback", result.out + result.err)
