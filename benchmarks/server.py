@@ -96,7 +96,7 @@ MIB = 1024 * 1024
 #: MB/s uses decimal megabytes.
 MB = 1_000_000
 
-SERVER_ORDER = ("txsmtp", "twisted.mail", "aiosmtpd", "smtp-sink")
+SERVER_ORDER = ("txsmtp", "txsmtp+metrics", "twisted.mail", "aiosmtpd", "smtp-sink")
 #: The throughput scenarios, in the order they run (see makeScenarios).
 SCENARIO_KEYS = ("1k-new", "1k-reuse", "1m", "tls-new", "lmtp", "lmtp-unix")
 #: Servers for which the memory measurements are made.
@@ -313,6 +313,28 @@ class TxsmtpKind(ServerKind):
             ]
             + tlsArgs
         )
+
+
+class TxsmtpMetricsKind(TxsmtpKind):
+    """
+    The same ``twistd smtp`` with ``--metrics`` on (its Prometheus
+    endpoint listening, never scraped during the run): what counting every
+    connection, refusal and message costs, against the C{txsmtp} row.
+    """
+
+    name = "txsmtp+metrics"
+    description = "twistd smtp --metrics (this checkout)"
+
+    def unavailable(self):
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            return "prometheus_client is not installed (pip install 'txsmtp[metrics]')"
+        return super().unavailable()
+
+    def command(self, port, workdir, deliver, tls=None, lmtp=None):
+        metrics = ["--metrics", f"tcp:{freePort()}:interface={HOST}"]
+        return super().command(port, workdir, deliver, tls, lmtp) + metrics
 
 
 class TwistedMailKind(ServerKind):
@@ -1053,22 +1075,22 @@ def summarise(results, scenarios, serverNames):
 def throughputTable(summary, scenarios, serverNames, unavailable):
     """The main results table, as text."""
     header = (
-        f"{'scenario':<36} {'server':<13} {'msg/s':>9} {'MB/s':>8} {'CPU us/msg':>10} "
+        f"{'scenario':<36} {'server':<14} {'msg/s':>9} {'MB/s':>8} {'CPU us/msg':>10} "
         f"{'client':>6} {'spread':>6} {'other':>5} {'/twisted.mail':>13} {'/aiosmtpd':>9}"
     )
     lines = [header, "-" * len(header)]
     for scenario in scenarios:
         for name in serverNames:
             if name in unavailable:
-                lines.append(f"{scenario.title:<36} {name:<13} unavailable")
+                lines.append(f"{scenario.title:<36} {name:<14} unavailable")
                 continue
             entry = summary[(scenario.key, name)]
             if "skipped" in entry:
-                lines.append(f"{scenario.title:<36} {name:<13} n/a ({entry['skipped']})")
+                lines.append(f"{scenario.title:<36} {name:<14} n/a ({entry['skipped']})")
                 continue
             if "msgPerSec" not in entry:
                 lines.append(
-                    f"{scenario.title:<36} {name:<13} FAILED ({'; '.join(entry['errors'])[:80]})"
+                    f"{scenario.title:<36} {name:<14} FAILED ({'; '.join(entry['errors'])[:80]})"
                 )
                 continue
             failed = (
@@ -1078,7 +1100,7 @@ def throughputTable(summary, scenarios, serverNames, unavailable):
             byTwisted = ratio(summary, mine, (scenario.key, "twisted.mail"))
             byAiosmtpd = ratio(summary, mine, (scenario.key, "aiosmtpd"))
             lines.append(
-                f"{scenario.title:<36} {name:<13} {entry['msgPerSec']:>9.0f} "
+                f"{scenario.title:<36} {name:<14} {entry['msgPerSec']:>9.0f} "
                 f"{entry['mbPerSec']:>8.1f} {entry['cpuUsPerMsg']:>10.0f} "
                 f"{entry['clientShare']:>6.0%} {entry['spread']:>6.0%} {entry['other']:>5.0%} "
                 f"{formatRatio(byTwisted):>13} {formatRatio(byAiosmtpd):>9}{failed}"
@@ -1223,6 +1245,33 @@ def lmtpText(comparison):
         lines.append(
             "  LMTP / SMTP, 1 KiB reused connections, over TCP: "
             f"{formatRatio(comparison['txsmtpLmtpOverSmtp'])} (msg/s)"
+        )
+    return "\n".join(lines)
+
+
+def metricsComparison(summary, scenarios):
+    """
+    What --metrics costs: the C{txsmtp+metrics} row over the C{txsmtp} row
+    of the same run, by msg/s and by server CPU per message, per scenario.
+    """
+    result = {}
+    for s in scenarios:
+        mine, plain = (s.key, "txsmtp+metrics"), (s.key, "txsmtp")
+        if "msgPerSec" in summary.get(mine, {}) and "msgPerSec" in summary.get(plain, {}):
+            result[s.key] = {
+                "throughput": ratio(summary, mine, plain),
+                "cpuPerMessage": cpuRatio(summary, mine, plain),
+            }
+    return result
+
+
+def metricsText(comparison, scenarios):
+    lines = ["txsmtp with --metrics / without (same run):"]
+    titles = {s.key: s.title for s in scenarios}
+    for key, r in comparison.items():
+        lines.append(
+            f"  {titles[key]:<36} msg/s {formatRatio(r['throughput'])}, "
+            f"server CPU per message {formatRatio(r['cpuPerMessage'])}"
         )
     return "\n".join(lines)
 
@@ -1569,6 +1618,7 @@ def main(argv=None):
 
     kinds = {
         "txsmtp": TxsmtpKind(os.path.abspath(args.repo)),
+        "txsmtp+metrics": TxsmtpMetricsKind(os.path.abspath(args.repo)),
         "twisted.mail": TwistedMailKind(),
         "aiosmtpd": AiosmtpdKind(),
         "smtp-sink": SmtpSinkKind(),
@@ -1662,6 +1712,10 @@ def main(argv=None):
     if lmtp and "txsmtp" in available:
         out.append(lmtpText(lmtp))
         out.append("")
+    metrics = metricsComparison(summary, scenarios) if summary else {}
+    if metrics:
+        out.append(metricsText(metrics, scenarios))
+        out.append("")
     if largeRecords or idleRecords:
         out.append(memoryTable(largeRecords, idleRecords, bigSize, args.idle))
         out.append("")
@@ -1687,6 +1741,7 @@ def main(argv=None):
                 for s in scenarios
             },
             lmtp=lmtp,
+            metrics=metrics,
             largeMessage=largeRecords,
             idleConnections=idleRecords,
             targets=targets,

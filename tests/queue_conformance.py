@@ -451,6 +451,23 @@ class StoreConformanceMixin:
         lease = await self.claimOne()
         self.assertEqual([r.index for r in lease.message.recipients], [0, 1])
 
+    async def test_stats(self) -> None:
+        """stats: recipients by state, messages, the oldest arrival; empty once all are gone."""
+        self.assertEqual(
+            await self.store.stats(),
+            {"recipients": {"queued": 0, "deferred": 0, "held": 0}, "messages": 0, "oldestArrival": None},
+        )
+        first = await self.enqueue("a@example.com", "b@example.com", arrival=START - 30)
+        held = await self.enqueue("c@example.com", arrival=START - 10)
+        self.assertTrue(await self.store.hold(held))
+        lease = (await self.store.claim("node1", 2, 300))[0]
+        self.assertEqual(lease.message.id, first)
+        await self.store.record(lease, [RecipientOutcome(0, Result.DEFERRED, START + 60, "later")])
+        self.assertEqual(
+            await self.store.stats(),
+            {"recipients": {"queued": 1, "deferred": 1, "held": 1}, "messages": 2, "oldestArrival": START - 30},
+        )
+
     async def test_releaseNeverTried(self) -> None:
         """A held recipient never tried is queued again when released."""
         messageId = await self.enqueue("a@example.com", arrival=START + 500)

@@ -42,16 +42,52 @@ class Operations:
 
 # == metrics (txsmtp.metrics) ===========================================
 
-METRICS_PARAMETERS: list[list[Any]] = []
+METRICS_PARAMETERS: list[list[Any]] = [
+    [
+        "metrics",
+        None,
+        None,
+        "Serve Prometheus metrics over HTTP on this strports endpoint "
+        "(e.g. tcp:9464:interface=127.0.0.1); needs pip install 'txsmtp[metrics]'.",
+    ],
+    [
+        "metrics-queue-interval",
+        None,
+        15.0,
+        "Seconds between two reads of the queue's counts for the metrics.",
+        float,
+    ],
+]
 METRICS_FLAGS: list[list[Any]] = []
 
 
 def _checkMetrics(options: Any) -> None:
-    pass
+    endpoint = options["metrics"]
+    if endpoint is None:
+        return
+    from txsmtp.metrics import requirePrometheus
+
+    requirePrometheus()
+    from twisted.internet import endpoints, reactor
+
+    try:
+        endpoints.serverFromString(reactor, endpoint)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"--metrics {endpoint}: not an endpoint description ({e})") from None
+    if not options["metrics-queue-interval"] > 0:
+        raise ValueError("--metrics-queue-interval must be a number of seconds above 0")
 
 
 def _buildMetrics(options: Any, built: Operations) -> None:
-    pass
+    endpoint = options["metrics"]
+    if endpoint is None:
+        return
+    from txsmtp.metrics import MetricsService
+
+    metrics = MetricsService(endpoint, queueInterval=options["metrics-queue-interval"])
+    built.events.append(metrics.server)
+    built.services.append(metrics)
+    built.summary.append(f"metrics on {endpoint}")
 
 
 # == limits (txsmtp.limits) =============================================

@@ -129,6 +129,15 @@ class IQueueStore(Interface):
     def list():
         """:return: a Deferred firing with every :class:`~txsmtp.queue.model.QueuedMessage`, oldest first."""
 
+    def stats():
+        """
+        :return: a Deferred firing with a dict: ``recipients`` (how many
+            recipients are in each :class:`~txsmtp.queue.model.RecipientState`,
+            by its value), ``messages`` (how many messages) and
+            ``oldestArrival`` (the earliest arrival, ``None`` when empty),
+            counted by the store without reading the messages (for metrics).
+        """
+
     def show(messageId):
         """:return: a Deferred firing with the :class:`~txsmtp.queue.model.QueuedMessage` or ``None``."""
 

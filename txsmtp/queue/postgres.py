@@ -357,6 +357,10 @@ class PostgresStore(WakeListeners):
         """Every message with its recipients, oldest (by arrival) first."""
         return self._run(queries.messages, None, isolation="REPEATABLE READ")
 
+    def stats(self) -> Deferred[dict[str, Any]]:
+        """Counts by state and the oldest arrival, without reading the messages."""
+        return self._run(queries.stats, isolation="REPEATABLE READ")
+
     def show(self, messageId: str) -> Deferred[QueuedMessage | None]:
         """One message with its recipients, or ``None``."""
         d = self._run(queries.messages, messageId, isolation="REPEATABLE READ")

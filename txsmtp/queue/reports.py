@@ -54,6 +54,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from txsmtp.queue.events import NO_QUEUE_EVENTS, QueueEvents
 from txsmtp.queue.model import AttemptResult, QueuedMessage, QueuedRecipient, Result
 from txsmtp.queue.retry import DEFAULT_LIFETIME
 
@@ -180,6 +181,8 @@ class Reporter:
             clock = reactor
         self.clock: IReactorTime = clock
         self.lifetime = lifetime
+        #: told of every report queued (:class:`~txsmtp.queue.events.QueueEvents`)
+        self.events: QueueEvents = NO_QUEUE_EVENTS
 
     def report(
         self,
@@ -227,6 +230,7 @@ class Reporter:
                     recipients=",".join(f"<{r.address}>" for r, _ in byKind[kind]),
                 )
                 ids.append(reportId)
+                self.events.reportQueued(kind)
         return ids
 
     async def _queue(

@@ -23,12 +23,14 @@ outbound delivery, and records what became of them.
   (:mod:`txsmtp.queue.handoff`); when none is free, the batch waits for an
   attempt of this node to that destination to end, or :data:`SLOT_RETRY`.
 - Leases of recipients waiting or under way are renewed before they
-  lapse; one that lapsed before its body was read is not delivered.  When
-  anything fails (the store, the outbound delivery, the reporter), the
-  error is logged and the recipients stay leased until the lease lapses.
+  lapse (:mod:`txsmtp.queue.leases`); one that lapsed before its body was
+  read is not delivered.  When anything fails (the store, the outbound
+  delivery, the reporter), the error is logged and the recipients stay
+  leased until the lease lapses.
 
-Every attempt is logged in one line per outcome (``txsmtp.queue``
-namespace), e.g.::
+Every attempt is told to the scheduler's ``events`` (a
+:class:`~txsmtp.queue.events.QueueEvents`, for metrics) and logged in one
+line per outcome (``txsmtp.queue`` namespace), e.g.::
 
     M0001: to=<a@example.com>,<b@example.com> hop=mx:example.com
       result=deferred status=4.3.0 attempts=2 next=2026-12-06T22:40:00Z
@@ -39,7 +41,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from twisted.application import service
@@ -51,7 +52,11 @@ from twisted.python.failure import Failure
 
 from txsmtp.queue.attempts import logAttempt
 from txsmtp.queue.attempts import logStoreError as _logError
+from txsmtp.queue.events import NO_QUEUE_EVENTS, QueueEvents
 from txsmtp.queue.handoff import SlotHandoff
+from txsmtp.queue.leases import Batch as _Batch
+from txsmtp.queue.leases import HeldLease as _Held
+from txsmtp.queue.leases import LeaseRenewals
 from txsmtp.queue.model import (
     AttemptResult,
     Lease,
@@ -89,28 +94,7 @@ class IRouter(Protocol):
         """The next hop for ``address``."""
 
 
-@dataclass(eq=False)
-class _Batch:
-    """Recipients of one message for one hop: one transaction."""
-
-    lease: Lease
-    hop: NextHop
-    recipients: list[QueuedRecipient]
-    deferred: Deferred[Any] | None = None
-    #: the store's destination slots were all taken: wait and try again
-    noSlot: bool = False
-
-
-@dataclass(eq=False)
-class _Held:
-    """A lease the scheduler holds, with how many of its batches are not done."""
-
-    lease: Lease
-    batches: list[_Batch] = field(default_factory=list)
-    lost: bool = False
-
-
-class Scheduler(service.Service):
+class Scheduler(LeaseRenewals, service.Service):
     """
     Runs the queue: see the module's description.
 
@@ -178,6 +162,8 @@ class Scheduler(service.Service):
         self.leaseSeconds = float(leaseSeconds)
         self.delayWarning = delayWarning
         self.stopTimeout = stopTimeout
+        #: told of every attempt (:class:`~txsmtp.queue.events.QueueEvents`)
+        self.events: QueueEvents = NO_QUEUE_EVENTS
         self._waiting: dict[str, deque[_Batch]] = {}
         self._waitingRecipients = 0
         self._active: dict[str, int] = {}
@@ -518,6 +504,7 @@ class Scheduler(service.Service):
             if report is not None:
                 reportable.append((rcpt, report))
         logAttempt(_log, message.id, hop, recipients, final, outcomes, now - started)
+        self.events.attemptDone(hop, final, now - started)
         if self.reporter is not None and reportable:
             # Reports first (RFC 3461 §6.2 wants one when asked for): a
             # crash between the two gives a duplicate report, never none.
@@ -549,46 +536,6 @@ class Scheduler(service.Service):
         deferred = [o.nextAttempt for o in outcomes if o.result == Result.DEFERRED and o.nextAttempt is not None]
         if deferred and not self._stopping:
             self._setTimer(min(deferred))
-
-    # -- leases ------------------------------------------------------------
-
-    def _scheduleRenewals(self) -> None:
-        if self._renewTimer is None or not self._renewTimer.active():
-            self._renewTimer = self.clock.callLater(max(self.leaseSeconds / 3, 0.5), self._renew)
-
-    def _cancelRenewals(self) -> None:
-        if self._renewTimer is not None and self._renewTimer.active():
-            self._renewTimer.cancel()
-        self._renewTimer = None
-
-    def _renew(self) -> None:
-        self._renewTimer = None
-        now = self.clock.seconds()
-        for held in list(self._held.values()):
-            if held.lost or held.lease.expires - now > self.leaseSeconds / 2:
-                continue
-            self._run(self._renewOne(held), f"renewing the lease of {held.lease.message.id}")
-        if self._held:
-            self._scheduleRenewals()
-
-    async def _renewOne(self, held: _Held) -> None:
-        lease = held.lease
-        if await self.store.renew(lease, self.leaseSeconds):
-            lease.expires = max(lease.expires, self.clock.seconds() + self.leaseSeconds)
-            return
-        held.lost = True
-        _log.warn(
-            "{queueId}: lease lost (it lapsed before it was renewed); its waiting recipients are dropped for another claim",
-            queueId=lease.message.id,
-        )
-        for batch in list(held.batches):
-            queue = self._waiting.get(batch.hop.key)
-            if queue is not None and batch in queue:
-                queue.remove(batch)
-                self._waitingRecipients -= len(batch.recipients)
-                if not queue:
-                    del self._waiting[batch.hop.key]
-                self._batchDone(batch)
 
     # -- for tests and the control socket ---------------------------------
 

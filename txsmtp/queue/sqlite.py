@@ -542,6 +542,10 @@ class SQLiteStore(WakeListeners):
         """Every message with its recipients, oldest (by arrival) first."""
         return self._read(queries.messages, None)
 
+    def stats(self) -> Deferred[dict[str, Any]]:
+        """Counts by state and the oldest arrival, without reading the messages."""
+        return self._read(queries.stats)
+
     def show(self, messageId: str) -> Deferred[QueuedMessage | None]:
         """One message with its recipients, or ``None``."""
         d = self._read(queries.messages, messageId)

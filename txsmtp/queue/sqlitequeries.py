@@ -193,6 +193,17 @@ def nextDue(db: sqlite3.Connection) -> float | None:
     return min(times) if times else None
 
 
+def stats(db: Any) -> dict[str, Any]:
+    """How many recipients in each state, how many messages, and the oldest arrival (see ``IQueueStore.stats``)."""
+    counts = dict(db.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall())
+    messages, oldest = db.execute("SELECT count(*), min(arrival) FROM messages").fetchone()
+    return {
+        "recipients": {s.value: int(counts.get(s.value, 0)) for s in RecipientState},
+        "messages": int(messages),
+        "oldestArrival": float(oldest) if oldest is not None else None,
+    }
+
+
 def messages(db: sqlite3.Connection, messageId: str | None = None) -> list[QueuedMessage]:
     """Every message (or the one named), oldest arrival first, with its recipients in order."""
     if messageId is None:
