@@ -20,7 +20,14 @@ from zope.interface import implementer
 
 from txsmtp.queue.errors import QueueLockedError
 from txsmtp.queue.interfaces import IQueueStore, IQueueWriter
-from txsmtp.queue.model import Lease, QueuedMessage, QueuedRecipient, RecipientState, Result
+from txsmtp.queue.model import (
+    Lease,
+    QueuedMessage,
+    QueuedRecipient,
+    RecipientState,
+    Result,
+    statsOf,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -183,6 +190,9 @@ class MemoryStore:
 
     def list(self) -> defer.Deferred[list[QueuedMessage]]:
         return defer.succeed([copy.deepcopy(m) for m in sorted(self.messages.values(), key=lambda m: (m.arrival, m.id))])
+
+    def stats(self) -> defer.Deferred[dict[str, Any]]:
+        return defer.succeed(statsOf(list(self.messages.values())))
 
     def show(self, messageId: str) -> defer.Deferred[QueuedMessage | None]:
         message = self.messages.get(messageId)

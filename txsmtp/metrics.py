@@ -43,6 +43,7 @@ from twisted.logger import Logger
 
 from txsmtp.envelope import ConnectionInfo, Envelope
 from txsmtp.queue.events import QueueEvents
+from txsmtp.queue.model import statsOf
 from txsmtp.serverevents import ServerEvents
 
 __all__ = [
@@ -259,7 +260,7 @@ class QueueGauges:
             if hasattr(self.store, "stats"):
                 stats = yield self.store.stats()
             else:
-                stats = _statsFromList((yield self.store.list()))
+                stats = statsOf((yield self.store.list()))
         except Exception as e:
             self._errors.inc()
             _log.warn("metrics: could not read the queue's counts: {why}", why=str(e) or type(e).__name__)
@@ -268,20 +269,6 @@ class QueueGauges:
             self._recipients(state).set(count)
         self._messages.set(stats["messages"])
         self._oldest = stats["oldestArrival"]
-
-
-def _statsFromList(messages: list[Any]) -> dict[str, Any]:
-    from txsmtp.queue.model import RecipientState
-
-    counts = {s.value: 0 for s in RecipientState}
-    for message in messages:
-        for rcpt in message.recipients:
-            counts[rcpt.state.value] = counts.get(rcpt.state.value, 0) + 1
-    return {
-        "recipients": counts,
-        "messages": len(messages),
-        "oldestArrival": min((m.arrival for m in messages), default=None),
-    }
 
 
 class MetricsService(service.MultiService):

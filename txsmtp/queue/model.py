@@ -31,6 +31,7 @@ __all__ = [
     "NextHop",
     "AttemptResult",
     "RecipientOutcome",
+    "statsOf",
 ]
 
 
@@ -270,3 +271,20 @@ class RecipientOutcome:
     nextAttempt: float | None = None
     lastError: str | None = None
     delayReported: bool = False
+
+
+def statsOf(messages: list[QueuedMessage]) -> dict[str, Any]:
+    """
+    What :meth:`~txsmtp.queue.interfaces.IQueueStore.stats` answers,
+    counted from ``messages`` (a store's ``list()``): for a store that
+    cannot count otherwise.
+    """
+    counts = {s.value: 0 for s in RecipientState}
+    for message in messages:
+        for rcpt in message.recipients:
+            counts[rcpt.state.value] = counts.get(rcpt.state.value, 0) + 1
+    return {
+        "recipients": counts,
+        "messages": len(messages),
+        "oldestArrival": min((m.arrival for m in messages), default=None),
+    }
