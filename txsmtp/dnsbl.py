@@ -53,7 +53,7 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 
-from txsmtp.envelope import ConnectionInfo
+from txsmtp.envelope import ConnectionInfo, peerIP
 from txsmtp.errors import SMTPError
 
 __all__ = [
@@ -275,17 +275,6 @@ def _timeouts(seconds: float) -> tuple[float, ...]:
     return (seconds,)
 
 
-def _peerAddress(connection: ConnectionInfo) -> IPAddress | None:
-    host = getattr(connection.peer, "host", None)
-    if not isinstance(host, str):
-        return None
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 class DNSListGuard:
@@ -329,7 +318,7 @@ class DNSListGuard:
 
     async def checkConnection(self, connection: ConnectionInfo) -> None:
         """Refuse the client if the lists' score reaches the threshold."""
-        address = _peerAddress(connection)
+        address = peerIP(connection)
         if address is None or self.isExempt(address):
             return
         verdict = await self.verdict(address)

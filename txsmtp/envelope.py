@@ -10,6 +10,7 @@ queue can keep it with the message.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IAddress
@@ -20,7 +21,7 @@ from txsmtp.wire.params import MailParameters, RecipientParameters
 if TYPE_CHECKING:
     from txsmtp.mailauth.results import AuthenticationResults
 
-__all__ = ["ConnectionInfo", "Envelope", "Recipient", "TLSInfo"]
+__all__ = ["ConnectionInfo", "Envelope", "Recipient", "TLSInfo", "peerIP"]
 
 
 class TLSInfo:
@@ -320,3 +321,21 @@ def _parseAddress(text: str) -> Address | None:
     from txsmtp.wire.address import parsePath
 
     return parsePath(b"<" + text.encode("utf-8") + b">", utf8=True, nullOK=True, postmasterOK=True)
+
+
+def peerIP(connection: ConnectionInfo) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """
+    The client's IP address (an IPv4-mapped IPv6 address as IPv4; behind
+    PROXY, the address the header named), or ``None`` for a client without
+    one (a UNIX socket).
+    """
+    host = getattr(connection.peer, "host", None)
+    if not isinstance(host, str):
+        return None
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

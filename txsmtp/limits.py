@@ -73,7 +73,7 @@ from typing import Protocol, Union
 
 from twisted.logger import Logger
 
-from txsmtp.envelope import ConnectionInfo, Envelope, Recipient
+from txsmtp.envelope import ConnectionInfo, Envelope, Recipient, peerIP
 from txsmtp.errors import SMTPError
 from txsmtp.wire.address import Address
 from txsmtp.wire.params import MailParameters
@@ -201,7 +201,7 @@ def addressKey(connection: ConnectionInfo, ipv6Prefix: int = 64) -> str | None:
     network of ``ipv6Prefix`` bits (``2001:db8:1:2::/64``); ``None`` for a
     client without an IP address.
     """
-    ip = _ip(connection)
+    ip = peerIP(connection)
     if ip is None:
         return None
     if ip.version == 6 and ipv6Prefix < 128:
@@ -209,17 +209,6 @@ def addressKey(connection: ConnectionInfo, ipv6Prefix: int = 64) -> str | None:
     return str(ip)
 
 
-def _ip(connection: ConnectionInfo) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    host = getattr(connection.peer, "host", None)
-    if not isinstance(host, str):
-        return None
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 # -- counting -------------------------------------------------------------
@@ -341,7 +330,7 @@ class _Exemptions:
         self.networks = tuple(networks)
 
     def __call__(self, connection: ConnectionInfo) -> bool:
-        ip = _ip(connection)
+        ip = peerIP(connection)
         return ip is None or any(ip in net for net in self.networks)
 
 

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsmtp.envelope import ConnectionInfo, Envelope, Recipient
+from txsmtp.envelope import ConnectionInfo, Envelope, Recipient, peerIP
 from txsmtp.errors import SMTPError
 from txsmtp.interfaces import IDelivery, IDeliverySession, IMessageReceiver
 from txsmtp.queue.errors import QueueError, QueueFullError
@@ -99,18 +99,6 @@ def parseNetworks(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def _peerAddress(connection: ConnectionInfo) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The client's IP address (IPv4-mapped IPv6 addresses as IPv4), or ``None``."""
-    host = getattr(connection.peer, "host", None)
-    if not isinstance(host, str):
-        return None
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 class RelayPolicy:
@@ -148,7 +136,7 @@ class RelayPolicy:
 
     def inRelayNetworks(self, connection: ConnectionInfo) -> bool:
         """Whether the client's address is in one of :attr:`relayNetworks`."""
-        ip = _peerAddress(connection)
+        ip = peerIP(connection)
         if ip is None:
             return False
         return any(ip.version == n.version and ip in n for n in self.relayNetworks)
