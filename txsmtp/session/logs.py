@@ -28,6 +28,24 @@ _NAMESPACE = "txsmtp.server"
 _log = Logger(namespace=_NAMESPACE)
 
 
+def _emit(fields: dict[str, Any]) -> None:
+    """
+    One info event of the server's namespace with ``fields`` (``text`` the
+    line), handed to the logger's observer as ``Logger.emit`` would (the
+    event keys twisted.logger documents) without its per-call level lookup:
+    these are the lines of every message and connection.
+    """
+    fields.update(
+        log_logger=_log,
+        log_level=LogLevel.info,
+        log_namespace=_NAMESPACE,
+        log_source=None,
+        log_format="{text}",
+        log_time=time.time(),
+    )
+    _log.observer(fields)
+
+
 class SessionLog(SessionBase):
     """The logging part of a session."""
 
@@ -143,17 +161,9 @@ class SessionLog(SessionBase):
             storedText = f" stored={','.join(locations)}"
         else:
             storedText = ""
-        # The one event per message: built here and handed to the logger's
-        # observer, as Logger.emit would (the event keys twisted.logger
-        # documents), without its per-call level lookup.
-        _log.observer(
+        # The one event per message.
+        _emit(
             {
-                "log_logger": _log,
-                "log_level": LogLevel.info,
-                "log_namespace": _NAMESPACE,
-                "log_source": None,
-                "log_format": "{text}",
-                "log_time": time.time(),
                 "text": f"{result} id={envelope.queueId} from={returnPath} to={to}"
                 f"{sizeText} peer={peer} helo={conn.heloName}{tlsText}{auth}{storedText} session={conn.sessionId}{reason}",
                 "result": result,
@@ -201,14 +211,8 @@ class SessionLog(SessionBase):
             f" refusedCommands={self._refusals} end={end}"
             f"{f' error=[{error}]' if error else ''}"
         )
-        _log.observer(
+        _emit(
             {
-                "log_logger": _log,
-                "log_level": LogLevel.info,
-                "log_namespace": _NAMESPACE,
-                "log_source": None,
-                "log_format": "{text}",
-                "log_time": time.time(),
                 "text": text,
                 "session": conn.sessionId,
                 "peer": conn.peerHost,
