@@ -38,7 +38,7 @@ from tests.certs import certificates
 from tests.dnsserver import startDNSServer
 from tests.peers import requirePeer
 from tests.test_docs import rstBlocks
-from tests.test_docs_relay import commandLines, readPage
+from tests.test_docs_relay import commandLines, parseCommand, readPage
 from txsmtp.dkimsign import DKIMSigner
 from txsmtp.envelope import ConnectionInfo, Envelope
 from txsmtp.errors import SMTPError
@@ -224,14 +224,7 @@ class DocumentedCommandsTests(unittest.TestCase):
         }
 
     def parse(self, words: list[str]) -> Options:
-        out = []
-        for word in words:
-            for documented, real in self.paths.items():
-                word = word.replace(documented, real)
-            out.append(word)
-        options = Options()
-        options.parseOptions(out)
-        return options
+        return parseCommand(words, self.paths)
 
     def test_authenticationPage(self) -> None:
         commands = commandLines(readPage("authentication.rst"))

@@ -44,6 +44,18 @@ def commandLines(text: str) -> list[list[str]]:
     return commands
 
 
+def parseCommand(words: list[str], paths: dict[str, str]) -> Options:
+    """``twistd smtp``'s options from a documented command line, its example paths replaced by ``paths``."""
+    out = []
+    for word in words:
+        for documented, real in paths.items():
+            word = word.replace(documented, real)
+        out.append(word)
+    options = Options()
+    options.parseOptions(out)
+    return options
+
+
 def literalAfter(text: str, marker: str) -> str:
     """The literal block that follows ``marker::``, dedented."""
     m = re.search(re.escape(marker) + r"::\n\n((?: {4}.*\n|\n)+)", text)
@@ -84,18 +96,8 @@ class DocumentedCommandsTests(unittest.TestCase):
             "/var/spool/txsmtp": os.path.join(base, "spool"),
         }
 
-    def substitute(self, words: list[str]) -> list[str]:
-        out = []
-        for word in words:
-            for documented, real in self.paths.items():
-                word = word.replace(documented, real)
-            out.append(word)
-        return out
-
     def parse(self, words: list[str]) -> Options:
-        options = Options()
-        options.parseOptions(self.substitute(words))
-        return options
+        return parseCommand(words, self.paths)
 
     def test_relayPage(self) -> None:
         commands = commandLines(readPage("relay.rst"))

@@ -16,7 +16,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from tests.certs import certificates
-from tests.test_docs_relay import commandLines, readPage
+from tests.test_docs_relay import commandLines, parseCommand, readPage
 from tests.test_limits import conn
 from txsmtp.errors import SMTPError
 from txsmtp.limits import AuthLimiter, LimitsGuard, Rate
@@ -41,14 +41,7 @@ class LimitsPageTests(unittest.TestCase):
         }
 
     def parse(self, words: list[str]) -> Options:
-        out = []
-        for word in words:
-            for documented, real in self.paths.items():
-                word = word.replace(documented, real)
-            out.append(word)
-        options = Options()
-        options.parseOptions(out)
-        return options
+        return parseCommand(words, self.paths)
 
     def test_commandLines(self) -> None:
         mx, submission, off = [buildOperations(self.parse(words)) for words in commandLines(self.text)]
