@@ -42,6 +42,7 @@ asked ``checkConnection`` once per connection, and told
 from __future__ import annotations
 
 from collections.abc import Iterable
+from inspect import iscoroutine
 from typing import Any
 
 from twisted.internet import defer
@@ -55,11 +56,27 @@ from txsmtp.wire.params import MailParameters
 __all__ = ["GuardedDelivery", "GuardedReceiver", "GuardedSession"]
 
 
-async def _ask(guards: list[Any], method: str, *args: Any) -> None:
-    for guard in guards:
-        check = getattr(guard, method, None)
-        if check is not None:
-            await defer.maybeDeferred(check, *args)
+def _checks(guards: list[Any], method: str) -> list[Any]:
+    """The bound ``method`` of each guard that has one, in order."""
+    return [check for check in (getattr(g, method, None) for g in guards) if check is not None]
+
+
+def _ask(checks: list[Any], args: tuple[Any, ...], then: Any) -> Any:
+    """
+    Call ``checks`` in turn with ``args``, then ``then()``; a check that
+    answers at once (the common case: a limit under its rate) costs no
+    Deferred, and the first that answers later chains the rest.  A
+    refusal raises, or fails the Deferred.
+    """
+    for i, check in enumerate(checks):
+        result = check(*args)
+        if isinstance(result, defer.Deferred) or iscoroutine(result):
+            return defer.ensureDeferred(result).addCallback(_askRest, checks[i + 1 :], args, then)
+    return then()
+
+
+def _askRest(ignored: Any, checks: list[Any], args: tuple[Any, ...], then: Any) -> Any:
+    return _ask(checks, args, then)
 
 
 def _tell(guards: list[Any], method: str, *args: Any) -> None:
@@ -86,24 +103,37 @@ class GuardedDelivery:
     def __init__(self, inner: Any, guards: Iterable[Any]) -> None:
         self.inner = inner
         self.guards = list(guards)
+        self.checks = {
+            stage: _checks(self.guards, stage)
+            for stage in ("checkConnection", "checkSender", "checkRecipient", "checkData", "checkMessage")
+        }
+        # A receiver is wrapped only when a guard wants its end.
+        self.wrapsReceiver = bool(self.checks["checkMessage"] or _checks(self.guards, "messageAccepted"))
         # id(connection) -> its sessions open now
         self._sessions: dict[int, int] = {}
 
-    def openSession(self, connection: ConnectionInfo) -> defer.Deferred[GuardedSession]:
-        return defer.Deferred.fromCoroutine(self._open(connection))
-
-    async def _open(self, connection: ConnectionInfo) -> GuardedSession:
+    def openSession(self, connection: ConnectionInfo) -> Any:
         key = id(connection)
         first = not self._sessions.get(key)
         self._sessions[key] = self._sessions.get(key, 0) + 1
+
+        def opened(inner: Any) -> GuardedSession:
+            return GuardedSession(self, connection, inner)
+
+        def open() -> Any:
+            return defer.maybeDeferred(self.inner.openSession, connection).addCallback(opened)
+
         try:
-            if first:
-                await _ask(self.guards, "checkConnection", connection)
-            inner = await defer.maybeDeferred(self.inner.openSession, connection)
+            result = _ask(self.checks["checkConnection"] if first else [], (connection,), open)
         except BaseException:
             self.sessionClosed(connection)
             raise
-        return GuardedSession(self, connection, inner)
+
+        def failed(failure: Any) -> Any:
+            self.sessionClosed(connection)
+            return failure
+
+        return result.addErrback(failed)
 
     def sessionClosed(self, connection: ConnectionInfo) -> None:
         """One session of ``connection`` ended: the guards hear of the connection's end with its last."""
@@ -135,18 +165,32 @@ class GuardedSession:
         self.inner = inner
         self._closed = False
 
-    async def checkSender(self, sender: Address | None, parameters: MailParameters) -> Any:
-        await _ask(self.guards, "checkSender", self.connection, sender, parameters)
-        return await defer.maybeDeferred(self.inner.checkSender, sender, parameters)
+    def checkSender(self, sender: Address | None, parameters: MailParameters) -> Any:
+        inner = self.inner
+        checks = self.delivery.checks["checkSender"]
+        if not checks:
+            return inner.checkSender(sender, parameters)
+        return _ask(checks, (self.connection, sender, parameters), lambda: inner.checkSender(sender, parameters))
 
-    async def checkRecipient(self, recipient: Recipient, envelope: Envelope) -> Any:
-        await _ask(self.guards, "checkRecipient", self.connection, recipient, envelope)
-        return await defer.maybeDeferred(self.inner.checkRecipient, recipient, envelope)
+    def checkRecipient(self, recipient: Recipient, envelope: Envelope) -> Any:
+        inner = self.inner
+        checks = self.delivery.checks["checkRecipient"]
+        if not checks:
+            return inner.checkRecipient(recipient, envelope)
+        return _ask(checks, (self.connection, recipient, envelope), lambda: inner.checkRecipient(recipient, envelope))
 
-    async def openMessage(self, envelope: Envelope) -> Any:
-        await _ask(self.guards, "checkData", self.connection, envelope)
-        receiver = await defer.maybeDeferred(self.inner.openMessage, envelope)
-        return GuardedReceiver(self, envelope, receiver)
+    def openMessage(self, envelope: Envelope) -> Any:
+        delivery = self.delivery
+
+        def open() -> Any:
+            receiver = self.inner.openMessage(envelope)
+            if not delivery.wrapsReceiver:
+                return receiver
+            return defer.maybeDeferred(lambda: receiver).addCallback(
+                lambda r: GuardedReceiver(self, envelope, r)
+            )
+
+        return _ask(delivery.checks["checkData"], (self.connection, envelope), open)
 
     def verify(self, address: str) -> Any:
         return self.inner.verify(address)
@@ -173,19 +217,28 @@ class GuardedReceiver:
     def write(self, chunk: bytes) -> Any:
         return self.inner.write(chunk)
 
-    def finish(self) -> defer.Deferred[Any]:
-        return defer.Deferred.fromCoroutine(self._finish())
-
-    async def _finish(self) -> Any:
+    def finish(self) -> Any:
         session = self.session
+
+        def refused(failure: Any) -> Any:
+            self.inner.abort("refused by a guard")
+            return failure
+
+        def finish() -> Any:
+            return defer.maybeDeferred(self.inner.finish).addCallback(accepted)
+
+        def accepted(result: Any) -> Any:
+            _tell(session.guards, "messageAccepted", session.connection, self.envelope)
+            return result
+
         try:
-            await _ask(session.guards, "checkMessage", session.connection, self.envelope)
+            outcome = _ask(session.delivery.checks["checkMessage"], (session.connection, self.envelope), lambda: None)
         except BaseException:
             self.inner.abort("refused by a guard")
             raise
-        result = await defer.maybeDeferred(self.inner.finish)
-        _tell(session.guards, "messageAccepted", session.connection, self.envelope)
-        return result
+        if isinstance(outcome, defer.Deferred):
+            return outcome.addCallbacks(lambda _: finish(), refused)
+        return finish()
 
     def abort(self, reason: str) -> None:
         self.inner.abort(reason)
