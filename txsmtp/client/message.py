@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, cast
 
@@ -272,6 +272,30 @@ class OutgoingMessage:
             utf8Headers=utf8Headers,
             requireTLS=requireTLS,
         )
+
+    def unfitFor(self, extensions: Mapping[str, str], sizeLimit: int | None, verifiedTLS: bool) -> str | None:
+        """
+        Why a server with these EHLO ``extensions`` and SIZE limit cannot
+        take this message (on a connection whose TLS is verified or not),
+        with ``{server}`` where its name goes; ``None`` when it can.
+        """
+        if self.utf8 and "SMTPUTF8" not in extensions:
+            return "{server} does not offer SMTPUTF8, which a non-ASCII address needs (RFC 6531)"
+        if self.eightBit and "8BITMIME" not in extensions:
+            return "{server} does not offer 8BITMIME and the message has 8-bit octets (RFC 6152 §3)"
+        if self.requireTLS:
+            # RFC 8689 §4.2.1: verified TLS, and a server that offers
+            # REQUIRETLS, or the message is not sent at all.
+            if not verifiedTLS:
+                return (
+                    "the connection to {server} is not TLS with a verified certificate,"
+                    " which a REQUIRETLS message needs (RFC 8689 §4.2.1)"
+                )
+            if "REQUIRETLS" not in extensions:
+                return "{server} does not offer REQUIRETLS, which the message requires (RFC 8689 §4.2.1)"
+        if sizeLimit is not None and self.size is not None and self.size > sizeLimit:
+            return f"the message ({self.size} octets) is larger than {{server}} accepts ({sizeLimit} octets, RFC 1870)"
+        return None
 
     def rewind(self) -> None:
         """Go back to the start of a file message, to send it again."""

@@ -41,6 +41,7 @@ from txsmtp.client.message import OutgoingMessage, encodeWhole
 from txsmtp.client.options import ClientOptions, TLSPolicy
 from txsmtp.client.pipeline import Pipeline, Transaction
 from txsmtp.client.session import _SessionSetup, _State
+from txsmtp.tls import tlsInfo
 from txsmtp.wire.reply import Reply
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ class ESMTPClient(_SessionSetup, Protocol):
         self.ready: defer.Deferred[ESMTPClient] = defer.Deferred()
         self.extensions: dict[str, str] = {}
         self.tls = False
+        #: the TLS version once the handshake completed
+        self.tlsVersion: str | None = None
         self.authenticated: str | None = None
         self.state = _State.CONNECTING
         self.esmtp = True
@@ -169,6 +172,7 @@ class ESMTPClient(_SessionSetup, Protocol):
 
     def handshakeCompleted(self) -> None:
         self._tlsStarting = False
+        self.tlsVersion = tlsInfo(self.transport).version or "TLS"
 
     def connectionLost(self, reason: Failure = ineterror.ConnectionDone) -> None:  # type: ignore[assignment]
         previous = self.state
@@ -433,32 +437,9 @@ class ESMTPClient(_SessionSetup, Protocol):
 
     def _begin(self, job: OutgoingMessage) -> None:
         ext = self.extensions
-        if job.utf8 and "SMTPUTF8" not in ext:
-            raise SMTPUnsupportedError(
-                f"{self._peerName()} does not offer SMTPUTF8, which a non-ASCII address needs (RFC 6531)"
-            )
-        if job.eightBit and "8BITMIME" not in ext:
-            raise SMTPUnsupportedError(
-                f"{self._peerName()} does not offer 8BITMIME and the message has 8-bit octets (RFC 6152 §3)"
-            )
-        if job.requireTLS:
-            # RFC 8689 §4.2.1: verified TLS, and a server that offers
-            # REQUIRETLS, or the message is not sent at all.
-            if not (self.tls and self.options.verifiesTLS):
-                raise SMTPUnsupportedError(
-                    f"the connection to {self._peerName()} is not TLS with a verified certificate,"
-                    " which a REQUIRETLS message needs (RFC 8689 §4.2.1)"
-                )
-            if "REQUIRETLS" not in ext:
-                raise SMTPUnsupportedError(
-                    f"{self._peerName()} does not offer REQUIRETLS, which the message requires (RFC 8689 §4.2.1)"
-                )
-        limit = self._sizeLimit
-        if limit is not None and job.size is not None and job.size > limit:
-            raise SMTPUnsupportedError(
-                f"the message ({job.size} octets) is larger than {self._peerName()} accepts"
-                f" ({limit} octets, RFC 1870)"
-            )
+        unfit = job.unfitFor(ext, self._sizeLimit, self.tls and self.options.verifiesTLS)
+        if unfit is not None:
+            raise SMTPUnsupportedError(unfit.format(server=self._peerName()))
         # RFC 2033 §4.2: every LMTP server supports PIPELINING.
         pipelining = "PIPELINING" in ext or self.perRecipientReplies
         txn = Transaction(job, job.recipients, self.options.chunking and pipelining and "CHUNKING" in ext, pipelining)
@@ -538,7 +519,7 @@ class ESMTPClient(_SessionSetup, Protocol):
         if type(outcome) is SendResult:
             outcome.dsn = "DSN" in self.extensions
             if self.tls:
-                outcome.tls = _tlsVersion(self.transport)
+                outcome.tls = self.tlsVersion or "TLS"
         if not self._pipeline.txns:
             self._becomeIdle()
             if self.factory is not None:
@@ -596,11 +577,3 @@ def _fire(job: OutgoingMessage, outcome: SendResult | SMTPClientError) -> None:
         d.callback(outcome)
     else:
         d.errback(outcome)
-
-
-def _tlsVersion(transport: Any) -> str:
-    """The TLS version of an encrypted transport (``"TLS"`` when it cannot say)."""
-    try:
-        return str(transport.getHandle().get_protocol_version_name())
-    except Exception:
-        return "TLS"

@@ -179,14 +179,7 @@ class ServerSession(
         self._chunkLast = False
         self._chunkSize = 0
         self._chunkError: tuple[SMTPError, int] | None = None
-        # For the connection's line (txsmtp.session.logs): when it began, why
-        # it ended, its messages accepted and refused, the PROXY sender's
-        # address (set by the glue once a PROXY header named the client).
-        self._since = now
-        self._endReason: str | None = None
-        self._accepted = 0
-        self._refused = 0
-        self.proxyPeer: str | None = None
+        self.startConnectionLog(now)
 
     @property
     def lmtp(self) -> bool:
@@ -293,10 +286,7 @@ class ServerSession(
         :param error: why the transport closed, when not a clean close.
         """
         self._now = now
-        if self._endReason is None:
-            self._endReason = "client-closed" if error is None else "lost"
-        else:
-            error = None  # the server closed it: how the transport went is noise
+        error = self.noteConnectionLost(error)
         self._abandonTransaction("disconnected", "client disconnected", notify=False)
         self.state = State.CLOSED
         self._blocked = None
@@ -526,8 +516,7 @@ class ServerSession(
         """
         if self.state is State.CLOSED:
             return
-        if self._endReason is None:
-            self._endReason = why
+        self.noteConnectionEnd(why)
         if self.transaction is not None:
             self._endTransaction("connection closing")
         self.state = State.CLOSED

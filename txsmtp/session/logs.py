@@ -64,6 +64,35 @@ class SessionLog(SessionBase):
     #: in a loop does not flood the log).
     refusalsLogged = 5
 
+    # -- the connection's line: what it keeps until the end ----------------------
+
+    def startConnectionLog(self, now: float) -> None:
+        """
+        Begin the record the connection's line reports: when it began, why
+        it ended, its messages accepted and refused, and the PROXY sender's
+        address (set by the glue once a PROXY header named the client).
+        """
+        self._since = now
+        self._endReason = None
+        self._accepted = 0
+        self._refused = 0
+        self.proxyPeer = None
+
+    def noteConnectionEnd(self, why: str) -> None:
+        """The server is closing the connection, for ``why`` (the first reason given stands)."""
+        if self._endReason is None:
+            self._endReason = why
+
+    def noteConnectionLost(self, error: str | None) -> str | None:
+        """
+        The transport closed (``error``: how, when not cleanly).  Return the
+        error worth logging: none when the server had closed it already.
+        """
+        if self._endReason is None:
+            self._endReason = "client-closed" if error is None else "lost"
+            return error
+        return None
+
     def logRefusal(self, command: str, error: SMTPError, **extra: Any) -> None:
         self.config.events.commandRefused(self.connection, command, error.code)
         self._refusals += 1
