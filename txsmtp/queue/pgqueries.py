@@ -24,6 +24,9 @@ import secrets
 from typing import Any
 
 from txsmtp.queue.model import Lease, QueuedMessage, RecipientOutcome, RecipientState, Result
+
+# The counts are the same SQL in both dialects.
+from txsmtp.queue.sqlitequeries import stats  # noqa: F401  (re-exported)
 from txsmtp.queue.sqliteschema import (
     MESSAGE_COLUMNS,
     RECIPIENT_COLUMNS,
@@ -312,17 +315,6 @@ def nextDue(db: Any) -> float | None:
     ).fetchone()
     times = [float(r[0]) for r in (free, leased) if r is not None and r[0] is not None]
     return min(times) if times else None
-
-
-def stats(db: Any) -> dict[str, Any]:
-    """How many recipients in each state, how many messages, and the oldest arrival (see ``IQueueStore.stats``)."""
-    counts = dict(db.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall())
-    messages, oldest = db.execute("SELECT count(*), min(arrival) FROM messages").fetchone()
-    return {
-        "recipients": {s.value: int(counts.get(s.value, 0)) for s in RecipientState},
-        "messages": int(messages),
-        "oldestArrival": float(oldest) if oldest is not None else None,
-    }
 
 
 def messages(db: Any, messageId: str | None = None) -> list[QueuedMessage]:
